@@ -1,0 +1,598 @@
+//! `.caged.yaml`: the user's description of a sandbox, parsed strictly. Every error names the key
+//! and, for YAML input, its line, because a config that is silently half-applied is worse than
+//! one that is refused.
+//!
+//! YAML is read with a marked event parser into a JSON value plus a map from key path to line;
+//! the typed config is then deserialized from the JSON with the failing path tracked. The HTTP API
+//! takes the same document as JSON and goes through the same checks, without lines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Largest `.caged.yaml` accepted; a config is a few hundred bytes.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+const MAX_DEPTH: usize = 16;
+
+pub const DEFAULT_TEMPLATE: &str = "base";
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 900;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "default_template")]
+    pub template: String,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Seconds of inactivity before the sandbox is put to sleep.
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// USD; the sandbox is destroyed when its spend reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_script: Option<String>,
+    #[serde(default)]
+    pub network_mode: NetworkMode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Virtual CPUs; fractions allowed.
+    #[serde(default = "default_cpu")]
+    pub cpu: f64,
+    /// Memory in MB.
+    #[serde(default = "default_memory")]
+    pub memory: u64,
+    /// Writable disk in GB.
+    #[serde(default = "default_disk")]
+    pub disk: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Full,
+    Allowlist,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// runc: namespaces, cgroups, dropped capabilities, seccomp.
+    #[default]
+    Container,
+    /// gVisor's runsc: a user-space kernel between the sandbox and the host.
+    Gvisor,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Allowlist => "allowlist",
+            Self::None => "none",
+        }
+    }
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Gvisor => "gvisor",
+        }
+    }
+}
+
+fn default_template() -> String {
+    DEFAULT_TEMPLATE.to_string()
+}
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+fn default_cpu() -> f64 {
+    1.0
+}
+fn default_memory() -> u64 {
+    512
+}
+fn default_disk() -> u64 {
+    5
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { cpu: default_cpu(), memory: default_memory(), disk: default_disk() }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            name: None,
+            template: default_template(),
+            resources: Resources::default(),
+            timeout: default_timeout(),
+            budget: None,
+            init_script: None,
+            network_mode: NetworkMode::default(),
+            allowed_hosts: Vec::new(),
+            isolation: Isolation::default(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// What was wrong with a config, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `resources.cpu`; empty for the document as a whole.
+    pub key: String,
+    /// 1-based line in the YAML source, when the input was YAML.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl ConfigError {
+    fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), line: None, message: message.into() }
+    }
+}
+
+impl SandboxConfig {
+    /// Parses and validates a `.caged.yaml` document.
+    pub fn from_yaml(text: &str) -> Result<SandboxConfig, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::at("", format!("larger than {MAX_CONFIG_BYTES} bytes")));
+        }
+        let (value, lines) = yaml_to_json(text)?;
+        let value = if value.is_null() { Value::Object(Map::new()) } else { value };
+        Self::from_json_value(value).map_err(|mut err| {
+            err.line = line_for(&lines, &err.key);
+            err
+        })
+    }
+
+    /// Parses and validates the same document given as JSON (the HTTP API's form).
+    pub fn from_json_value(value: Value) -> Result<SandboxConfig, ConfigError> {
+        if !value.is_object() {
+            return Err(ConfigError::at("", "expected a mapping of settings"));
+        }
+        let config: SandboxConfig = serde_path_to_error::deserialize(value).map_err(|err| {
+            let key = err.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigError::at(key, err.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Range and shape checks serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(name) = &self.name {
+            check_name("name", name)?;
+        }
+        check_template_name("template", &self.template)?;
+        let r = &self.resources;
+        if !(r.cpu.is_finite() && (0.1..=64.0).contains(&r.cpu)) {
+            return Err(ConfigError::at("resources.cpu", format!("must be between 0.1 and 64 (got {})", r.cpu)));
+        }
+        if !(64..=262_144).contains(&r.memory) {
+            return Err(ConfigError::at(
+                "resources.memory",
+                format!("must be between 64 and 262144 MB (got {})", r.memory),
+            ));
+        }
+        if !(1..=4096).contains(&r.disk) {
+            return Err(ConfigError::at("resources.disk", format!("must be between 1 and 4096 GB (got {})", r.disk)));
+        }
+        if !(1..=30 * 24 * 3600).contains(&self.timeout) {
+            return Err(ConfigError::at(
+                "timeout",
+                format!("must be between 1 and 2592000 seconds (got {})", self.timeout),
+            ));
+        }
+        if let Some(budget) = self.budget
+            && !(budget.is_finite() && budget > 0.0 && budget <= 1_000_000.0)
+        {
+            return Err(ConfigError::at("budget", format!("must be more than 0 and at most 1000000 USD (got {budget})")));
+        }
+        if let Some(script) = &self.init_script {
+            if script.trim().is_empty() {
+                return Err(ConfigError::at("init_script", "is empty"));
+            }
+            if script.contains('\0') {
+                return Err(ConfigError::at("init_script", "contains a NUL byte"));
+            }
+        }
+        if self.network_mode != NetworkMode::Allowlist && !self.allowed_hosts.is_empty() {
+            return Err(ConfigError::at(
+                "allowed_hosts",
+                format!("is only used with network_mode: allowlist (network_mode is {})", self.network_mode.as_str()),
+            ));
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            check_host_pattern(host).map_err(|msg| ConfigError::at(format!("allowed_hosts[{i}]"), msg))?;
+        }
+        for (key, value) in &self.env {
+            let valid_key = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_key {
+                return Err(ConfigError::at(format!("env.{key}"), "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+            }
+            if value.contains('\0') {
+                return Err(ConfigError::at(format!("env.{key}"), "contains a NUL byte"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names users give sandboxes: short, printable, safe in a URL and a container label.
+pub fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::at(key, format!("{name:?} is not a valid name (1-63 of a-z A-Z 0-9 - _ ., starting alphanumeric)")))
+    }
+}
+
+/// Template names become part of an image reference, so they keep to its lowercase alphabet.
+pub fn check_template_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::at(key, format!("{name:?} is not a valid template name (1-63 of a-z 0-9 - _ ., starting a-z or 0-9)")))
+    }
+}
+
+/// A host name, optionally with one leading `*.` wildcard label.
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let labels_ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !labels_ok {
+        return Err(format!("{host:?} is not a host name (e.g. api.openai.com or *.example.com)"));
+    }
+    if bare.split('.').all(|label| label.chars().all(|c| c.is_ascii_digit())) {
+        return Err(format!("{host:?} is an IP address; allowed_hosts takes host names"));
+    }
+    Ok(())
+}
+
+/// JSON Schema of `.caged.yaml`, for editors (`caged config schema`).
+pub fn json_schema() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": ".caged.yaml",
+        "description": "Caged sandbox settings",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "name": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" },
+            "template": { "type": "string", "default": DEFAULT_TEMPLATE, "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$" },
+            "resources": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "cpu": { "type": "number", "minimum": 0.1, "maximum": 64, "default": 1 },
+                    "memory": { "type": "integer", "minimum": 64, "maximum": 262144, "default": 512, "description": "MB" },
+                    "disk": { "type": "integer", "minimum": 1, "maximum": 4096, "default": 5, "description": "GB" }
+                }
+            },
+            "timeout": { "type": "integer", "minimum": 1, "maximum": 2592000, "default": DEFAULT_TIMEOUT_SECONDS,
+                         "description": "seconds of inactivity before the sandbox sleeps" },
+            "budget": { "type": "number", "exclusiveMinimum": 0, "maximum": 1000000, "description": "USD" },
+            "init_script": { "type": "string", "minLength": 1 },
+            "network_mode": { "enum": ["full", "allowlist", "none"], "default": "full" },
+            "allowed_hosts": { "type": "array", "items": { "type": "string" } },
+            "isolation": { "enum": ["container", "gvisor"], "default": "container" },
+            "env": { "type": "object", "additionalProperties": { "type": "string" },
+                     "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" } }
+        }
+    })
+}
+
+fn line_for(lines: &HashMap<String, usize>, key: &str) -> Option<usize> {
+    // A missing path (an unknown key's error names its parent) falls back to the nearest parent.
+    let mut key = key;
+    loop {
+        if let Some(line) = lines.get(key) {
+            return Some(*line);
+        }
+        let cut = key.rfind(['.', '['])?;
+        key = &key[..cut];
+    }
+}
+
+/// Reads YAML into JSON, remembering the line of every key path.
+fn yaml_to_json(text: &str) -> Result<(Value, HashMap<String, usize>), ConfigError> {
+    let mut builder = JsonBuilder::default();
+    let mut parser = Parser::new_from_str(text);
+    parser.load(&mut builder, false).map_err(|err| ConfigError {
+        key: String::new(),
+        line: Some(err.marker().line()),
+        message: format!("not valid YAML: {}", err.info()),
+    })?;
+    if let Some(err) = builder.error {
+        return Err(err);
+    }
+    Ok((builder.root.unwrap_or(Value::Null), builder.lines))
+}
+
+enum Frame {
+    Map { map: Map<String, Value>, pending_key: Option<String>, path: String },
+    Seq { items: Vec<Value>, path: String },
+}
+
+#[derive(Default)]
+struct JsonBuilder {
+    stack: Vec<Frame>,
+    root: Option<Value>,
+    lines: HashMap<String, usize>,
+    error: Option<ConfigError>,
+}
+
+impl JsonBuilder {
+    fn fail(&mut self, key: &str, line: usize, message: impl Into<String>) {
+        if self.error.is_none() {
+            self.error = Some(ConfigError { key: key.to_string(), line: Some(line), message: message.into() });
+        }
+    }
+
+    /// Path of the value about to be added to the innermost container.
+    fn child_path(&self) -> String {
+        match self.stack.last() {
+            Some(Frame::Map { pending_key: Some(key), path, .. }) => join(path, key),
+            Some(Frame::Seq { items, path }) => format!("{path}[{}]", items.len()),
+            _ => String::new(),
+        }
+    }
+
+    fn push_value(&mut self, value: Value, line: usize) {
+        match self.stack.last_mut() {
+            None => self.root = Some(value),
+            Some(Frame::Seq { items, .. }) => items.push(value),
+            Some(Frame::Map { map, pending_key, path }) => match pending_key.take() {
+                Some(key) => {
+                    map.insert(key, value);
+                }
+                None => {
+                    let Value::String(key) = value else {
+                        let path = path.clone();
+                        return self.fail(&path, line, "keys must be plain strings");
+                    };
+                    let full = join(path, &key);
+                    if map.contains_key(&key) {
+                        return self.fail(&full, line, "is given twice");
+                    }
+                    self.lines.insert(full, line);
+                    *pending_key = Some(key);
+                }
+            },
+        }
+    }
+
+    fn expecting_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { pending_key: None, .. }))
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+impl MarkedEventReceiver for JsonBuilder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        let line = mark.line();
+        match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                if anchor != 0 || tag.is_some() {
+                    let path = self.child_path();
+                    return self.fail(&path, line, "anchors and tags are not supported");
+                }
+                let value = if self.expecting_key() || style != TScalarStyle::Plain {
+                    Value::String(text)
+                } else {
+                    plain_scalar(&text)
+                };
+                if !self.expecting_key() {
+                    let path = self.child_path();
+                    self.lines.entry(path).or_insert(line);
+                }
+                self.push_value(value, line);
+            }
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) if anchor != 0 => {
+                let path = self.child_path();
+                self.fail(&path, line, "anchors are not supported");
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if self.expecting_key() {
+                    return self.fail(&self.child_path(), line, "keys must be plain strings");
+                }
+                if self.stack.len() >= MAX_DEPTH {
+                    return self.fail(&self.child_path(), line, "is nested too deeply");
+                }
+                let path = self.child_path();
+                self.lines.entry(path.clone()).or_insert(line);
+                if matches!(event, Event::MappingStart(..)) {
+                    self.stack.push(Frame::Map { map: Map::new(), pending_key: None, path });
+                } else {
+                    self.stack.push(Frame::Seq { items: Vec::new(), path });
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                let value = match self.stack.pop() {
+                    Some(Frame::Map { map, .. }) => Value::Object(map),
+                    Some(Frame::Seq { items, .. }) => Value::Array(items),
+                    None => return,
+                };
+                self.push_value(value, line);
+            }
+            Event::Alias(_) => {
+                let path = self.child_path();
+                self.fail(&path, line, "aliases are not supported");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// YAML 1.2 core schema resolution of an unquoted scalar.
+fn plain_scalar(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(int) = text.parse::<i64>() {
+        return Value::from(int);
+    }
+    let looks_numeric = text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && text.bytes().any(|b| b.is_ascii_digit());
+    if looks_numeric && let Ok(float) = text.parse::<f64>() {
+        return Value::from(float);
+    }
+    Value::String(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRODUCT_PAGE_EXAMPLE: &str = "\
+template: node-20
+resources:
+  cpu: 2
+  memory: 1024
+  disk: 10
+timeout: 1800
+budget: 5.00
+init_script: npm install
+network_mode: allowlist
+allowed_hosts:
+  - api.openai.com
+";
+
+    #[test]
+    fn parses_the_product_page_example() {
+        let config = SandboxConfig::from_yaml(PRODUCT_PAGE_EXAMPLE).unwrap();
+        assert_eq!(config.template, "node-20");
+        assert_eq!(config.resources, Resources { cpu: 2.0, memory: 1024, disk: 10 });
+        assert_eq!(config.timeout, 1800);
+        assert_eq!(config.budget, Some(5.0));
+        assert_eq!(config.init_script.as_deref(), Some("npm install"));
+        assert_eq!(config.network_mode, NetworkMode::Allowlist);
+        assert_eq!(config.allowed_hosts, vec!["api.openai.com"]);
+        assert_eq!(config.isolation, Isolation::Container);
+    }
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        assert_eq!(SandboxConfig::from_yaml("").unwrap(), SandboxConfig::default());
+        assert_eq!(SandboxConfig::from_yaml("# nothing\n").unwrap(), SandboxConfig::default());
+    }
+
+    fn error(yaml: &str) -> String {
+        SandboxConfig::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let cases = [
+            ("resources:\n  cpu: 0\n", "line 2: resources.cpu: must be between 0.1 and 64 (got 0)"),
+            ("resources:\n  memory: 10\n", "line 2: resources.memory: must be between 64 and 262144 MB (got 10)"),
+            ("template: base\ntimeout: -1\n", "line 2: timeout: invalid value: integer `-1`, expected u64"),
+            ("timeout: 0\n", "line 1: timeout: must be between 1 and 2592000 seconds (got 0)"),
+            ("resources:\n  memory: \"1024\"\n", "line 2: resources.memory: invalid type: string \"1024\", expected u64"),
+            ("template: base\nbudgets: 5\n", "line 2: budgets: unknown field `budgets`, expected one of `name`, `template`, `resources`, `timeout`, `budget`, `init_script`, `network_mode`, `allowed_hosts`, `isolation`, `env`"),
+            ("resources:\n  cpu: 1\n  gpu: 1\n", "line 3: resources.gpu: unknown field `gpu`, expected one of `cpu`, `memory`, `disk`"),
+            ("network_mode: open\n", "line 1: network_mode: unknown variant `open`, expected one of `full`, `allowlist`, `none`"),
+            ("allowed_hosts: [a.com]\n", "line 1: allowed_hosts: is only used with network_mode: allowlist (network_mode is full)"),
+            ("network_mode: allowlist\nallowed_hosts:\n  - ok.com\n  - 10.0.0.1\n", "line 4: allowed_hosts[1]: \"10.0.0.1\" is an IP address; allowed_hosts takes host names"),
+            ("timeout: 5\ntimeout: 6\n", "line 2: timeout: is given twice"),
+            ("template: Node\n", "line 1: template: \"Node\" is not a valid template name (1-63 of a-z 0-9 - _ ., starting a-z or 0-9)"),
+            ("budget: 0\n", "line 1: budget: must be more than 0 and at most 1000000 USD (got 0)"),
+            ("env:\n  1BAD: x\n", "line 2: env.1BAD: is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ("a: &x 1\nb: *x\n", "line 1: a: anchors and tags are not supported"),
+            ("- 1\n- 2\n", "line 1: expected a mapping of settings"),
+        ];
+        for (yaml, expected) in cases {
+            assert_eq!(error(yaml), expected, "for {yaml:?}");
+        }
+        assert!(error("resources: [\n").starts_with("line "), "{}", error("resources: [\n"));
+    }
+
+    #[test]
+    fn json_input_goes_through_the_same_checks() {
+        let err = SandboxConfig::from_json_value(json!({"resources": {"cpu": 0}})).unwrap_err();
+        assert_eq!(err.to_string(), "resources.cpu: must be between 0.1 and 64 (got 0)");
+        let config = SandboxConfig::from_json_value(json!({"template": "busybox", "isolation": "gvisor"})).unwrap();
+        assert_eq!(config.isolation, Isolation::Gvisor);
+    }
+
+    #[test]
+    fn schema_lists_every_key_the_parser_accepts() {
+        let schema = json_schema();
+        let keys: Vec<_> = schema["properties"].as_object().unwrap().keys().cloned().collect();
+        let config = serde_json::to_value(SandboxConfig {
+            name: Some("n".into()),
+            budget: Some(1.0),
+            init_script: Some("true".into()),
+            network_mode: NetworkMode::Allowlist,
+            allowed_hosts: vec!["a.com".into()],
+            env: [("A".to_string(), "b".to_string())].into(),
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let mut config_keys: Vec<_> = config.as_object().unwrap().keys().cloned().collect();
+        let mut keys = keys;
+        keys.sort();
+        config_keys.sort();
+        assert_eq!(keys, config_keys);
+    }
+}

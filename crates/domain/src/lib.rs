@@ -1,0 +1,10 @@
+//! Caged's pure core: the vocabulary every other crate speaks (sandboxes, their lifecycle, the
+//! `.caged.yaml` config). No I/O here, so the rules can be tested as plain functions.
+
+pub mod config;
+pub mod id;
+pub mod lifecycle;
+
+pub use config::{ConfigError, Isolation, NetworkMode, Resources, SandboxConfig};
+pub use id::{IdError, SandboxId, random_hex};
+pub use lifecycle::{IllegalTransition, SandboxState, Transition, running_millis};
