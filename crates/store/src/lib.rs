@@ -1,0 +1,405 @@
+//! Caged's durable state in one SQLite file: accounts, API keys, sandboxes and every state
+//! transition. Calls are blocking; async callers run them on a blocking thread.
+//!
+//! Invariants kept here: a sandbox's `state` column always equals the state of its newest
+//! transition row (both are written in one transaction), and a transition is only written when
+//! the row's current state is the one the caller expected, so two racing writers cannot both win.
+
+mod schema;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use caged_domain::{SandboxConfig, SandboxId, SandboxState, Transition};
+use rusqlite::{Connection, OptionalExtension, params};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored config of sandbox {id} is unreadable")]
+    CorruptConfig {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("database schema version {found} is newer than this caged understands ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("sandbox {id} is {actual}, not {expected}")]
+    StateChanged { id: SandboxId, expected: SandboxState, actual: SandboxState },
+    #[error("sandbox {id} not found")]
+    NotFound { id: SandboxId },
+    #[error("an account named {name:?} already exists")]
+    AccountExists { name: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub is_admin: bool,
+    pub created_at_ms: i64,
+}
+
+/// What a key lookup needs to authenticate a request.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    pub secret_hash: Vec<u8>,
+    pub account: Account,
+}
+
+#[derive(Clone, Debug)]
+pub struct SandboxRecord {
+    pub id: SandboxId,
+    pub account_id: String,
+    pub state: SandboxState,
+    pub config: SandboxConfig,
+    pub container_id: Option<String>,
+    pub created_at_ms: i64,
+    /// Why it was destroyed, when it was.
+    pub destroyed_reason: Option<String>,
+    /// Outcome of `init_script`, once it ran.
+    pub init_result: Option<serde_json::Value>,
+    /// Whether the engine enforces `resources.disk` for this sandbox.
+    pub disk_enforced: bool,
+    pub transitions: Vec<Transition>,
+}
+
+pub struct NewSandbox<'a> {
+    pub id: SandboxId,
+    pub account_id: &'a str,
+    pub config: &'a SandboxConfig,
+    pub disk_enforced: bool,
+    pub at_ms: i64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        // WAL keeps readers off writers' backs; NORMAL is durable across a process kill (the
+        // case that matters for a control plane), trading only the last commit on power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A value kept for the lifetime of the data folder, created on first use.
+    pub fn meta_get_or_insert(&self, key: &str, make: impl FnOnce() -> String) -> Result<String> {
+        let conn = self.conn();
+        if let Some(value) =
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional()?
+        {
+            return Ok(value);
+        }
+        let value = make();
+        conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+        Ok(value)
+    }
+
+    pub fn create_account(&self, id: &str, name: &str, is_admin: bool, at_ms: i64) -> Result<Account> {
+        let conn = self.conn();
+        let inserted = conn.execute(
+            "INSERT INTO accounts (id, name, is_admin, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO NOTHING",
+            params![id, name, is_admin, at_ms],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::AccountExists { name: name.to_string() });
+        }
+        Ok(Account { id: id.to_string(), name: name.to_string(), is_admin, created_at_ms: at_ms })
+    }
+
+    pub fn admin_account(&self) -> Result<Option<Account>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT id, name, is_admin, created_at_ms FROM accounts WHERE is_admin ORDER BY created_at_ms LIMIT 1",
+                [],
+                account_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn list_accounts(&self) -> Result<Vec<Account>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, name, is_admin, created_at_ms FROM accounts ORDER BY created_at_ms")?;
+        let rows = stmt.query_map([], account_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn add_api_key(&self, key_id: &str, account_id: &str, secret_hash: &[u8], at_ms: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO api_keys (id, account_id, secret_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![key_id, account_id, secret_hash, at_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn api_key(&self, key_id: &str) -> Result<Option<StoredKey>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT k.secret_hash, a.id, a.name, a.is_admin, a.created_at_ms
+                 FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.id = ?1",
+                [key_id],
+                |row| {
+                    Ok(StoredKey {
+                        secret_hash: row.get(0)?,
+                        account: Account {
+                            id: row.get(1)?,
+                            name: row.get(2)?,
+                            is_admin: row.get(3)?,
+                            created_at_ms: row.get(4)?,
+                        },
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records a new sandbox in `pending`, with its first transition.
+    pub fn insert_sandbox(&self, new: NewSandbox<'_>) -> Result<()> {
+        let config = serde_json::to_string(new.config).map_err(|source| StoreError::CorruptConfig {
+            id: new.id.to_string(),
+            source,
+        })?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO sandboxes (id, account_id, state, config, created_at_ms, disk_enforced)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
+            params![new.id.as_str(), new.account_id, config, new.at_ms, new.disk_enforced],
+        )?;
+        tx.execute(
+            "INSERT INTO transitions (sandbox_id, state, at_ms) VALUES (?1, 'pending', ?2)",
+            params![new.id.as_str(), new.at_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_container_id(&self, id: SandboxId, container_id: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE sandboxes SET container_id = ?2 WHERE id = ?1",
+            params![id.as_str(), container_id],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_init_result(&self, id: SandboxId, result: &serde_json::Value) -> Result<()> {
+        self.conn().execute(
+            "UPDATE sandboxes SET init_result = ?2 WHERE id = ?1",
+            params![id.as_str(), result.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a sandbox from `expected` to `to`, atomically with its history. Legality of the
+    /// change itself is the domain's call; this only guards against a concurrent writer.
+    pub fn transition(
+        &self,
+        id: SandboxId,
+        expected: SandboxState,
+        to: SandboxState,
+        at_ms: i64,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE sandboxes SET state = ?3,
+                    destroyed_reason = CASE WHEN ?3 = 'destroyed' THEN ?4 ELSE destroyed_reason END
+             WHERE id = ?1 AND state = ?2",
+            params![id.as_str(), expected.as_str(), to.as_str(), reason],
+        )?;
+        if changed == 0 {
+            let actual: Option<String> = tx
+                .query_row("SELECT state FROM sandboxes WHERE id = ?1", [id.as_str()], |row| row.get(0))
+                .optional()?;
+            return match actual {
+                None => Err(StoreError::NotFound { id }),
+                Some(actual) => Err(StoreError::StateChanged { id, expected, actual: parse_state(&actual)? }),
+            };
+        }
+        tx.execute(
+            "INSERT INTO transitions (sandbox_id, state, at_ms, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![id.as_str(), to.as_str(), at_ms, reason],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A sandbox as its owner sees it; `None` when it does not exist or belongs to someone else.
+    pub fn sandbox(&self, account_id: &str, id: SandboxId) -> Result<Option<SandboxRecord>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1 AND account_id = ?2"),
+                params![id.as_str(), account_id],
+                RawSandbox::from_row,
+            )
+            .optional()?;
+        row.map(|raw| raw.into_record(&conn)).transpose()
+    }
+
+    pub fn list_sandboxes(&self, account_id: &str, include_destroyed: bool) -> Result<Vec<SandboxRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes
+             WHERE account_id = ?1 AND (?2 OR state != 'destroyed') ORDER BY created_at_ms, id"
+        ))?;
+        let raws = stmt.query_map(params![account_id, include_destroyed], RawSandbox::from_row)?;
+        let raws: Vec<RawSandbox> = raws.collect::<Result<_, _>>()?;
+        raws.into_iter().map(|raw| raw.into_record(&conn)).collect()
+    }
+
+    /// Every sandbox not yet destroyed, across accounts (for the server's own bookkeeping).
+    pub fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare(&format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state != 'destroyed' ORDER BY id"))?;
+        let raws = stmt.query_map([], RawSandbox::from_row)?;
+        let raws: Vec<RawSandbox> = raws.collect::<Result<_, _>>()?;
+        raws.into_iter().map(|raw| raw.into_record(&conn)).collect()
+    }
+
+    /// Whether a live sandbox of this account already uses `name`.
+    pub fn live_name_taken(&self, account_id: &str, name: &str) -> Result<bool> {
+        let conn = self.conn();
+        let count: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sandboxes WHERE account_id = ?1 AND name = ?2 AND state != 'destroyed'",
+            params![account_id, name],
+            |row| row.get(0),
+        )?;
+        Ok(count > 0)
+    }
+}
+
+const SANDBOX_COLUMNS: &str =
+    "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, init_result, disk_enforced";
+
+struct RawSandbox {
+    id: String,
+    account_id: String,
+    state: String,
+    config: String,
+    container_id: Option<String>,
+    created_at_ms: i64,
+    destroyed_reason: Option<String>,
+    init_result: Option<String>,
+    disk_enforced: bool,
+}
+
+impl RawSandbox {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
+        Ok(RawSandbox {
+            id: row.get(0)?,
+            account_id: row.get(1)?,
+            state: row.get(2)?,
+            config: row.get(3)?,
+            container_id: row.get(4)?,
+            created_at_ms: row.get(5)?,
+            destroyed_reason: row.get(6)?,
+            init_result: row.get(7)?,
+            disk_enforced: row.get(8)?,
+        })
+    }
+
+    fn into_record(self, conn: &Connection) -> Result<SandboxRecord> {
+        let id: SandboxId = self.id.parse().map_err(|_| corrupt_state(&self.id))?;
+        let config = serde_json::from_str(&self.config)
+            .map_err(|source| StoreError::CorruptConfig { id: self.id.clone(), source })?;
+        let mut stmt = conn.prepare_cached("SELECT state, at_ms FROM transitions WHERE sandbox_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([&self.id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        let mut transitions = Vec::new();
+        for row in rows {
+            let (state, at_ms) = row?;
+            transitions.push(Transition { state: parse_state(&state)?, at_ms });
+        }
+        Ok(SandboxRecord {
+            id,
+            account_id: self.account_id,
+            state: parse_state(&self.state)?,
+            config,
+            container_id: self.container_id,
+            created_at_ms: self.created_at_ms,
+            destroyed_reason: self.destroyed_reason,
+            init_result: self.init_result.and_then(|text| serde_json::from_str(&text).ok()),
+            disk_enforced: self.disk_enforced,
+            transitions,
+        })
+    }
+}
+
+fn parse_state(text: &str) -> Result<SandboxState> {
+    text.parse().map_err(|_| corrupt_state(text))
+}
+
+fn corrupt_state(text: &str) -> StoreError {
+    StoreError::Sqlite(rusqlite::Error::InvalidColumnType(0, text.to_string(), rusqlite::types::Type::Text))
+}
+
+fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account { id: row.get(0)?, name: row.get(1)?, is_admin: row.get(2)?, created_at_ms: row.get(3)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SandboxState::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("caged.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn transitions_are_guarded_and_recorded_in_order() {
+        let (dir, store) = store();
+        store.create_account("acc1", "admin", true, 1).unwrap();
+        let id = SandboxId::random();
+        let config = SandboxConfig::default();
+        store
+            .insert_sandbox(NewSandbox { id, account_id: "acc1", config: &config, disk_enforced: true, at_ms: 10 })
+            .unwrap();
+        store.transition(id, Pending, Running, 20, None).unwrap();
+        let err = store.transition(id, Pending, Running, 30, None).unwrap_err();
+        assert_eq!(err.to_string(), format!("sandbox {id} is running, not pending"));
+        store.transition(id, Running, Destroyed, 40, Some("asked")).unwrap();
+
+        // Reopening the file gives the same history: it is on disk, not in memory.
+        drop(store);
+        let store = Store::open(&dir.path().join("caged.db")).unwrap();
+        let record = store.sandbox("acc1", id).unwrap().unwrap();
+        assert_eq!(record.state, Destroyed);
+        assert_eq!(record.destroyed_reason.as_deref(), Some("asked"));
+        let states: Vec<_> = record.transitions.iter().map(|t| (t.state, t.at_ms)).collect();
+        assert_eq!(states, vec![(Pending, 10), (Running, 20), (Destroyed, 40)]);
+        assert!(store.sandbox("someone-else", id).unwrap().is_none());
+        assert!(store.live_sandboxes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn account_names_are_unique() {
+        let (_dir, store) = store();
+        store.create_account("a", "alice", false, 1).unwrap();
+        let err = store.create_account("b", "alice", false, 2).unwrap_err();
+        assert_eq!(err.to_string(), "an account named \"alice\" already exists");
+    }
+}

@@ -1,0 +1,61 @@
+//! Schema migrations, applied in order and tracked with SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+use crate::{Result, StoreError};
+
+/// Each entry moves the schema one version forward; never edit a released entry, add one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE accounts (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    is_admin      INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL REFERENCES accounts(id),
+    secret_hash   BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE sandboxes (
+    id               TEXT PRIMARY KEY,
+    account_id       TEXT NOT NULL REFERENCES accounts(id),
+    state            TEXT NOT NULL CHECK (state IN ('pending', 'running', 'paused', 'destroyed')),
+    config           TEXT NOT NULL,
+    name             TEXT GENERATED ALWAYS AS (json_extract(config, '$.name')) VIRTUAL,
+    container_id     TEXT,
+    created_at_ms    INTEGER NOT NULL,
+    destroyed_reason TEXT,
+    init_result      TEXT,
+    disk_enforced    INTEGER NOT NULL
+);
+CREATE INDEX sandboxes_by_account ON sandboxes (account_id, created_at_ms);
+CREATE TABLE transitions (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(id),
+    state      TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    reason     TEXT
+);
+CREATE INDEX transitions_by_sandbox ON transitions (sandbox_id, seq);
+"#];
+
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew { found: current, known });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
