@@ -1,1 +1,182 @@
-//! placeholder
+//! The runtime a sandbox runs on, behind one trait so the server does not care whether it is a
+//! container (runc), a gVisor sandbox (runsc) or, later, a microVM. The Docker driver lives in
+//! [`docker`]; [`archive`] keeps untrusted tar streams away from the engine.
+
+pub mod archive;
+pub mod docker;
+mod proctree;
+mod seccomp;
+mod syscalls;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use caged_domain::{Isolation, NetworkMode, Resources, SandboxId};
+use futures_util::Stream;
+use serde_json::Value;
+use tokio::io::AsyncWrite;
+
+pub use docker::DockerRuntime;
+
+/// Capabilities a sandbox keeps; everything else is dropped. These are what package managers
+/// and ordinary root-in-a-box work needs (file ownership, switching users, signalling own
+/// processes, binding low ports); none reaches beyond the sandbox's own namespaces.
+pub const KEPT_CAPABILITIES: &[&str] =
+    &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"];
+
+/// Default cap on processes (and threads) per sandbox, so a fork bomb stays inside.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the container engine is unreachable: {reason}")]
+    EngineUnreachable { reason: String },
+    #[error("unknown template {template:?}; known templates: {}", list_or_none(known))]
+    TemplateMissing { template: String, known: Vec<String> },
+    #[error("gVisor isolation is unavailable: {reason}")]
+    IsolationUnavailable { reason: String },
+    #[error("no such path in the sandbox: {path}")]
+    PathNotFound { path: String },
+    #[error("the sandbox's container is gone")]
+    ContainerGone,
+    #[error("archive rejected: {reason}")]
+    BadArchive { reason: String },
+    #[error("the engine refused: {message}")]
+    Engine { status: u16, message: String },
+    #[error("could not stop the command: {reason}")]
+    KillFailed { reason: String },
+    #[error("engine I/O failed")]
+    Io(#[from] std::io::Error),
+}
+
+fn list_or_none(known: &[String]) -> String {
+    if known.is_empty() { "none (import one with `caged template import`)".to_string() } else { known.join(", ") }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// Everything a driver needs to bring up one sandbox.
+#[derive(Clone, Debug)]
+pub struct SandboxSpec {
+    pub id: SandboxId,
+    pub account_id: String,
+    pub installation_id: String,
+    pub template: String,
+    pub isolation: Isolation,
+    pub resources: Resources,
+    pub network_mode: NetworkMode,
+    pub env: BTreeMap<String, String>,
+    /// Apply `resources.disk` as a hard limit (only where the engine can).
+    pub enforce_disk: bool,
+    pub pids_limit: i64,
+}
+
+/// What the engine can do, found at start-up and reported to operators.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+    pub storage_driver: String,
+    /// Whether per-sandbox disk limits are enforced, and if not, why.
+    pub disk_limits: Support,
+    /// Whether `isolation: gvisor` works here, and its limits.
+    pub gvisor: Support,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Support {
+    pub available: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TemplateInfo {
+    pub name: String,
+    pub image_id: String,
+    pub size_bytes: i64,
+    pub created_at: i64,
+}
+
+/// A sandbox container as the engine lists it, for reconciling with the store.
+#[derive(Clone, Debug)]
+pub struct ContainerSummary {
+    pub container_id: String,
+    pub sandbox_id: Option<SandboxId>,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ExecSpec {
+    /// argv, never a shell string.
+    pub cmd: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub tty: bool,
+    pub stdin: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExecOutput {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// A started command: its output as it comes, and its stdin.
+pub struct ExecHandle {
+    pub exec_id: String,
+    pub output: Pin<Box<dyn Stream<Item = Result<ExecOutput>> + Send>>,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// What a path inside a sandbox is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathStat {
+    pub is_dir: bool,
+    pub size: i64,
+    pub mode: u32,
+    pub link_target: Option<String>,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Connects, learns the engine's capabilities and prepares shared resources. Cheap enough
+    /// to call again when the engine comes back.
+    async fn probe(&self) -> Result<EngineInfo>;
+    /// Quick liveness check.
+    async fn ping(&self) -> Result<()>;
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>>;
+    /// Imports an uncompressed root filesystem tar as template `name`.
+    async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo>;
+
+    /// Creates and starts the sandbox; returns the engine's handle for it. On error nothing of
+    /// it is left on the engine.
+    async fn create(&self, spec: &SandboxSpec) -> Result<String>;
+    async fn pause(&self, handle: &str) -> Result<()>;
+    async fn resume(&self, handle: &str) -> Result<()>;
+    /// Removes the sandbox and all it holds; succeeds when it is already gone.
+    async fn destroy(&self, handle: &str) -> Result<()>;
+    /// Sandboxes of this installation that the engine holds.
+    async fn list(&self, installation_id: &str) -> Result<Vec<ContainerSummary>>;
+
+    async fn exec(&self, handle: &str, spec: &ExecSpec) -> Result<ExecHandle>;
+    /// Exit status once the command ended; `None` while it runs.
+    async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>>;
+    async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()>;
+    /// Kills the command and everything it started.
+    async fn exec_kill(&self, handle: &str, exec_id: &str) -> Result<()>;
+
+    async fn stat_path(&self, handle: &str, path: &str) -> Result<PathStat>;
+    /// The path as an uncompressed tar stream, named by its last component.
+    async fn read_tar(&self, handle: &str, path: &str) -> Result<ByteStream>;
+    /// Extracts an uncompressed tar that [`archive::sanitize`] produced into directory `dir`,
+    /// which must exist.
+    async fn write_tar(&self, handle: &str, dir: &str, tar: Bytes) -> Result<()>;
+
+    /// Driver-specific facts for `inspect`.
+    async fn describe(&self, handle: &str) -> Result<Value>;
+}
