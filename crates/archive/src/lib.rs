@@ -34,7 +34,10 @@ pub enum ArchiveError {
 }
 
 fn entry_error(path: &str, reason: impl Into<String>) -> ArchiveError {
-    ArchiveError::Entry { path: path.to_string(), reason: reason.into() }
+    ArchiveError::Entry {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Bounds on what one archive may contain.
@@ -46,7 +49,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_entries: 1_000_000, max_bytes: 64 << 30 }
+        Limits {
+            max_entries: 1_000_000,
+            max_bytes: 64 << 30,
+        }
     }
 }
 
@@ -71,11 +77,17 @@ fn clean_relative(raw: &Path) -> Result<Option<PathBuf>, String> {
         match component {
             Component::Normal(part) => clean.push(part),
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err("absolute paths are not allowed".into()),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute paths are not allowed".into());
+            }
             Component::ParentDir => return Err("`..` is not allowed".into()),
         }
     }
-    Ok(if clean.as_os_str().is_empty() { None } else { Some(clean) })
+    Ok(if clean.as_os_str().is_empty() {
+        None
+    } else {
+        Some(clean)
+    })
 }
 
 /// Rewrites an uploaded tar into a plain one the engine can extract safely: relative paths
@@ -93,12 +105,15 @@ pub fn sanitize(input: impl Read, output: impl Write, limits: Limits) -> Result<
         let mut entry = entry.map_err(ArchiveError::Read)?;
         let raw_path = entry.path().map_err(ArchiveError::Read)?.into_owned();
         let shown = raw_path.display().to_string();
-        let Some(path) = clean_relative(&raw_path).map_err(|reason| entry_error(&shown, reason))? else {
+        let Some(path) = clean_relative(&raw_path).map_err(|reason| entry_error(&shown, reason))?
+        else {
             continue; // "./": the destination itself, whose mode is not the archive's to change
         };
         entries_written += 1;
         if entries_written > limits.max_entries {
-            return Err(ArchiveError::TooManyEntries { limit: limits.max_entries });
+            return Err(ArchiveError::TooManyEntries {
+                limit: limits.max_entries,
+            });
         }
         let mode = entry.header().mode().unwrap_or(0o644) & 0o1777;
         let mtime = entry.header().mtime().unwrap_or(0);
@@ -108,22 +123,31 @@ pub fn sanitize(input: impl Read, output: impl Write, limits: Limits) -> Result<
         header.set_uid(0);
         header.set_gid(0);
         let kind = entry.header().entry_type();
-        let write_err = |source| ArchiveError::Write { path: path.clone(), source };
+        let write_err = |source| ArchiveError::Write {
+            path: path.clone(),
+            source,
+        };
         match kind {
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
                 bytes = bytes.saturating_add(size);
                 if bytes > limits.max_bytes {
-                    return Err(ArchiveError::TooLarge { limit: limits.max_bytes });
+                    return Err(ArchiveError::TooLarge {
+                        limit: limits.max_bytes,
+                    });
                 }
                 header.set_entry_type(EntryType::Regular);
                 header.set_size(size);
-                builder.append_data(&mut header, &path, &mut entry).map_err(write_err)?;
+                builder
+                    .append_data(&mut header, &path, &mut entry)
+                    .map_err(write_err)?;
             }
             EntryType::Directory => {
                 header.set_entry_type(EntryType::Directory);
                 header.set_size(0);
-                builder.append_data(&mut header, &path, io::empty()).map_err(write_err)?;
+                builder
+                    .append_data(&mut header, &path, io::empty())
+                    .map_err(write_err)?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -133,7 +157,9 @@ pub fn sanitize(input: impl Read, output: impl Write, limits: Limits) -> Result<
                     .into_owned();
                 header.set_entry_type(EntryType::Symlink);
                 header.set_size(0);
-                builder.append_link(&mut header, &path, &target).map_err(write_err)?;
+                builder
+                    .append_link(&mut header, &path, &target)
+                    .map_err(write_err)?;
             }
             EntryType::Link => {
                 let target = entry
@@ -143,22 +169,35 @@ pub fn sanitize(input: impl Read, output: impl Write, limits: Limits) -> Result<
                 let target = clean_relative(&target)
                     .map_err(|reason| entry_error(&shown, format!("hard link target: {reason}")))?
                     .filter(|target| seen.contains(target))
-                    .ok_or_else(|| entry_error(&shown, "hard link to a file not earlier in the archive"))?;
+                    .ok_or_else(|| {
+                        entry_error(&shown, "hard link to a file not earlier in the archive")
+                    })?;
                 header.set_entry_type(EntryType::Link);
                 header.set_size(0);
-                builder.append_link(&mut header, &path, &target).map_err(write_err)?;
+                builder
+                    .append_link(&mut header, &path, &target)
+                    .map_err(write_err)?;
             }
             // Metadata records the tar crate folds into the entries that follow.
-            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => {
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => {
                 continue;
             }
             other => {
-                return Err(entry_error(&shown, format!("{} entries are not allowed", type_name(other))));
+                return Err(entry_error(
+                    &shown,
+                    format!("{} entries are not allowed", type_name(other)),
+                ));
             }
         }
         seen.insert(path);
     }
-    builder.finish().map_err(|source| ArchiveError::Write { path: PathBuf::new(), source })?;
+    builder.finish().map_err(|source| ArchiveError::Write {
+        path: PathBuf::new(),
+        source,
+    })?;
     Ok(entries_written)
 }
 
@@ -173,7 +212,12 @@ fn type_name(kind: EntryType) -> &'static str {
 }
 
 /// A one-entry tar: `name` (relative) with `data`, preceded by directory entries for `dirs`.
-pub fn single_file_tar(dirs: &[PathBuf], name: &Path, data: &[u8], mode: u32) -> io::Result<Vec<u8>> {
+pub fn single_file_tar(
+    dirs: &[PathBuf],
+    name: &Path,
+    data: &[u8],
+    mode: u32,
+) -> io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::with_capacity(data.len() + 2048));
     for dir in dirs {
         let mut header = Header::new_gnu();
@@ -194,16 +238,26 @@ pub fn single_file_tar(dirs: &[PathBuf], name: &Path, data: &[u8], mode: u32) ->
 /// component (the engine names entries after the copied directory). Nothing is written outside
 /// `dest`: paths are cleaned, no write goes through a symlink, links may not point out, and
 /// device nodes and FIFOs are skipped. Returns the number of entries written.
-pub fn extract_into(input: impl Read, dest: &Path, strip_first: bool, limits: Limits) -> Result<u64, ArchiveError> {
+pub fn extract_into(
+    input: impl Read,
+    dest: &Path,
+    strip_first: bool,
+    limits: Limits,
+) -> Result<u64, ArchiveError> {
     let mut archive = tar::Archive::new(input);
     let mut written = 0u64;
     let mut bytes = 0u64;
-    fs::create_dir_all(dest).map_err(|source| ArchiveError::Write { path: dest.to_path_buf(), source })?;
+    fs::create_dir_all(dest).map_err(|source| ArchiveError::Write {
+        path: dest.to_path_buf(),
+        source,
+    })?;
     for entry in archive.entries().map_err(ArchiveError::Read)? {
         let mut entry = entry.map_err(ArchiveError::Read)?;
         let raw_path = entry.path().map_err(ArchiveError::Read)?.into_owned();
         let shown = raw_path.display().to_string();
-        let Some(mut path) = clean_relative(&raw_path).map_err(|reason| entry_error(&shown, reason))? else {
+        let Some(mut path) =
+            clean_relative(&raw_path).map_err(|reason| entry_error(&shown, reason))?
+        else {
             continue;
         };
         if strip_first {
@@ -215,10 +269,15 @@ pub fn extract_into(input: impl Read, dest: &Path, strip_first: bool, limits: Li
         }
         written += 1;
         if written > limits.max_entries {
-            return Err(ArchiveError::TooManyEntries { limit: limits.max_entries });
+            return Err(ArchiveError::TooManyEntries {
+                limit: limits.max_entries,
+            });
         }
         let target = dest.join(&path);
-        let write_err = |source| ArchiveError::Write { path: target.clone(), source };
+        let write_err = |source| ArchiveError::Write {
+            path: target.clone(),
+            source,
+        };
         // Every directory between dest and the entry must be a real directory, not a link a
         // previous entry planted.
         let mut current = dest.to_path_buf();
@@ -227,7 +286,12 @@ pub fn extract_into(input: impl Read, dest: &Path, strip_first: bool, limits: Li
                 current.push(part);
                 match fs::symlink_metadata(&current) {
                     Ok(meta) if meta.is_dir() => {}
-                    Ok(_) => return Err(entry_error(&shown, "a parent directory is a link or a file")),
+                    Ok(_) => {
+                        return Err(entry_error(
+                            &shown,
+                            "a parent directory is a link or a file",
+                        ));
+                    }
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {
                         fs::create_dir(&current).map_err(write_err)?;
                     }
@@ -240,7 +304,9 @@ pub fn extract_into(input: impl Read, dest: &Path, strip_first: bool, limits: Li
             EntryType::Regular | EntryType::Continuous => {
                 bytes = bytes.saturating_add(entry.size());
                 if bytes > limits.max_bytes {
-                    return Err(ArchiveError::TooLarge { limit: limits.max_bytes });
+                    return Err(ArchiveError::TooLarge {
+                        limit: limits.max_bytes,
+                    });
                 }
                 remove_non_dir(&target).map_err(write_err)?;
                 let mut file = create_new_file(&target, mode).map_err(write_err)?;
@@ -248,7 +314,12 @@ pub fn extract_into(input: impl Read, dest: &Path, strip_first: bool, limits: Li
             }
             EntryType::Directory => match fs::symlink_metadata(&target) {
                 Ok(meta) if meta.is_dir() => {}
-                Ok(_) => return Err(entry_error(&shown, "a directory entry over a link or a file")),
+                Ok(_) => {
+                    return Err(entry_error(
+                        &shown,
+                        "a directory entry over a link or a file",
+                    ));
+                }
                 Err(_) => fs::create_dir(&target).map_err(write_err)?,
             },
             EntryType::Symlink => {
@@ -273,7 +344,10 @@ pub fn extract_into(input: impl Read, dest: &Path, strip_first: bool, limits: Li
                 let source = dest.join(&link);
                 let meta = fs::symlink_metadata(&source).map_err(write_err)?;
                 if !meta.is_file() {
-                    return Err(entry_error(&shown, "hard link to something other than an extracted file"));
+                    return Err(entry_error(
+                        &shown,
+                        "hard link to something other than an extracted file",
+                    ));
                 }
                 remove_non_dir(&target).map_err(write_err)?;
                 fs::hard_link(&source, &target).map_err(write_err)?;
@@ -289,7 +363,10 @@ pub fn extract_into(input: impl Read, dest: &Path, strip_first: bool, limits: Li
 
 fn remove_non_dir(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Err(io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way")),
+        Ok(meta) if meta.is_dir() => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a directory is in the way",
+        )),
         Ok(_) => fs::remove_file(path),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err),
@@ -332,18 +409,50 @@ mod tests {
     }
 
     fn sanitize_err(tar: &[u8]) -> String {
-        sanitize(tar, Vec::new(), Limits::default()).unwrap_err().to_string()
+        sanitize(tar, Vec::new(), Limits::default())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn sanitize_refuses_escapes_and_special_files() {
         let cases = [
-            ("/etc/passwd", EntryType::Regular, None, "entry \"/etc/passwd\": absolute paths are not allowed"),
-            ("a/../../x", EntryType::Regular, None, "entry \"a/../../x\": `..` is not allowed"),
-            ("dev", EntryType::Char, None, "entry \"dev\": character device entries are not allowed"),
-            ("fifo", EntryType::Fifo, None, "entry \"fifo\": FIFO entries are not allowed"),
-            ("h", EntryType::Link, Some("/etc/shadow"), "entry \"h\": hard link target: absolute paths are not allowed"),
-            ("h", EntryType::Link, Some("missing"), "entry \"h\": hard link to a file not earlier in the archive"),
+            (
+                "/etc/passwd",
+                EntryType::Regular,
+                None,
+                "entry \"/etc/passwd\": absolute paths are not allowed",
+            ),
+            (
+                "a/../../x",
+                EntryType::Regular,
+                None,
+                "entry \"a/../../x\": `..` is not allowed",
+            ),
+            (
+                "dev",
+                EntryType::Char,
+                None,
+                "entry \"dev\": character device entries are not allowed",
+            ),
+            (
+                "fifo",
+                EntryType::Fifo,
+                None,
+                "entry \"fifo\": FIFO entries are not allowed",
+            ),
+            (
+                "h",
+                EntryType::Link,
+                Some("/etc/shadow"),
+                "entry \"h\": hard link target: absolute paths are not allowed",
+            ),
+            (
+                "h",
+                EntryType::Link,
+                Some("missing"),
+                "entry \"h\": hard link to a file not earlier in the archive",
+            ),
         ];
         for (name, kind, link, expected) in cases {
             assert_eq!(sanitize_err(&raw_tar(&[(name, kind, b"", link)])), expected);
@@ -358,14 +467,21 @@ mod tests {
             ("dir/link", EntryType::Symlink, b"", Some("/etc/shadow")),
         ]);
         let mut out = Vec::new();
-        assert_eq!(sanitize(&input[..], &mut out, Limits::default()).unwrap(), 3);
+        assert_eq!(
+            sanitize(&input[..], &mut out, Limits::default()).unwrap(),
+            3
+        );
         let mut archive = tar::Archive::new(&out[..]);
         let mut seen = Vec::new();
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();
             let mut data = String::new();
             entry.read_to_string(&mut data).unwrap();
-            seen.push((entry.path().unwrap().display().to_string(), entry.header().mode().unwrap(), data));
+            seen.push((
+                entry.path().unwrap().display().to_string(),
+                entry.header().mode().unwrap(),
+                data,
+            ));
         }
         assert_eq!(
             seen,
@@ -379,10 +495,29 @@ mod tests {
 
     #[test]
     fn sanitize_enforces_limits() {
-        let input = raw_tar(&[("a", EntryType::Regular, b"12345", None), ("b", EntryType::Regular, b"", None)]);
-        let err = sanitize(&input[..], Vec::new(), Limits { max_entries: 1, max_bytes: 100 }).unwrap_err();
+        let input = raw_tar(&[
+            ("a", EntryType::Regular, b"12345", None),
+            ("b", EntryType::Regular, b"", None),
+        ]);
+        let err = sanitize(
+            &input[..],
+            Vec::new(),
+            Limits {
+                max_entries: 1,
+                max_bytes: 100,
+            },
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "more than 1 entries");
-        let err = sanitize(&input[..], Vec::new(), Limits { max_entries: 10, max_bytes: 4 }).unwrap_err();
+        let err = sanitize(
+            &input[..],
+            Vec::new(),
+            Limits {
+                max_entries: 10,
+                max_bytes: 4,
+            },
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "more than 4 bytes unpacked");
     }
 
@@ -397,7 +532,10 @@ mod tests {
             ("top/esc/pwned", EntryType::Regular, b"x", None),
         ]);
         let err = extract_into(&input[..], dest.path(), true, Limits::default()).unwrap_err();
-        assert_eq!(err.to_string(), "entry \"top/esc/pwned\": a parent directory is a link or a file");
+        assert_eq!(
+            err.to_string(),
+            "entry \"top/esc/pwned\": a parent directory is a link or a file"
+        );
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
 
         // Replacing a planted link with a file writes a new file, not through the link.
@@ -419,9 +557,17 @@ mod tests {
         gz.write_all(b"hello").unwrap();
         let gz = gz.finish().unwrap();
         let mut text = String::new();
-        decompressed(io::Cursor::new(gz)).unwrap().read_to_string(&mut text).unwrap();
+        decompressed(io::Cursor::new(gz))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
         assert_eq!(text, "hello");
-        let err = decompressed(io::Cursor::new(vec![0x28, 0xb5, 0x2f, 0xfd, 0])).err().unwrap();
-        assert_eq!(err.to_string(), "unsupported compression (zstd); send a plain tar or a gzip-compressed one");
+        let err = decompressed(io::Cursor::new(vec![0x28, 0xb5, 0x2f, 0xfd, 0]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unsupported compression (zstd); send a plain tar or a gzip-compressed one"
+        );
     }
 }

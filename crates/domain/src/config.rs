@@ -118,7 +118,11 @@ fn default_disk() -> u64 {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources { cpu: default_cpu(), memory: default_memory(), disk: default_disk() }
+        Resources {
+            cpu: default_cpu(),
+            memory: default_memory(),
+            disk: default_disk(),
+        }
     }
 }
 
@@ -163,7 +167,11 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { key: key.into(), line: None, message: message.into() }
+        ConfigError {
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -171,10 +179,17 @@ impl SandboxConfig {
     /// Parses and validates a `.caged.yaml` document.
     pub fn from_yaml(text: &str) -> Result<SandboxConfig, ConfigError> {
         if text.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::at("", format!("larger than {MAX_CONFIG_BYTES} bytes")));
+            return Err(ConfigError::at(
+                "",
+                format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            ));
         }
         let (value, lines) = yaml_to_json(text)?;
-        let value = if value.is_null() { Value::Object(Map::new()) } else { value };
+        let value = if value.is_null() {
+            Value::Object(Map::new())
+        } else {
+            value
+        };
         Self::from_json_value(value).map_err(|mut err| {
             err.line = line_for(&lines, &err.key);
             err
@@ -203,7 +218,10 @@ impl SandboxConfig {
         check_template_name("template", &self.template)?;
         let r = &self.resources;
         if !(r.cpu.is_finite() && (0.1..=64.0).contains(&r.cpu)) {
-            return Err(ConfigError::at("resources.cpu", format!("must be between 0.1 and 64 (got {})", r.cpu)));
+            return Err(ConfigError::at(
+                "resources.cpu",
+                format!("must be between 0.1 and 64 (got {})", r.cpu),
+            ));
         }
         if !(64..=262_144).contains(&r.memory) {
             return Err(ConfigError::at(
@@ -212,18 +230,27 @@ impl SandboxConfig {
             ));
         }
         if !(1..=4096).contains(&r.disk) {
-            return Err(ConfigError::at("resources.disk", format!("must be between 1 and 4096 GB (got {})", r.disk)));
+            return Err(ConfigError::at(
+                "resources.disk",
+                format!("must be between 1 and 4096 GB (got {})", r.disk),
+            ));
         }
         if !(1..=30 * 24 * 3600).contains(&self.timeout) {
             return Err(ConfigError::at(
                 "timeout",
-                format!("must be between 1 and 2592000 seconds (got {})", self.timeout),
+                format!(
+                    "must be between 1 and 2592000 seconds (got {})",
+                    self.timeout
+                ),
             ));
         }
         if let Some(budget) = self.budget
             && !(budget.is_finite() && budget > 0.0 && budget <= 1_000_000.0)
         {
-            return Err(ConfigError::at("budget", format!("must be more than 0 and at most 1000000 USD (got {budget})")));
+            return Err(ConfigError::at(
+                "budget",
+                format!("must be more than 0 and at most 1000000 USD (got {budget})"),
+            ));
         }
         if let Some(script) = &self.init_script {
             if script.trim().is_empty() {
@@ -236,17 +263,27 @@ impl SandboxConfig {
         if self.network_mode != NetworkMode::Allowlist && !self.allowed_hosts.is_empty() {
             return Err(ConfigError::at(
                 "allowed_hosts",
-                format!("is only used with network_mode: allowlist (network_mode is {})", self.network_mode.as_str()),
+                format!(
+                    "is only used with network_mode: allowlist (network_mode is {})",
+                    self.network_mode.as_str()
+                ),
             ));
         }
         for (i, host) in self.allowed_hosts.iter().enumerate() {
-            check_host_pattern(host).map_err(|msg| ConfigError::at(format!("allowed_hosts[{i}]"), msg))?;
+            check_host_pattern(host)
+                .map_err(|msg| ConfigError::at(format!("allowed_hosts[{i}]"), msg))?;
         }
         for (key, value) in &self.env {
-            let valid_key = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid_key = key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid_key {
-                return Err(ConfigError::at(format!("env.{key}"), "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+                return Err(ConfigError::at(
+                    format!("env.{key}"),
+                    "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
             }
             if value.contains('\0') {
                 return Err(ConfigError::at(format!("env.{key}"), "contains a NUL byte"));
@@ -259,24 +296,44 @@ impl SandboxConfig {
 /// Names users give sandboxes: short, printable, safe in a URL and a container label.
 pub fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = (1..=63).contains(&name.len())
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::at(key, format!("{name:?} is not a valid name (1-63 of a-z A-Z 0-9 - _ ., starting alphanumeric)")))
+        Err(ConfigError::at(
+            key,
+            format!(
+                "{name:?} is not a valid name (1-63 of a-z A-Z 0-9 - _ ., starting alphanumeric)"
+            ),
+        ))
     }
 }
 
 /// Template names become part of an image reference, so they keep to its lowercase alphabet.
 pub fn check_template_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = (1..=63).contains(&name.len())
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::at(key, format!("{name:?} is not a valid template name (1-63 of a-z 0-9 - _ ., starting a-z or 0-9)")))
+        Err(ConfigError::at(
+            key,
+            format!(
+                "{name:?} is not a valid template name (1-63 of a-z 0-9 - _ ., starting a-z or 0-9)"
+            ),
+        ))
     }
 }
 
@@ -292,10 +349,17 @@ fn check_host_pattern(host: &str) -> Result<(), String> {
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if !labels_ok {
-        return Err(format!("{host:?} is not a host name (e.g. api.openai.com or *.example.com)"));
+        return Err(format!(
+            "{host:?} is not a host name (e.g. api.openai.com or *.example.com)"
+        ));
     }
-    if bare.split('.').all(|label| label.chars().all(|c| c.is_ascii_digit())) {
-        return Err(format!("{host:?} is an IP address; allowed_hosts takes host names"));
+    if bare
+        .split('.')
+        .all(|label| label.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{host:?} is an IP address; allowed_hosts takes host names"
+        ));
     }
     Ok(())
 }
@@ -349,11 +413,13 @@ fn line_for(lines: &HashMap<String, usize>, key: &str) -> Option<usize> {
 fn yaml_to_json(text: &str) -> Result<(Value, HashMap<String, usize>), ConfigError> {
     let mut builder = JsonBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).map_err(|err| ConfigError {
-        key: String::new(),
-        line: Some(err.marker().line()),
-        message: format!("not valid YAML: {}", err.info()),
-    })?;
+    parser
+        .load(&mut builder, false)
+        .map_err(|err| ConfigError {
+            key: String::new(),
+            line: Some(err.marker().line()),
+            message: format!("not valid YAML: {}", err.info()),
+        })?;
     if let Some(err) = builder.error {
         return Err(err);
     }
@@ -361,8 +427,15 @@ fn yaml_to_json(text: &str) -> Result<(Value, HashMap<String, usize>), ConfigErr
 }
 
 enum Frame {
-    Map { map: Map<String, Value>, pending_key: Option<String>, path: String },
-    Seq { items: Vec<Value>, path: String },
+    Map {
+        map: Map<String, Value>,
+        pending_key: Option<String>,
+        path: String,
+    },
+    Seq {
+        items: Vec<Value>,
+        path: String,
+    },
 }
 
 #[derive(Default)]
@@ -376,14 +449,22 @@ struct JsonBuilder {
 impl JsonBuilder {
     fn fail(&mut self, key: &str, line: usize, message: impl Into<String>) {
         if self.error.is_none() {
-            self.error = Some(ConfigError { key: key.to_string(), line: Some(line), message: message.into() });
+            self.error = Some(ConfigError {
+                key: key.to_string(),
+                line: Some(line),
+                message: message.into(),
+            });
         }
     }
 
     /// Path of the value about to be added to the innermost container.
     fn child_path(&self) -> String {
         match self.stack.last() {
-            Some(Frame::Map { pending_key: Some(key), path, .. }) => join(path, key),
+            Some(Frame::Map {
+                pending_key: Some(key),
+                path,
+                ..
+            }) => join(path, key),
             Some(Frame::Seq { items, path }) => format!("{path}[{}]", items.len()),
             _ => String::new(),
         }
@@ -393,7 +474,11 @@ impl JsonBuilder {
         match self.stack.last_mut() {
             None => self.root = Some(value),
             Some(Frame::Seq { items, .. }) => items.push(value),
-            Some(Frame::Map { map, pending_key, path }) => match pending_key.take() {
+            Some(Frame::Map {
+                map,
+                pending_key,
+                path,
+            }) => match pending_key.take() {
                 Some(key) => {
                     map.insert(key, value);
                 }
@@ -414,12 +499,22 @@ impl JsonBuilder {
     }
 
     fn expecting_key(&self) -> bool {
-        matches!(self.stack.last(), Some(Frame::Map { pending_key: None, .. }))
+        matches!(
+            self.stack.last(),
+            Some(Frame::Map {
+                pending_key: None,
+                ..
+            })
+        )
     }
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 impl MarkedEventReceiver for JsonBuilder {
@@ -459,9 +554,16 @@ impl MarkedEventReceiver for JsonBuilder {
                 let path = self.child_path();
                 self.lines.entry(path.clone()).or_insert(line);
                 if matches!(event, Event::MappingStart(..)) {
-                    self.stack.push(Frame::Map { map: Map::new(), pending_key: None, path });
+                    self.stack.push(Frame::Map {
+                        map: Map::new(),
+                        pending_key: None,
+                        path,
+                    });
                 } else {
-                    self.stack.push(Frame::Seq { items: Vec::new(), path });
+                    self.stack.push(Frame::Seq {
+                        items: Vec::new(),
+                        path,
+                    });
                 }
             }
             Event::MappingEnd | Event::SequenceEnd => {
@@ -492,7 +594,9 @@ fn plain_scalar(text: &str) -> Value {
     if let Ok(int) = text.parse::<i64>() {
         return Value::from(int);
     }
-    let looks_numeric = text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+    let looks_numeric = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
         && text.bytes().any(|b| b.is_ascii_digit());
     if looks_numeric && let Ok(float) = text.parse::<f64>() {
         return Value::from(float);
@@ -522,7 +626,14 @@ allowed_hosts:
     fn parses_the_product_page_example() {
         let config = SandboxConfig::from_yaml(PRODUCT_PAGE_EXAMPLE).unwrap();
         assert_eq!(config.template, "node-20");
-        assert_eq!(config.resources, Resources { cpu: 2.0, memory: 1024, disk: 10 });
+        assert_eq!(
+            config.resources,
+            Resources {
+                cpu: 2.0,
+                memory: 1024,
+                disk: 10
+            }
+        );
         assert_eq!(config.timeout, 1800);
         assert_eq!(config.budget, Some(5.0));
         assert_eq!(config.init_script.as_deref(), Some("npm install"));
@@ -533,8 +644,14 @@ allowed_hosts:
 
     #[test]
     fn empty_document_gives_defaults() {
-        assert_eq!(SandboxConfig::from_yaml("").unwrap(), SandboxConfig::default());
-        assert_eq!(SandboxConfig::from_yaml("# nothing\n").unwrap(), SandboxConfig::default());
+        assert_eq!(
+            SandboxConfig::from_yaml("").unwrap(),
+            SandboxConfig::default()
+        );
+        assert_eq!(
+            SandboxConfig::from_yaml("# nothing\n").unwrap(),
+            SandboxConfig::default()
+        );
     }
 
     fn error(yaml: &str) -> String {
@@ -544,41 +661,100 @@ allowed_hosts:
     #[test]
     fn errors_name_key_and_line() {
         let cases = [
-            ("resources:\n  cpu: 0\n", "line 2: resources.cpu: must be between 0.1 and 64 (got 0)"),
-            ("resources:\n  memory: 10\n", "line 2: resources.memory: must be between 64 and 262144 MB (got 10)"),
-            ("template: base\ntimeout: -1\n", "line 2: timeout: invalid value: integer `-1`, expected u64"),
-            ("timeout: 0\n", "line 1: timeout: must be between 1 and 2592000 seconds (got 0)"),
-            ("resources:\n  memory: \"1024\"\n", "line 2: resources.memory: invalid type: string \"1024\", expected u64"),
-            ("template: base\nbudgets: 5\n", "line 2: budgets: unknown field `budgets`, expected one of `name`, `template`, `resources`, `timeout`, `budget`, `init_script`, `network_mode`, `allowed_hosts`, `isolation`, `env`"),
-            ("resources:\n  cpu: 1\n  gpu: 1\n", "line 3: resources.gpu: unknown field `gpu`, expected one of `cpu`, `memory`, `disk`"),
-            ("network_mode: open\n", "line 1: network_mode: unknown variant `open`, expected one of `full`, `allowlist`, `none`"),
-            ("allowed_hosts: [a.com]\n", "line 1: allowed_hosts: is only used with network_mode: allowlist (network_mode is full)"),
-            ("network_mode: allowlist\nallowed_hosts:\n  - ok.com\n  - 10.0.0.1\n", "line 4: allowed_hosts[1]: \"10.0.0.1\" is an IP address; allowed_hosts takes host names"),
-            ("timeout: 5\ntimeout: 6\n", "line 2: timeout: is given twice"),
-            ("template: Node\n", "line 1: template: \"Node\" is not a valid template name (1-63 of a-z 0-9 - _ ., starting a-z or 0-9)"),
-            ("budget: 0\n", "line 1: budget: must be more than 0 and at most 1000000 USD (got 0)"),
-            ("env:\n  1BAD: x\n", "line 2: env.1BAD: is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
-            ("a: &x 1\nb: *x\n", "line 1: a: anchors and tags are not supported"),
+            (
+                "resources:\n  cpu: 0\n",
+                "line 2: resources.cpu: must be between 0.1 and 64 (got 0)",
+            ),
+            (
+                "resources:\n  memory: 10\n",
+                "line 2: resources.memory: must be between 64 and 262144 MB (got 10)",
+            ),
+            (
+                "template: base\ntimeout: -1\n",
+                "line 2: timeout: invalid value: integer `-1`, expected u64",
+            ),
+            (
+                "timeout: 0\n",
+                "line 1: timeout: must be between 1 and 2592000 seconds (got 0)",
+            ),
+            (
+                "resources:\n  memory: \"1024\"\n",
+                "line 2: resources.memory: invalid type: string \"1024\", expected u64",
+            ),
+            (
+                "template: base\nbudgets: 5\n",
+                "line 2: budgets: unknown field `budgets`, expected one of `name`, `template`, `resources`, `timeout`, `budget`, `init_script`, `network_mode`, `allowed_hosts`, `isolation`, `env`",
+            ),
+            (
+                "resources:\n  cpu: 1\n  gpu: 1\n",
+                "line 3: resources.gpu: unknown field `gpu`, expected one of `cpu`, `memory`, `disk`",
+            ),
+            (
+                "network_mode: open\n",
+                "line 1: network_mode: unknown variant `open`, expected one of `full`, `allowlist`, `none`",
+            ),
+            (
+                "allowed_hosts: [a.com]\n",
+                "line 1: allowed_hosts: is only used with network_mode: allowlist (network_mode is full)",
+            ),
+            (
+                "network_mode: allowlist\nallowed_hosts:\n  - ok.com\n  - 10.0.0.1\n",
+                "line 4: allowed_hosts[1]: \"10.0.0.1\" is an IP address; allowed_hosts takes host names",
+            ),
+            (
+                "timeout: 5\ntimeout: 6\n",
+                "line 2: timeout: is given twice",
+            ),
+            (
+                "template: Node\n",
+                "line 1: template: \"Node\" is not a valid template name (1-63 of a-z 0-9 - _ ., starting a-z or 0-9)",
+            ),
+            (
+                "budget: 0\n",
+                "line 1: budget: must be more than 0 and at most 1000000 USD (got 0)",
+            ),
+            (
+                "env:\n  1BAD: x\n",
+                "line 2: env.1BAD: is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+            ),
+            (
+                "a: &x 1\nb: *x\n",
+                "line 1: a: anchors and tags are not supported",
+            ),
             ("- 1\n- 2\n", "line 1: expected a mapping of settings"),
         ];
         for (yaml, expected) in cases {
             assert_eq!(error(yaml), expected, "for {yaml:?}");
         }
-        assert!(error("resources: [\n").starts_with("line "), "{}", error("resources: [\n"));
+        assert!(
+            error("resources: [\n").starts_with("line "),
+            "{}",
+            error("resources: [\n")
+        );
     }
 
     #[test]
     fn json_input_goes_through_the_same_checks() {
         let err = SandboxConfig::from_json_value(json!({"resources": {"cpu": 0}})).unwrap_err();
-        assert_eq!(err.to_string(), "resources.cpu: must be between 0.1 and 64 (got 0)");
-        let config = SandboxConfig::from_json_value(json!({"template": "busybox", "isolation": "gvisor"})).unwrap();
+        assert_eq!(
+            err.to_string(),
+            "resources.cpu: must be between 0.1 and 64 (got 0)"
+        );
+        let config =
+            SandboxConfig::from_json_value(json!({"template": "busybox", "isolation": "gvisor"}))
+                .unwrap();
         assert_eq!(config.isolation, Isolation::Gvisor);
     }
 
     #[test]
     fn schema_lists_every_key_the_parser_accepts() {
         let schema = json_schema();
-        let keys: Vec<_> = schema["properties"].as_object().unwrap().keys().cloned().collect();
+        let keys: Vec<_> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         let config = serde_json::to_value(SandboxConfig {
             name: Some("n".into()),
             budget: Some(1.0),

@@ -42,7 +42,9 @@ impl FromStr for SandboxId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         let ok = s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !ok {
-            return Err(IdError { given: s.to_string() });
+            return Err(IdError {
+                given: s.to_string(),
+            });
         }
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(s.as_bytes());
@@ -82,7 +84,14 @@ mod tests {
     #[test]
     fn parses_only_eight_lowercase_hex() {
         assert!("a1b2c3d4".parse::<SandboxId>().is_ok());
-        for bad in ["", "a1b2c3d", "a1b2c3d45", "A1B2C3D4", "g1b2c3d4", "../../etc"] {
+        for bad in [
+            "",
+            "a1b2c3d",
+            "a1b2c3d45",
+            "A1B2C3D4",
+            "g1b2c3d4",
+            "../../etc",
+        ] {
             assert!(bad.parse::<SandboxId>().is_err(), "{bad}");
         }
         let id = SandboxId::random();

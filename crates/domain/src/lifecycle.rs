@@ -24,7 +24,8 @@ pub struct IllegalTransition {
 }
 
 impl SandboxState {
-    pub const ALL: [SandboxState; 4] = [Self::Pending, Self::Running, Self::Paused, Self::Destroyed];
+    pub const ALL: [SandboxState; 4] =
+        [Self::Pending, Self::Running, Self::Paused, Self::Destroyed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,7 +46,11 @@ impl SandboxState {
                 | (Paused, Running)
                 | (Pending | Running | Paused, Destroyed)
         );
-        if legal { Ok(()) } else { Err(IllegalTransition { from: self, to }) }
+        if legal {
+            Ok(())
+        } else {
+            Err(IllegalTransition { from: self, to })
+        }
     }
 
     pub fn is_live(self) -> bool {
@@ -113,7 +118,11 @@ mod tests {
         for from in SandboxState::ALL {
             for to in SandboxState::ALL {
                 let expected = legal.contains(&(from, to));
-                assert_eq!(from.check_transition(to).is_ok(), expected, "{from} -> {to}");
+                assert_eq!(
+                    from.check_transition(to).is_ok(),
+                    expected,
+                    "{from} -> {to}"
+                );
             }
         }
         let err = Paused.check_transition(Paused).unwrap_err();

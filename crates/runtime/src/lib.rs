@@ -1,8 +1,7 @@
 //! The runtime a sandbox runs on, behind one trait so the server does not care whether it is a
 //! container (runc), a gVisor sandbox (runsc) or, later, a microVM. The Docker driver lives in
-//! [`docker`]; [`archive`] keeps untrusted tar streams away from the engine.
+//! [`docker`].
 
-pub mod archive;
 pub mod docker;
 mod proctree;
 mod seccomp;
@@ -23,8 +22,16 @@ pub use docker::DockerRuntime;
 /// Capabilities a sandbox keeps; everything else is dropped. These are what package managers
 /// and ordinary root-in-a-box work needs (file ownership, switching users, signalling own
 /// processes, binding low ports); none reaches beyond the sandbox's own namespaces.
-pub const KEPT_CAPABILITIES: &[&str] =
-    &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"];
+pub const KEPT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "NET_BIND_SERVICE",
+];
 
 /// Default cap on processes (and threads) per sandbox, so a fork bomb stays inside.
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
@@ -33,8 +40,14 @@ pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 pub enum RuntimeError {
     #[error("the container engine is unreachable: {reason}")]
     EngineUnreachable { reason: String },
-    #[error("unknown template {template:?}; known templates: {}", list_or_none(known))]
-    TemplateMissing { template: String, known: Vec<String> },
+    #[error(
+        "unknown template {template:?}; known templates: {}",
+        list_or_none(known)
+    )]
+    TemplateMissing {
+        template: String,
+        known: Vec<String>,
+    },
     #[error("gVisor isolation is unavailable: {reason}")]
     IsolationUnavailable { reason: String },
     #[error("no such path in the sandbox: {path}")]
@@ -52,7 +65,11 @@ pub enum RuntimeError {
 }
 
 fn list_or_none(known: &[String]) -> String {
-    if known.is_empty() { "none (import one with `caged template import`)".to_string() } else { known.join(", ") }
+    if known.is_empty() {
+        "none (import one with `caged template import`)".to_string()
+    } else {
+        known.join(", ")
+    }
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -173,7 +190,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn stat_path(&self, handle: &str, path: &str) -> Result<PathStat>;
     /// The path as an uncompressed tar stream, named by its last component.
     async fn read_tar(&self, handle: &str, path: &str) -> Result<ByteStream>;
-    /// Extracts an uncompressed tar that [`archive::sanitize`] produced into directory `dir`,
+    /// Extracts an uncompressed tar that `caged_archive::sanitize` produced into directory `dir`,
     /// which must exist.
     async fn write_tar(&self, handle: &str, dir: &str, tar: Bytes) -> Result<()>;
 

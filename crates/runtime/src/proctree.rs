@@ -10,7 +10,13 @@ pub(crate) fn kill_tree(root: i32) -> std::io::Result<usize> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if let Some(parent) = parent_of(pid) {
             children.entry(parent).or_default().push(pid);
         }

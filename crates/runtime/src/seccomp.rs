@@ -14,7 +14,12 @@ const ENOSYS: u32 = 38;
 /// Syscalls answered as "not implemented" rather than "denied", so libraries fall back cleanly:
 /// glibc retries `clone3` as `clone` (whose flags can be filtered), io_uring users fall back to
 /// ordinary I/O.
-const NOT_IMPLEMENTED: &[&str] = &["clone3", "io_uring_setup", "io_uring_enter", "io_uring_register"];
+const NOT_IMPLEMENTED: &[&str] = &[
+    "clone3",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+];
 
 pub(crate) fn profile() -> Value {
     json!({
@@ -39,10 +44,21 @@ mod tests {
 
     #[test]
     fn dangerous_syscalls_are_not_allowed() {
-        for name in ["mount", "unshare", "setns", "keyctl", "bpf", "io_uring_setup", "init_module", "kexec_load"] {
+        for name in [
+            "mount",
+            "unshare",
+            "setns",
+            "keyctl",
+            "bpf",
+            "io_uring_setup",
+            "init_module",
+            "kexec_load",
+        ] {
             assert!(!ALLOWED.contains(&name), "{name} must not be allowed");
         }
-        for name in ["read", "execve", "openat", "statx", "fork", "ptrace", "time"] {
+        for name in [
+            "read", "execve", "openat", "statx", "fork", "ptrace", "time",
+        ] {
             assert!(ALLOWED.contains(&name), "{name} must be allowed");
         }
         let profile = profile();

@@ -26,7 +26,11 @@ pub enum StoreError {
     #[error("database schema version {found} is newer than this caged understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("sandbox {id} is {actual}, not {expected}")]
-    StateChanged { id: SandboxId, expected: SandboxState, actual: SandboxState },
+    StateChanged {
+        id: SandboxId,
+        expected: SandboxState,
+        actual: SandboxState,
+    },
     #[error("sandbox {id} not found")]
     NotFound { id: SandboxId },
     #[error("an account named {name:?} already exists")]
@@ -89,29 +93,45 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back on drop), so a poisoned lock is safe to keep using.
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A value kept for the lifetime of the data folder, created on first use.
     pub fn meta_get_or_insert(&self, key: &str, make: impl FnOnce() -> String) -> Result<String> {
         let conn = self.conn();
-        if let Some(value) =
-            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional()?
+        if let Some(value) = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?
         {
             return Ok(value);
         }
         let value = make();
-        conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
         Ok(value)
     }
 
-    pub fn create_account(&self, id: &str, name: &str, is_admin: bool, at_ms: i64) -> Result<Account> {
+    pub fn create_account(
+        &self,
+        id: &str,
+        name: &str,
+        is_admin: bool,
+        at_ms: i64,
+    ) -> Result<Account> {
         let conn = self.conn();
         let inserted = conn.execute(
             "INSERT INTO accounts (id, name, is_admin, created_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -119,9 +139,16 @@ impl Store {
             params![id, name, is_admin, at_ms],
         )?;
         if inserted == 0 {
-            return Err(StoreError::AccountExists { name: name.to_string() });
+            return Err(StoreError::AccountExists {
+                name: name.to_string(),
+            });
         }
-        Ok(Account { id: id.to_string(), name: name.to_string(), is_admin, created_at_ms: at_ms })
+        Ok(Account {
+            id: id.to_string(),
+            name: name.to_string(),
+            is_admin,
+            created_at_ms: at_ms,
+        })
     }
 
     pub fn admin_account(&self) -> Result<Option<Account>> {
@@ -137,12 +164,20 @@ impl Store {
 
     pub fn list_accounts(&self) -> Result<Vec<Account>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, name, is_admin, created_at_ms FROM accounts ORDER BY created_at_ms")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, name, is_admin, created_at_ms FROM accounts ORDER BY created_at_ms",
+        )?;
         let rows = stmt.query_map([], account_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn add_api_key(&self, key_id: &str, account_id: &str, secret_hash: &[u8], at_ms: i64) -> Result<()> {
+    pub fn add_api_key(
+        &self,
+        key_id: &str,
+        account_id: &str,
+        secret_hash: &[u8],
+        at_ms: i64,
+    ) -> Result<()> {
         self.conn().execute(
             "INSERT INTO api_keys (id, account_id, secret_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![key_id, account_id, secret_hash, at_ms],
@@ -174,16 +209,23 @@ impl Store {
 
     /// Records a new sandbox in `pending`, with its first transition.
     pub fn insert_sandbox(&self, new: NewSandbox<'_>) -> Result<()> {
-        let config = serde_json::to_string(new.config).map_err(|source| StoreError::CorruptConfig {
-            id: new.id.to_string(),
-            source,
-        })?;
+        let config =
+            serde_json::to_string(new.config).map_err(|source| StoreError::CorruptConfig {
+                id: new.id.to_string(),
+                source,
+            })?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO sandboxes (id, account_id, state, config, created_at_ms, disk_enforced)
              VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
-            params![new.id.as_str(), new.account_id, config, new.at_ms, new.disk_enforced],
+            params![
+                new.id.as_str(),
+                new.account_id,
+                config,
+                new.at_ms,
+                new.disk_enforced
+            ],
         )?;
         tx.execute(
             "INSERT INTO transitions (sandbox_id, state, at_ms) VALUES (?1, 'pending', ?2)",
@@ -229,11 +271,19 @@ impl Store {
         )?;
         if changed == 0 {
             let actual: Option<String> = tx
-                .query_row("SELECT state FROM sandboxes WHERE id = ?1", [id.as_str()], |row| row.get(0))
+                .query_row(
+                    "SELECT state FROM sandboxes WHERE id = ?1",
+                    [id.as_str()],
+                    |row| row.get(0),
+                )
                 .optional()?;
             return match actual {
                 None => Err(StoreError::NotFound { id }),
-                Some(actual) => Err(StoreError::StateChanged { id, expected, actual: parse_state(&actual)? }),
+                Some(actual) => Err(StoreError::StateChanged {
+                    id,
+                    expected,
+                    actual: parse_state(&actual)?,
+                }),
             };
         }
         tx.execute(
@@ -249,7 +299,9 @@ impl Store {
         let conn = self.conn();
         let row = conn
             .query_row(
-                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1 AND account_id = ?2"),
+                &format!(
+                    "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1 AND account_id = ?2"
+                ),
                 params![id.as_str(), account_id],
                 RawSandbox::from_row,
             )
@@ -257,7 +309,11 @@ impl Store {
         row.map(|raw| raw.into_record(&conn)).transpose()
     }
 
-    pub fn list_sandboxes(&self, account_id: &str, include_destroyed: bool) -> Result<Vec<SandboxRecord>> {
+    pub fn list_sandboxes(
+        &self,
+        account_id: &str,
+        include_destroyed: bool,
+    ) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {SANDBOX_COLUMNS} FROM sandboxes
@@ -271,8 +327,9 @@ impl Store {
     /// Every sandbox not yet destroyed, across accounts (for the server's own bookkeeping).
     pub fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare(&format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state != 'destroyed' ORDER BY id"))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state != 'destroyed' ORDER BY id"
+        ))?;
         let raws = stmt.query_map([], RawSandbox::from_row)?;
         let raws: Vec<RawSandbox> = raws.collect::<Result<_, _>>()?;
         raws.into_iter().map(|raw| raw.into_record(&conn)).collect()
@@ -290,8 +347,7 @@ impl Store {
     }
 }
 
-const SANDBOX_COLUMNS: &str =
-    "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, init_result, disk_enforced";
+const SANDBOX_COLUMNS: &str = "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, init_result, disk_enforced";
 
 struct RawSandbox {
     id: String,
@@ -322,14 +378,24 @@ impl RawSandbox {
 
     fn into_record(self, conn: &Connection) -> Result<SandboxRecord> {
         let id: SandboxId = self.id.parse().map_err(|_| corrupt_state(&self.id))?;
-        let config = serde_json::from_str(&self.config)
-            .map_err(|source| StoreError::CorruptConfig { id: self.id.clone(), source })?;
-        let mut stmt = conn.prepare_cached("SELECT state, at_ms FROM transitions WHERE sandbox_id = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map([&self.id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        let config =
+            serde_json::from_str(&self.config).map_err(|source| StoreError::CorruptConfig {
+                id: self.id.clone(),
+                source,
+            })?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, at_ms FROM transitions WHERE sandbox_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([&self.id], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
         let mut transitions = Vec::new();
         for row in rows {
             let (state, at_ms) = row?;
-            transitions.push(Transition { state: parse_state(&state)?, at_ms });
+            transitions.push(Transition {
+                state: parse_state(&state)?,
+                at_ms,
+            });
         }
         Ok(SandboxRecord {
             id,
@@ -339,7 +405,9 @@ impl RawSandbox {
             container_id: self.container_id,
             created_at_ms: self.created_at_ms,
             destroyed_reason: self.destroyed_reason,
-            init_result: self.init_result.and_then(|text| serde_json::from_str(&text).ok()),
+            init_result: self
+                .init_result
+                .and_then(|text| serde_json::from_str(&text).ok()),
             disk_enforced: self.disk_enforced,
             transitions,
         })
@@ -351,11 +419,20 @@ fn parse_state(text: &str) -> Result<SandboxState> {
 }
 
 fn corrupt_state(text: &str) -> StoreError {
-    StoreError::Sqlite(rusqlite::Error::InvalidColumnType(0, text.to_string(), rusqlite::types::Type::Text))
+    StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
+        0,
+        text.to_string(),
+        rusqlite::types::Type::Text,
+    ))
 }
 
 fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
-    Ok(Account { id: row.get(0)?, name: row.get(1)?, is_admin: row.get(2)?, created_at_ms: row.get(3)? })
+    Ok(Account {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        is_admin: row.get(2)?,
+        created_at_ms: row.get(3)?,
+    })
 }
 
 #[cfg(test)]
@@ -376,12 +453,25 @@ mod tests {
         let id = SandboxId::random();
         let config = SandboxConfig::default();
         store
-            .insert_sandbox(NewSandbox { id, account_id: "acc1", config: &config, disk_enforced: true, at_ms: 10 })
+            .insert_sandbox(NewSandbox {
+                id,
+                account_id: "acc1",
+                config: &config,
+                disk_enforced: true,
+                at_ms: 10,
+            })
             .unwrap();
         store.transition(id, Pending, Running, 20, None).unwrap();
-        let err = store.transition(id, Pending, Running, 30, None).unwrap_err();
-        assert_eq!(err.to_string(), format!("sandbox {id} is running, not pending"));
-        store.transition(id, Running, Destroyed, 40, Some("asked")).unwrap();
+        let err = store
+            .transition(id, Pending, Running, 30, None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("sandbox {id} is running, not pending")
+        );
+        store
+            .transition(id, Running, Destroyed, 40, Some("asked"))
+            .unwrap();
 
         // Reopening the file gives the same history: it is on disk, not in memory.
         drop(store);
@@ -389,7 +479,11 @@ mod tests {
         let record = store.sandbox("acc1", id).unwrap().unwrap();
         assert_eq!(record.state, Destroyed);
         assert_eq!(record.destroyed_reason.as_deref(), Some("asked"));
-        let states: Vec<_> = record.transitions.iter().map(|t| (t.state, t.at_ms)).collect();
+        let states: Vec<_> = record
+            .transitions
+            .iter()
+            .map(|t| (t.state, t.at_ms))
+            .collect();
         assert_eq!(states, vec![(Pending, 10), (Running, 20), (Destroyed, 40)]);
         assert!(store.sandbox("someone-else", id).unwrap().is_none());
         assert!(store.live_sandboxes().unwrap().is_empty());

@@ -1,0 +1,723 @@
+//! The Docker driver: a sandbox is one hardened container, talked to through the engine's API.
+//!
+//! Every container carries labels naming its installation and sandbox; the driver only ever
+//! lists or removes containers carrying this installation's label, so two Caged installations
+//! can share one engine.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::query_parameters::{
+    ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, ResizeExecOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use caged_domain::{Isolation, NetworkMode, SandboxId};
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+
+use crate::{
+    ByteStream, ContainerSummary, EngineInfo, ExecHandle, ExecOutput, ExecSpec, KEPT_CAPABILITIES,
+    PathStat, Result, Runtime, RuntimeError, SandboxSpec, Support, TemplateInfo, proctree, seccomp,
+};
+
+pub const LABEL_INSTALLATION: &str = "dev.caged.installation";
+pub const LABEL_SANDBOX: &str = "dev.caged.sandbox";
+pub const LABEL_ACCOUNT: &str = "dev.caged.account";
+pub const LABEL_TEMPLATE: &str = "dev.caged.template";
+const TEMPLATE_REPO_PREFIX: &str = "caged/";
+const GVISOR_RUNTIME: &str = "runsc";
+/// PID 1 of every sandbox: a shell that sleeps forever. The engine's own init (tini) sits above
+/// it to reap orphans.
+const KEEPALIVE: &[&str] = &["/bin/sh", "-c", "while :; do sleep 3600; done"];
+
+pub struct DockerRuntime {
+    docker: Docker,
+    installation_id: String,
+    gvisor: OnceLock<Support>,
+    seccomp_profile: String,
+}
+
+impl DockerRuntime {
+    /// Connects lazily: nothing is sent until the first call, so a server can start while the
+    /// engine is down. `host` is a `DOCKER_HOST`-style address; `None` is the local socket.
+    pub fn connect(host: Option<&str>, installation_id: &str) -> Result<DockerRuntime> {
+        let docker = match host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|err| RuntimeError::EngineUnreachable {
+            reason: err.to_string(),
+        })?;
+        Ok(DockerRuntime {
+            docker,
+            installation_id: installation_id.to_string(),
+            gvisor: OnceLock::new(),
+            seccomp_profile: seccomp::profile().to_string(),
+        })
+    }
+
+    pub fn network_name(&self) -> String {
+        format!("caged-{}", self.installation_id)
+    }
+
+    fn container_name(&self, id: SandboxId) -> String {
+        format!("caged-{}-{id}", self.installation_id)
+    }
+
+    async fn ensure_network(&self) -> Result<()> {
+        let name = self.network_name();
+        let filters = HashMap::from([("name".to_string(), vec![name.clone()])]);
+        let existing = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(engine_error)?;
+        if existing
+            .iter()
+            .any(|network| network.name.as_deref() == Some(name.as_str()))
+        {
+            return Ok(());
+        }
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".to_string()),
+            // Sandboxes on the shared bridge must not reach each other.
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string(),
+            )])),
+            labels: Some(HashMap::from([(
+                LABEL_INSTALLATION.to_string(),
+                self.installation_id.clone(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Another process created it between our look and our create.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(err) => Err(engine_error(err)),
+        }
+    }
+
+    async fn template_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .templates()
+            .await?
+            .into_iter()
+            .map(|template| template.name)
+            .collect())
+    }
+
+    /// Runs a throwaway container under runsc to learn whether gVisor really works here.
+    async fn probe_gvisor(&self, runtimes: &[String]) -> Support {
+        if !runtimes.iter().any(|name| name == GVISOR_RUNTIME) {
+            return Support {
+                available: false,
+                detail:
+                    "the engine has no `runsc` runtime registered (scripts/engine-up registers it)"
+                        .into(),
+            };
+        }
+        let templates = match self.templates().await {
+            Ok(templates) if !templates.is_empty() => templates,
+            _ => {
+                return Support {
+                    available: false,
+                    detail: "runsc is registered but unverified: no template to test it with yet"
+                        .into(),
+                };
+            }
+        };
+        let image = template_image(&templates[0].name);
+        let name = format!(
+            "caged-{}-gvisor-probe-{}",
+            self.installation_id,
+            caged_domain::random_hex(3)
+        );
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["/bin/sh".into(), "-c".into(), "echo ok".into()]),
+            labels: Some(HashMap::from([(
+                LABEL_INSTALLATION.to_string(),
+                self.installation_id.clone(),
+            )])),
+            host_config: Some(HostConfig {
+                runtime: Some(GVISOR_RUNTIME.into()),
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let outcome = async {
+            self.docker.create_container(Some(options), body).await?;
+            self.docker.start_container(&name, None).await?;
+            let mut wait = self.docker.wait_container(&name, None);
+            match wait.next().await {
+                Some(Ok(response)) if response.status_code == 0 => Ok(()),
+                Some(Ok(response)) => Err(DockerError::DockerContainerWaitError {
+                    error: format!("probe exited {}", response.status_code),
+                    code: response.status_code,
+                }),
+                Some(Err(err)) => Err(err),
+                None => Ok(()),
+            }
+        }
+        .await;
+        let _ = self.remove(&name).await;
+        match outcome {
+            Ok(()) => Support {
+                available: true,
+                detail: "runsc works. Limits of this host's runsc: it runs with --network=host (gVisor's \
+                         own network stack cannot start on this kernel), so sandbox network syscalls go \
+                         to the host kernel inside the container's own network namespace; the rest of \
+                         the syscall surface is gVisor's"
+                    .into(),
+            },
+            Err(err) => Support { available: false, detail: format!("a runsc test container failed: {err}") },
+        }
+    }
+
+    async fn remove(&self, handle: &str) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(handle, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // Removal already under way (another destroy, or the engine's own cleanup).
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(err) => Err(engine_error(err)),
+        }
+    }
+
+    async fn disk_limit_support(&self, driver: &str, backing: Option<&str>) -> Support {
+        match (driver, backing) {
+            ("btrfs" | "zfs", _) => Support {
+                available: true,
+                detail: format!("enforced by the {driver} storage driver"),
+            },
+            ("overlay2", Some("xfs")) => Support {
+                available: true,
+                detail: "overlay2 on xfs: enforced when the filesystem is mounted with pquota"
+                    .into(),
+            },
+            _ => Support {
+                available: false,
+                detail: format!(
+                    "NOT enforced: storage driver {driver} on {} cannot limit a container's disk \
+                     (use btrfs, as scripts/engine-up does, or overlay2 on xfs with pquota)",
+                    backing.unwrap_or("an unknown filesystem")
+                ),
+            },
+        }
+    }
+}
+
+pub fn template_image(name: &str) -> String {
+    format!("{TEMPLATE_REPO_PREFIX}{name}:latest")
+}
+
+fn engine_error(err: DockerError) -> RuntimeError {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => RuntimeError::Engine {
+            status: status_code,
+            message,
+        },
+        DockerError::DockerStreamError { error } => RuntimeError::Engine {
+            status: 500,
+            message: error,
+        },
+        DockerError::DockerContainerWaitError { error, .. } => RuntimeError::Engine {
+            status: 500,
+            message: error,
+        },
+        other => RuntimeError::EngineUnreachable {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Errors about one container: a 404 means the container is gone, not that the path is missing.
+fn container_error(err: DockerError) -> RuntimeError {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } if message.contains("No such container") => RuntimeError::ContainerGone,
+        other => engine_error(other),
+    }
+}
+
+fn path_error(path: &str, err: DockerError) -> RuntimeError {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } if !message.contains("No such container") => RuntimeError::PathNotFound {
+            path: path.to_string(),
+        },
+        other => container_error(other),
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    async fn probe(&self) -> Result<EngineInfo> {
+        // Use the engine's API version when it is older than ours (Debian 12 ships 20.10).
+        let docker = self
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(engine_error)?;
+        let version = docker.version().await.map_err(engine_error)?;
+        let info = docker.info().await.map_err(engine_error)?;
+        self.ensure_network().await?;
+        let driver = info.driver.clone().unwrap_or_default();
+        let backing = info.driver_status.as_ref().and_then(|status| {
+            status
+                .iter()
+                .find(|pair| pair.first().is_some_and(|key| key == "Backing Filesystem"))
+                .and_then(|pair| pair.get(1).cloned())
+        });
+        let runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        let gvisor = match self.gvisor.get() {
+            Some(support) => support.clone(),
+            None => {
+                let support = self.probe_gvisor(&runtimes).await;
+                // Only a definite answer is cached; "no template yet" is asked again next time.
+                if support.available || !support.detail.contains("unverified") {
+                    let _ = self.gvisor.set(support.clone());
+                }
+                support
+            }
+        };
+        Ok(EngineInfo {
+            version: version.version.unwrap_or_default(),
+            api_version: docker.client_version().to_string(),
+            disk_limits: self.disk_limit_support(&driver, backing.as_deref()).await,
+            storage_driver: driver,
+            gvisor,
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|err| RuntimeError::EngineUnreachable {
+                reason: err.to_string(),
+            })
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_TEMPLATE.to_string()])]);
+        let images = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(engine_error)?;
+        let mut templates: Vec<TemplateInfo> = images
+            .into_iter()
+            .flat_map(|image| {
+                let tags = image.repo_tags.clone();
+                tags.into_iter().filter_map(move |tag| {
+                    let name = tag
+                        .strip_prefix(TEMPLATE_REPO_PREFIX)?
+                        .strip_suffix(":latest")?
+                        .to_string();
+                    Some(TemplateInfo {
+                        name,
+                        image_id: image.id.clone(),
+                        size_bytes: image.size,
+                        created_at: image.created,
+                    })
+                })
+            })
+            .collect();
+        templates.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(templates)
+    }
+
+    async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(&format!("{TEMPLATE_REPO_PREFIX}{name}"))
+            .tag("latest")
+            .changes(vec![
+                format!("LABEL {LABEL_TEMPLATE}={name}"),
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ])
+            .build();
+        let body = bollard::body_try_stream(
+            rootfs_tar.map_err(|err| std::io::Error::other(err.to_string())),
+        );
+        let mut progress = self.docker.create_image(Some(options), Some(body), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(engine_error)?;
+        }
+        self.templates()
+            .await?
+            .into_iter()
+            .find(|template| template.name == name)
+            .ok_or_else(|| RuntimeError::Engine {
+                status: 500,
+                message: format!("template {name} missing after import"),
+            })
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<String> {
+        let known = self.template_names().await?;
+        if !known.contains(&spec.template) {
+            return Err(RuntimeError::TemplateMissing {
+                template: spec.template.clone(),
+                known,
+            });
+        }
+        if spec.isolation == Isolation::Gvisor {
+            match self.gvisor.get() {
+                Some(support) if support.available => {}
+                Some(support) => {
+                    return Err(RuntimeError::IsolationUnavailable {
+                        reason: support.detail.clone(),
+                    });
+                }
+                None => {
+                    let info = self.probe().await?;
+                    if !info.gvisor.available {
+                        return Err(RuntimeError::IsolationUnavailable {
+                            reason: info.gvisor.detail,
+                        });
+                    }
+                }
+            }
+        }
+        let name = self.container_name(spec.id);
+        let labels = HashMap::from([
+            (LABEL_INSTALLATION.to_string(), spec.installation_id.clone()),
+            (LABEL_SANDBOX.to_string(), spec.id.to_string()),
+            (LABEL_ACCOUNT.to_string(), spec.account_id.clone()),
+        ]);
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        env.push(format!("CAGED_SANDBOX_ID={}", spec.id));
+        let memory = (spec.resources.memory as i64) << 20;
+        let network_mode = match spec.network_mode {
+            NetworkMode::Full => self.network_name(),
+            // Until host-side allowlist enforcement exists, an allowlist sandbox gets no network
+            // at all: failing closed is the only honest reading of "only these hosts".
+            NetworkMode::Allowlist | NetworkMode::None => "none".to_string(),
+        };
+        let host_config = HostConfig {
+            init: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(
+                KEPT_CAPABILITIES
+                    .iter()
+                    .map(|cap| cap.to_string())
+                    .collect(),
+            ),
+            security_opt: Some(vec![
+                "no-new-privileges:true".into(),
+                format!("seccomp={}", self.seccomp_profile),
+            ]),
+            privileged: Some(false),
+            pids_limit: Some(spec.pids_limit),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some((spec.resources.cpu * 1e9) as i64),
+            storage_opt: spec.enforce_disk.then(|| {
+                HashMap::from([("size".to_string(), format!("{}G", spec.resources.disk))])
+            }),
+            network_mode: Some(network_mode),
+            runtime: (spec.isolation == Isolation::Gvisor).then(|| GVISOR_RUNTIME.to_string()),
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(template_image(&spec.template)),
+            cmd: Some(KEEPALIVE.iter().map(|part| part.to_string()).collect()),
+            hostname: Some(format!("cage-{}", spec.id)),
+            working_dir: Some("/workspace".into()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self.docker.create_container(Some(options), body).await;
+        let container_id = match created {
+            Ok(response) => response.id,
+            Err(err) => {
+                // A create that failed on the engine's side may still have left a container.
+                let _ = self.remove(&name).await;
+                return Err(engine_error(err));
+            }
+        };
+        if let Err(err) = self.docker.start_container(&container_id, None).await {
+            let _ = self.remove(&container_id).await;
+            return Err(engine_error(err));
+        }
+        Ok(container_id)
+    }
+
+    async fn pause(&self, handle: &str) -> Result<()> {
+        self.docker
+            .pause_container(handle)
+            .await
+            .map_err(container_error)
+    }
+
+    async fn resume(&self, handle: &str) -> Result<()> {
+        self.docker
+            .unpause_container(handle)
+            .await
+            .map_err(container_error)
+    }
+
+    async fn destroy(&self, handle: &str) -> Result<()> {
+        self.remove(handle).await
+    }
+
+    async fn list(&self, installation_id: &str) -> Result<Vec<ContainerSummary>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_INSTALLATION}={installation_id}")],
+        )]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(engine_error)?;
+        Ok(containers
+            .into_iter()
+            .map(|container| ContainerSummary {
+                container_id: container.id.unwrap_or_default(),
+                sandbox_id: container
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(LABEL_SANDBOX))
+                    .and_then(|id| id.parse().ok()),
+                state: container
+                    .state
+                    .map(|state| state.to_string())
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn exec(&self, handle: &str, spec: &ExecSpec) -> Result<ExecHandle> {
+        let env: Vec<String> = spec
+            .env
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let options = CreateExecOptions {
+            attach_stdin: Some(spec.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(spec.tty),
+            env: Some(env),
+            cmd: Some(spec.cmd.clone()),
+            working_dir: spec.cwd.clone(),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(handle, options)
+            .await
+            .map_err(container_error)?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: spec.tty,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(container_error)?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::Engine {
+                status: 500,
+                message: "exec started detached".into(),
+            });
+        };
+        let output = output.map(|item| match item {
+            Ok(bollard::container::LogOutput::StdErr { message }) => {
+                Ok(ExecOutput::Stderr(message))
+            }
+            Ok(other) => Ok(ExecOutput::Stdout(other.into_bytes())),
+            Err(err) => Err(engine_error(err)),
+        });
+        Ok(ExecHandle {
+            exec_id: exec.id,
+            output: Box::pin(output),
+            input,
+        })
+    }
+
+    async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>> {
+        // The engine closes the output a moment before it records the exit code; wait for it.
+        for attempt in 0..50 {
+            let inspect = self
+                .docker
+                .inspect_exec(exec_id)
+                .await
+                .map_err(engine_error)?;
+            if inspect.running != Some(true) {
+                if let Some(code) = inspect.exit_code {
+                    return Ok(Some(code));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2 + attempt * 2)).await;
+        }
+        Ok(None)
+    }
+
+    async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()> {
+        let options = ResizeExecOptionsBuilder::default()
+            .w(cols as i32)
+            .h(rows as i32)
+            .build();
+        self.docker
+            .resize_exec(exec_id, options)
+            .await
+            .map_err(engine_error)
+    }
+
+    async fn exec_kill(&self, _handle: &str, exec_id: &str) -> Result<()> {
+        let inspect = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(engine_error)?;
+        if inspect.running != Some(true) {
+            return Ok(());
+        }
+        let pid = inspect.pid.unwrap_or(0);
+        if pid <= 0 {
+            return Err(RuntimeError::KillFailed {
+                reason: "the engine did not report the command's process".into(),
+            });
+        }
+        let pid = i32::try_from(pid).map_err(|_| RuntimeError::KillFailed {
+            reason: format!("bad pid {pid}"),
+        })?;
+        tokio::task::spawn_blocking(move || proctree::kill_tree(pid))
+            .await
+            .map_err(|err| RuntimeError::KillFailed {
+                reason: err.to_string(),
+            })?
+            .map_err(|err| RuntimeError::KillFailed {
+                reason: format!("reading /proc: {err}"),
+            })?;
+        Ok(())
+    }
+
+    async fn stat_path(&self, handle: &str, path: &str) -> Result<PathStat> {
+        let options = ContainerArchiveInfoOptionsBuilder::default()
+            .path(path)
+            .build();
+        let stat = self
+            .docker
+            .get_container_archive_info(handle, Some(options))
+            .await
+            .map_err(|err| path_error(path, err))?;
+        // Go's os.FileMode: the directory bit is the top bit; permission bits are the low 9.
+        let mode = stat.file_mode;
+        let is_dir = mode & (1 << 31) != 0;
+        let link_target = Some(stat.link_target).filter(|target| !target.is_empty());
+        Ok(PathStat {
+            is_dir,
+            size: stat.size,
+            mode: mode & 0o7777,
+            link_target,
+        })
+    }
+
+    async fn read_tar(&self, handle: &str, path: &str) -> Result<ByteStream> {
+        // Fail early with a clear error rather than partway through a response body.
+        self.stat_path(handle, path).await?;
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let owned_path = path.to_string();
+        let stream = self
+            .docker
+            .download_from_container(handle, Some(options))
+            .map_err(move |err| path_error(&owned_path, err));
+        Ok(Box::pin(stream))
+    }
+
+    async fn write_tar(&self, handle: &str, dir: &str, tar: Bytes) -> Result<()> {
+        let options = UploadToContainerOptionsBuilder::default()
+            .path(dir)
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        self.docker
+            .upload_to_container(handle, Some(options), bollard::body_full(tar))
+            .await
+            .map_err(|err| path_error(dir, err))
+    }
+
+    async fn describe(&self, handle: &str) -> Result<Value> {
+        let inspect = self
+            .docker
+            .inspect_container(handle, None)
+            .await
+            .map_err(container_error)?;
+        let state = inspect.state.unwrap_or_default();
+        Ok(json!({
+            "engine": "docker",
+            "container_id": inspect.id,
+            "runtime": inspect.host_config.and_then(|host| host.runtime),
+            "engine_state": state.status.map(|status| status.to_string()),
+            "pid": state.pid,
+        }))
+    }
+}
