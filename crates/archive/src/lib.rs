@@ -57,7 +57,7 @@ impl Default for Limits {
 }
 
 /// Wraps `input` in a gzip decoder when it starts with gzip's magic; refuses other compressions.
-pub fn decompressed(input: impl Read + 'static) -> Result<Box<dyn Read>, ArchiveError> {
+pub fn decompressed<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, ArchiveError> {
     let mut reader = BufReader::new(input);
     let head = reader.fill_buf().map_err(ArchiveError::Read)?;
     let kind = match head {

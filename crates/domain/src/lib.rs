@@ -4,6 +4,7 @@
 pub mod config;
 pub mod id;
 pub mod lifecycle;
+pub mod time;
 
 pub use config::{ConfigError, Isolation, NetworkMode, Resources, SandboxConfig};
 pub use id::{IdError, SandboxId, random_hex};

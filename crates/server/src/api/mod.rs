@@ -1,0 +1,45 @@
+//! The HTTP API under `/v1`: JSON in and out, `Authorization: Bearer <key>`, errors as
+//! `{"error": {"code", "message"}}`. Handlers are thin: they parse, authorize and call the
+//! lifecycle in `crate::sandboxes`.
+
+mod accounts;
+mod error;
+mod exec;
+mod files;
+mod openapi;
+mod sandboxes;
+mod templates;
+mod view;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub(crate) use error::ApiError;
+
+use crate::AppState;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let upload_limit = state.config.max_upload_bytes;
+    Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/system", get(sandboxes::system))
+        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route("/v1/sandboxes/{id}", get(sandboxes::inspect).delete(sandboxes::destroy))
+        .route("/v1/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/v1/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/v1/sandboxes/{id}/init", post(sandboxes::init))
+        .route("/v1/sandboxes/{id}/exec", post(exec::run))
+        .route("/v1/sandboxes/{id}/exec/ws", get(exec::websocket))
+        .route(
+            "/v1/sandboxes/{id}/files",
+            get(files::read).put(files::write).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/v1/templates", get(templates::list))
+        .route("/v1/templates/{name}", post(templates::import).layer(DefaultBodyLimit::disable()))
+        .route("/v1/accounts", post(accounts::create).get(accounts::list))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}

@@ -1,0 +1,132 @@
+//! Sandbox lifecycle routes: create, list, inspect, pause, resume, destroy.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use caged_domain::{SandboxConfig, SandboxId, SandboxState};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, view};
+use crate::auth::Caller;
+use crate::engine::EngineStatus;
+use crate::sandboxes::{self, CreateOptions};
+use crate::{AppState, blocking};
+
+pub(crate) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
+    // A malformed id cannot name any sandbox: answer as for one that does not exist.
+    raw.parse().map_err(|_| ApiError::not_found(format!("sandbox {raw:?} not found (ids are 8 hex characters)")))
+}
+
+/// Parses a JSON body, answering in the API's error shape rather than the framework's.
+pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|err| ApiError::bad_request("bad_json", format!("request body is not valid JSON: {err}")))
+}
+
+pub(crate) async fn create(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut body = json_body(&body)?;
+    let defer_init = match body.as_object_mut().and_then(|object| object.remove("defer_init")) {
+        None => false,
+        Some(Value::Bool(value)) => value,
+        Some(_) => return Err(ApiError::bad_request("invalid_config", "defer_init: must be true or false")),
+    };
+    let config = SandboxConfig::from_json_value(body)
+        .map_err(|err| ApiError::bad_request("invalid_config", err.to_string()))?;
+    let record = sandboxes::create(&state, &account.id, config, CreateOptions { defer_init }).await?;
+    Ok((StatusCode::CREATED, Json(view::sandbox(&record))))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let records = blocking::run(move || store.list_sandboxes(&account.id, query.all)).await?;
+    Ok(Json(json!({ "sandboxes": records.iter().map(view::sandbox).collect::<Vec<_>>() })))
+}
+
+pub(crate) async fn inspect(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
+    Ok(Json(view::sandbox(&record)))
+}
+
+pub(crate) async fn destroy(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let record = sandboxes::change_state(&state, &account.id, id, SandboxState::Destroyed, "destroyed on request").await?;
+    Ok(Json(view::sandbox(&record)))
+}
+
+pub(crate) async fn pause(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = sandboxes::change_state(&state, &account.id, parse_id(&id)?, SandboxState::Paused, "").await?;
+    Ok(Json(view::sandbox(&record)))
+}
+
+pub(crate) async fn resume(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = sandboxes::change_state(&state, &account.id, parse_id(&id)?, SandboxState::Running, "").await?;
+    Ok(Json(view::sandbox(&record)))
+}
+
+/// Starts a deferred `init_script` (see `defer_init` on create).
+pub(crate) async fn init(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_id(&id)?;
+    let record = sandboxes::running(&state, &account.id, id).await?;
+    if record.config.init_script.is_none() {
+        return Err(ApiError::conflict("no_init_script", format!("sandbox {id} has no init_script")));
+    }
+    if record.init_result.is_some() {
+        return Err(ApiError::conflict("init_started", format!("sandbox {id}'s init_script has already run")));
+    }
+    sandboxes::start_init(state.clone(), account.id.clone(), id);
+    Ok((StatusCode::ACCEPTED, Json(view::sandbox(&record))))
+}
+
+/// What this server and its engine can do.
+pub(crate) async fn system(State(state): State<Arc<AppState>>, Caller(_): Caller) -> Json<Value> {
+    let engine = match &*state.engine.borrow() {
+        EngineStatus::Up(info) => json!({ "status": "up", "info": **info }),
+        EngineStatus::Starting => json!({ "status": "starting" }),
+        EngineStatus::Down { reason } => json!({ "status": "down", "reason": reason }),
+    };
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "installation_id": state.installation_id,
+        "engine": engine,
+    }))
+}

@@ -1,0 +1,67 @@
+//! Watches the container engine: the server starts whether or not the engine answers, says
+//! clearly when it does not, and picks it up again when it comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use caged_runtime::{EngineInfo, Runtime};
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub enum EngineStatus {
+    /// Not probed yet.
+    Starting,
+    Up(Arc<EngineInfo>),
+    Down { reason: String },
+}
+
+const RETRY: Duration = Duration::from_secs(2);
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> watch::Receiver<EngineStatus> {
+    let (tx, rx) = watch::channel(EngineStatus::Starting);
+    tokio::spawn(async move {
+        loop {
+            let up = matches!(*tx.borrow(), EngineStatus::Up(_));
+            if up {
+                tokio::time::sleep(HEARTBEAT).await;
+                if let Err(err) = runtime.ping().await {
+                    tracing::error!("container engine went away: {err}; API calls that need it answer 503 until it is back");
+                    tx.send_replace(EngineStatus::Down { reason: err.to_string() });
+                }
+                continue;
+            }
+            match runtime.probe().await {
+                Ok(info) => {
+                    tracing::info!(
+                        "container engine up: version {} (API {}), storage driver {}",
+                        info.version,
+                        info.api_version,
+                        info.storage_driver
+                    );
+                    let level_disk = if info.disk_limits.available { "enforced" } else { "NOT ENFORCED" };
+                    tracing::info!("disk limits {level_disk}: {}", info.disk_limits.detail);
+                    if info.gvisor.available {
+                        tracing::info!("isolation gvisor available: {}", info.gvisor.detail);
+                    } else {
+                        tracing::warn!("isolation gvisor unavailable: {}", info.gvisor.detail);
+                    }
+                    tx.send_replace(EngineStatus::Up(Arc::new(info)));
+                }
+                Err(err) => {
+                    let first = matches!(*tx.borrow(), EngineStatus::Starting);
+                    if first {
+                        tracing::error!(
+                            "container engine unreachable: {err}. The API is up; calls that need the engine \
+                             answer 503 until it is. Start it with `sudo scripts/engine-up`; retrying every {}s",
+                            RETRY.as_secs()
+                        );
+                    }
+                    tx.send_replace(EngineStatus::Down { reason: err.to_string() });
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,168 @@
+//! Caged's control plane. [`start`] opens the data folder, makes sure an admin key exists,
+//! connects to the engine (in the background, so the API is up even while the engine is not)
+//! and serves the HTTP API.
+
+mod api;
+mod auth;
+mod blocking;
+mod engine;
+mod paths;
+mod sandboxes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use caged_domain::time::now_ms;
+use caged_runtime::{DockerRuntime, Runtime};
+use caged_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use engine::EngineStatus;
+
+/// Name of the file in the data folder that holds the admin's API key.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `DOCKER_HOST`-style engine address; `None` for the local socket.
+    pub docker_host: Option<String>,
+    /// Largest request body accepted for file uploads and template imports.
+    pub max_upload_bytes: usize,
+    pub pids_limit: i64,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        ServerConfig {
+            data_dir,
+            listen,
+            docker_host: None,
+            max_upload_bytes: 1 << 30,
+            pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data folder {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database")]
+    Store(#[from] caged_store::StoreError),
+    #[error("cannot connect to the container engine")]
+    Runtime(#[from] caged_runtime::RuntimeError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What handlers share.
+pub(crate) struct AppState {
+    pub store: Arc<Store>,
+    pub runtime: Arc<dyn Runtime>,
+    pub engine: watch::Receiver<EngineStatus>,
+    pub installation_id: String,
+    pub config: ServerConfig,
+    pub locks: sandboxes::Locks,
+}
+
+/// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub installation_id: String,
+    pub admin_key_path: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    engine: watch::Receiver<EngineStatus>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, then returns.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the engine has been probed (successfully or not).
+    pub async fn engine_status(&mut self) -> EngineStatus {
+        let _ = self.engine.wait_for(|status| !matches!(status, EngineStatus::Starting)).await;
+        self.engine.borrow().clone()
+    }
+
+    /// Runs until the task ends (it never does on its own, short of an error).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+
+    pub fn shutdown_handle(&mut self) -> Option<tokio::sync::oneshot::Sender<()>> {
+        self.shutdown.take()
+    }
+}
+
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let data_dir = config.data_dir.clone();
+    let dir_err = |source| StartError::DataDir { path: data_dir.clone(), source };
+    std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
+    restrict_permissions(&data_dir, 0o700).map_err(dir_err)?;
+
+    let store = Arc::new(blocking::run({
+        let path = data_dir.join("caged.db");
+        move || Store::open(&path)
+    })
+    .await?);
+    let installation_id = blocking::run({
+        let store = store.clone();
+        move || store.meta_get_or_insert("installation_id", || caged_domain::random_hex(6))
+    })
+    .await?;
+    let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
+    auth::ensure_admin(store.clone(), &admin_key_path).await?;
+
+    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(config.docker_host.as_deref(), &installation_id)?);
+    let engine = engine::watch(runtime.clone());
+
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+
+    let state = Arc::new(AppState {
+        store,
+        runtime,
+        engine: engine.clone(),
+        installation_id: installation_id.clone(),
+        config,
+        locks: sandboxes::Locks::default(),
+    });
+    let router = api::router(state);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.await;
+            })
+            .await;
+        if let Err(err) = served {
+            tracing::error!("server stopped: {err}");
+        }
+    });
+    tracing::info!(%addr, installation = %installation_id, started_at = now_ms(), "caged API listening");
+    Ok(RunningServer { addr, installation_id, admin_key_path, shutdown: Some(shutdown_tx), task, engine })
+}
+
+fn restrict_permissions(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
