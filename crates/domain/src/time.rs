@@ -44,6 +44,9 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339_from_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_from_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339_from_ms(1_795_651_199_999), "2026-11-25T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_from_ms(1_795_651_199_999),
+            "2026-11-25T23:59:59.999Z"
+        );
     }
 }

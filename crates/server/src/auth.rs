@@ -27,7 +27,11 @@ pub(crate) fn new_key() -> NewKey {
     let key_id = random_hex(6);
     let secret = random_hex(32);
     let token = format!("caged_{key_id}_{secret}");
-    NewKey { key_id, secret_hash: hash(&secret), token }
+    NewKey {
+        key_id,
+        secret_hash: hash(&secret),
+        token,
+    }
 }
 
 fn hash(secret: &str) -> Vec<u8> {
@@ -40,12 +44,18 @@ pub(crate) async fn ensure_admin(store: Arc<Store>, path: &Path) -> Result<(), S
     blocking::run(move || {
         if store.admin_account()?.is_some() {
             if !path.exists() {
-                tracing::warn!("{} is missing; the admin key is not recoverable from the database", path.display());
+                tracing::warn!(
+                    "{} is missing; the admin key is not recoverable from the database",
+                    path.display()
+                );
             }
             return Ok(());
         }
         let key = new_key();
-        let dir_err = |source| StartError::DataDir { path: path.clone(), source };
+        let dir_err = |source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        };
         // Write the key before committing the account, so a crash never leaves an admin whose key
         // nobody has.
         let mut file = std::fs::OpenOptions::new()
@@ -59,7 +69,10 @@ pub(crate) async fn ensure_admin(store: Arc<Store>, path: &Path) -> Result<(), S
         file.sync_all().map_err(dir_err)?;
         let account = store.create_account(&random_hex(8), "admin", true, now_ms())?;
         store.add_api_key(&key.key_id, &account.id, &key.secret_hash, now_ms())?;
-        tracing::info!("created the admin account; its API key is in {}", path.display());
+        tracing::info!(
+            "created the admin account; its API key is in {}",
+            path.display()
+        );
         Ok(())
     })
     .await
@@ -82,7 +95,10 @@ pub(crate) struct Caller(pub Account);
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -99,7 +115,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let (key_id, secret) = (key_id.to_string(), secret.to_string());
         let store = state.store.clone();
         let stored = blocking::run(move || store.api_key(&key_id)).await?;
-        let valid = stored.as_ref().is_some_and(|stored| bool::from(stored.secret_hash.ct_eq(&hash(&secret))));
+        let valid = stored
+            .as_ref()
+            .is_some_and(|stored| bool::from(stored.secret_hash.ct_eq(&hash(&secret))));
         match stored {
             Some(stored) if valid => Ok(Caller(stored.account)),
             _ => Err(ApiError::unauthorized("invalid API key")),
@@ -113,7 +131,10 @@ pub(crate) struct Admin(pub Account);
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
         let Caller(account) = Caller::from_request_parts(parts, state).await?;
         if !account.is_admin {
             return Err(ApiError::forbidden("this needs an admin API key"));

@@ -17,7 +17,10 @@ pub(crate) async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'st
 
 /// Feeds `input` through a blocking `transform` (reader in, writer out) on its own thread and
 /// returns its output as a stream, chunk by chunk, without holding the whole thing in memory.
-pub(crate) fn pipe<S, E, F>(input: S, transform: F) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static
+pub(crate) fn pipe<S, E, F>(
+    input: S,
+    transform: F,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
@@ -32,7 +35,10 @@ where
             let _ = tx.blocking_send(Err(err));
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 struct ChannelWriter {

@@ -12,7 +12,9 @@ pub enum EngineStatus {
     /// Not probed yet.
     Starting,
     Up(Arc<EngineInfo>),
-    Down { reason: String },
+    Down {
+        reason: String,
+    },
 }
 
 const RETRY: Duration = Duration::from_secs(2);
@@ -26,8 +28,12 @@ pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> watch::Receiver<EngineStatus> 
             if up {
                 tokio::time::sleep(HEARTBEAT).await;
                 if let Err(err) = runtime.ping().await {
-                    tracing::error!("container engine went away: {err}; API calls that need it answer 503 until it is back");
-                    tx.send_replace(EngineStatus::Down { reason: err.to_string() });
+                    tracing::error!(
+                        "container engine went away: {err}; API calls that need it answer 503 until it is back"
+                    );
+                    tx.send_replace(EngineStatus::Down {
+                        reason: err.to_string(),
+                    });
                 }
                 continue;
             }
@@ -39,7 +45,11 @@ pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> watch::Receiver<EngineStatus> 
                         info.api_version,
                         info.storage_driver
                     );
-                    let level_disk = if info.disk_limits.available { "enforced" } else { "NOT ENFORCED" };
+                    let level_disk = if info.disk_limits.available {
+                        "enforced"
+                    } else {
+                        "NOT ENFORCED"
+                    };
                     tracing::info!("disk limits {level_disk}: {}", info.disk_limits.detail);
                     if info.gvisor.available {
                         tracing::info!("isolation gvisor available: {}", info.gvisor.detail);
@@ -57,7 +67,9 @@ pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> watch::Receiver<EngineStatus> 
                             RETRY.as_secs()
                         );
                     }
-                    tx.send_replace(EngineStatus::Down { reason: err.to_string() });
+                    tx.send_replace(EngineStatus::Down {
+                        reason: err.to_string(),
+                    });
                     tokio::time::sleep(RETRY).await;
                 }
             }

@@ -98,7 +98,10 @@ impl RunningServer {
 
     /// Waits until the engine has been probed (successfully or not).
     pub async fn engine_status(&mut self) -> EngineStatus {
-        let _ = self.engine.wait_for(|status| !matches!(status, EngineStatus::Starting)).await;
+        let _ = self
+            .engine
+            .wait_for(|status| !matches!(status, EngineStatus::Starting))
+            .await;
         self.engine.borrow().clone()
     }
 
@@ -114,15 +117,20 @@ impl RunningServer {
 
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let data_dir = config.data_dir.clone();
-    let dir_err = |source| StartError::DataDir { path: data_dir.clone(), source };
+    let dir_err = |source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    };
     std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
     restrict_permissions(&data_dir, 0o700).map_err(dir_err)?;
 
-    let store = Arc::new(blocking::run({
-        let path = data_dir.join("caged.db");
-        move || Store::open(&path)
-    })
-    .await?);
+    let store = Arc::new(
+        blocking::run({
+            let path = data_dir.join("caged.db");
+            move || Store::open(&path)
+        })
+        .await?,
+    );
     let installation_id = blocking::run({
         let store = store.clone();
         move || store.meta_get_or_insert("installation_id", || caged_domain::random_hex(6))
@@ -131,12 +139,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
     auth::ensure_admin(store.clone(), &admin_key_path).await?;
 
-    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(config.docker_host.as_deref(), &installation_id)?);
+    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(
+        config.docker_host.as_deref(),
+        &installation_id,
+    )?);
     let engine = engine::watch(runtime.clone());
 
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
 
     let state = Arc::new(AppState {
         store,
@@ -159,7 +177,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         }
     });
     tracing::info!(%addr, installation = %installation_id, started_at = now_ms(), "caged API listening");
-    Ok(RunningServer { addr, installation_id, admin_key_path, shutdown: Some(shutdown_tx), task, engine })
+    Ok(RunningServer {
+        addr,
+        installation_id,
+        admin_key_path,
+        shutdown: Some(shutdown_tx),
+        task,
+        engine,
+    })
 }
 
 fn restrict_permissions(path: &std::path::Path, mode: u32) -> std::io::Result<()> {

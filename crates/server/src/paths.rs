@@ -13,7 +13,10 @@ const PSEUDO_FILESYSTEMS: &[&str] = &["proc", "sys", "dev"];
 
 /// Returns the normalized absolute path (`/a/b`), or `/` for the root.
 pub(crate) fn sandbox_path(given: &str) -> Result<String, PathError> {
-    let fail = |reason| PathError { given: given.to_string(), reason };
+    let fail = |reason| PathError {
+        given: given.to_string(),
+        reason,
+    };
     if !given.starts_with('/') {
         return Err(fail("must be absolute (start with /)"));
     }
@@ -31,7 +34,10 @@ pub(crate) fn sandbox_path(given: &str) -> Result<String, PathError> {
             other => parts.push(other),
         }
     }
-    if parts.first().is_some_and(|first| PSEUDO_FILESYSTEMS.contains(first)) {
+    if parts
+        .first()
+        .is_some_and(|first| PSEUDO_FILESYSTEMS.contains(first))
+    {
         return Err(fail("/proc, /sys and /dev are not files of the sandbox"));
     }
     Ok(format!("/{}", parts.join("/")))
@@ -53,13 +59,22 @@ mod tests {
 
     #[test]
     fn normalizes_and_refuses_escapes() {
-        assert_eq!(sandbox_path("/workspace//a/./b/").unwrap(), "/workspace/a/b");
+        assert_eq!(
+            sandbox_path("/workspace//a/./b/").unwrap(),
+            "/workspace/a/b"
+        );
         assert_eq!(sandbox_path("/").unwrap(), "/");
         for (bad, reason) in [
             ("workspace", "must be absolute (start with /)"),
             ("/a/../../etc/shadow", "`..` is not allowed"),
-            ("/proc/self/root/etc/shadow", "/proc, /sys and /dev are not files of the sandbox"),
-            ("//proc/1/environ", "/proc, /sys and /dev are not files of the sandbox"),
+            (
+                "/proc/self/root/etc/shadow",
+                "/proc, /sys and /dev are not files of the sandbox",
+            ),
+            (
+                "//proc/1/environ",
+                "/proc, /sys and /dev are not files of the sandbox",
+            ),
             ("/a\0b", "contains a NUL byte"),
         ] {
             assert_eq!(sandbox_path(bad).unwrap_err().reason, reason, "{bad}");

@@ -25,7 +25,10 @@ pub(crate) struct Locks {
 impl Locks {
     pub(crate) async fn lock(&self, id: SandboxId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
-            let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut map = self
+                .map
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             // Drop locks nobody holds or waits on, so the map does not grow without bound.
             map.retain(|_, lock| Arc::strong_count(lock) > 1);
             map.entry(id).or_default().clone()
@@ -40,14 +43,20 @@ const INIT_OUTPUT_LIMIT: usize = 64 * 1024;
 pub(crate) fn engine_ready(state: &AppState) -> Result<Arc<caged_runtime::EngineInfo>, ApiError> {
     match &*state.engine.borrow() {
         EngineStatus::Up(info) => Ok(info.clone()),
-        EngineStatus::Starting => Err(ApiError::engine_unavailable("the container engine is still being probed")),
-        EngineStatus::Down { reason } => {
-            Err(ApiError::engine_unavailable(format!("the container engine is unreachable: {reason}")))
-        }
+        EngineStatus::Starting => Err(ApiError::engine_unavailable(
+            "the container engine is still being probed",
+        )),
+        EngineStatus::Down { reason } => Err(ApiError::engine_unavailable(format!(
+            "the container engine is unreachable: {reason}"
+        ))),
     }
 }
 
-pub(crate) async fn get(state: &AppState, account_id: &str, id: SandboxId) -> Result<SandboxRecord, ApiError> {
+pub(crate) async fn get(
+    state: &AppState,
+    account_id: &str,
+    id: SandboxId,
+) -> Result<SandboxRecord, ApiError> {
     let store = state.store.clone();
     let account_id = account_id.to_string();
     blocking::run(move || store.sandbox(&account_id, id))
@@ -67,10 +76,16 @@ pub(crate) async fn create(
     options: CreateOptions,
 ) -> Result<SandboxRecord, ApiError> {
     let engine = engine_ready(state)?;
-    if config.isolation == Isolation::Gvisor && !engine.gvisor.available && !engine.gvisor.detail.contains("unverified") {
+    if config.isolation == Isolation::Gvisor
+        && !engine.gvisor.available
+        && !engine.gvisor.detail.contains("unverified")
+    {
         return Err(ApiError::bad_request(
             "isolation_unavailable",
-            format!("isolation gvisor is unavailable on this server: {}", engine.gvisor.detail),
+            format!(
+                "isolation gvisor is unavailable on this server: {}",
+                engine.gvisor.detail
+            ),
         ));
     }
     let store = state.store.clone();
@@ -81,15 +96,28 @@ pub(crate) async fn create(
         if let Some(name) = &insert_config.name
             && store.live_name_taken(&account, name)?
         {
-            return Err(ApiError::conflict("name_taken", format!("a live sandbox is already named {name:?}")));
+            return Err(ApiError::conflict(
+                "name_taken",
+                format!("a live sandbox is already named {name:?}"),
+            ));
         }
         // Ids are random; on the rare collision, draw again.
         for _ in 0..8 {
             let id = SandboxId::random();
-            let new = NewSandbox { id, account_id: &account, config: &insert_config, disk_enforced, at_ms: now_ms() };
+            let new = NewSandbox {
+                id,
+                account_id: &account,
+                config: &insert_config,
+                disk_enforced,
+                at_ms: now_ms(),
+            };
             match store.insert_sandbox(new) {
                 Ok(()) => return Ok(id),
-                Err(StoreError::Sqlite(rusqlite_err)) if rusqlite_err.to_string().contains("UNIQUE") => continue,
+                Err(StoreError::Sqlite(rusqlite_err))
+                    if rusqlite_err.to_string().contains("UNIQUE") =>
+                {
+                    continue;
+                }
                 Err(err) => return Err(err.into()),
             }
         }
@@ -115,15 +143,29 @@ pub(crate) async fn create(
             let store = state.store.clone();
             blocking::run(move || -> Result<(), StoreError> {
                 store.set_container_id(id, &container_id)?;
-                store.transition(id, SandboxState::Pending, SandboxState::Running, now_ms(), None)
+                store.transition(
+                    id,
+                    SandboxState::Pending,
+                    SandboxState::Running,
+                    now_ms(),
+                    None,
+                )
             })
             .await?;
         }
         Err(err) => {
             let reason = format!("create failed: {err}");
             let store = state.store.clone();
-            blocking::run(move || store.transition(id, SandboxState::Pending, SandboxState::Destroyed, now_ms(), Some(&reason)))
-                .await?;
+            blocking::run(move || {
+                store.transition(
+                    id,
+                    SandboxState::Pending,
+                    SandboxState::Destroyed,
+                    now_ms(),
+                    Some(&reason),
+                )
+            })
+            .await?;
             return Err(err.into());
         }
     }
@@ -147,17 +189,29 @@ pub(crate) fn start_init(state: Arc<AppState>, account_id: String, id: SandboxId
 
 async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(), ApiError> {
     let record = get(state, account_id, id).await?;
-    let Some(script) = record.config.init_script.clone() else { return Ok(()) };
+    let Some(script) = record.config.init_script.clone() else {
+        return Ok(());
+    };
     let store = state.store.clone();
     let started = now_ms();
-    blocking::run(move || store.set_init_result(id, &json!({ "status": "running", "started_at_ms": started }))).await?;
+    blocking::run(move || {
+        store.set_init_result(
+            id,
+            &json!({ "status": "running", "started_at_ms": started }),
+        )
+    })
+    .await?;
     let spec = ExecSpec {
         cmd: vec!["/bin/sh".into(), "-c".into(), script],
         cwd: Some("/workspace".into()),
         ..ExecSpec::default()
     };
     let outcome = exec_collect(state, &record, &spec, INIT_OUTPUT_LIMIT, None).await?;
-    let status = if outcome.exit_code == Some(0) { "succeeded" } else { "failed" };
+    let status = if outcome.exit_code == Some(0) {
+        "succeeded"
+    } else {
+        "failed"
+    };
     let result = json!({
         "status": status,
         "exit_code": outcome.exit_code,
@@ -193,8 +247,13 @@ pub(crate) async fn exec_collect(
     let handle = container_of(record)?;
     let mut exec = state.runtime.exec(handle, spec).await?;
     drop(exec.input);
-    let mut collected =
-        Collected { exit_code: None, stdout: Vec::new(), stderr: Vec::new(), truncated: false, timed_out: false };
+    let mut collected = Collected {
+        exit_code: None,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+        timed_out: false,
+    };
     let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
     loop {
         let next = match deadline {
@@ -204,7 +263,12 @@ pub(crate) async fn exec_collect(
                     collected.timed_out = true;
                     state.runtime.exec_kill(handle, &exec.exec_id).await?;
                     // What it wrote before dying still arrives; a short grace period collects it.
-                    match tokio::time::timeout(std::time::Duration::from_secs(2), exec.output.next()).await {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        exec.output.next(),
+                    )
+                    .await
+                    {
                         Ok(next) => next,
                         Err(_) => None,
                     }
@@ -226,18 +290,34 @@ pub(crate) async fn exec_collect(
 }
 
 pub(crate) fn container_of(record: &SandboxRecord) -> Result<&str, ApiError> {
-    record.container_id.as_deref().ok_or_else(|| ApiError::conflict("not_ready", format!("sandbox {} has no container yet", record.id)))
+    record.container_id.as_deref().ok_or_else(|| {
+        ApiError::conflict(
+            "not_ready",
+            format!("sandbox {} has no container yet", record.id),
+        )
+    })
 }
 
 /// A sandbox that can run commands and take files right now, or the reason it cannot.
-pub(crate) async fn running(state: &AppState, account_id: &str, id: SandboxId) -> Result<SandboxRecord, ApiError> {
+pub(crate) async fn running(
+    state: &AppState,
+    account_id: &str,
+    id: SandboxId,
+) -> Result<SandboxRecord, ApiError> {
     engine_ready(state)?;
     let record = get(state, account_id, id).await?;
     match record.state {
         SandboxState::Running => Ok(record),
         other => Err(ApiError::conflict(
             "illegal_state",
-            format!("sandbox {id} is {other}; it must be running{}", if other == SandboxState::Paused { " (resume it first)" } else { "" }),
+            format!(
+                "sandbox {id} is {other}; it must be running{}",
+                if other == SandboxState::Paused {
+                    " (resume it first)"
+                } else {
+                    ""
+                }
+            ),
         )),
     }
 }
@@ -257,7 +337,10 @@ pub(crate) async fn change_state(
         return Ok(record); // destroying twice is not an error
     }
     record.state.check_transition(to).map_err(|illegal| {
-        ApiError::conflict("illegal_transition", format!("cannot {} sandbox {id}: {illegal}", verb(to)))
+        ApiError::conflict(
+            "illegal_transition",
+            format!("cannot {} sandbox {id}: {illegal}", verb(to)),
+        )
     })?;
     if let Some(handle) = record.container_id.as_deref() {
         let acted = match to {
@@ -273,10 +356,19 @@ pub(crate) async fn change_state(
                 let store = state.store.clone();
                 let from = record.state;
                 blocking::run(move || {
-                    store.transition(id, from, SandboxState::Destroyed, now_ms(), Some("its container disappeared"))
+                    store.transition(
+                        id,
+                        from,
+                        SandboxState::Destroyed,
+                        now_ms(),
+                        Some("its container disappeared"),
+                    )
                 })
                 .await?;
-                return Err(ApiError::conflict("gone", format!("sandbox {id}'s container disappeared; it is now destroyed")));
+                return Err(ApiError::conflict(
+                    "gone",
+                    format!("sandbox {id}'s container disappeared; it is now destroyed"),
+                ));
             }
             Err(err) => return Err(err.into()),
         }

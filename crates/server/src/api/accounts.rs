@@ -26,7 +26,8 @@ pub(crate) async fn create(
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad_request("invalid_account", "name: required, a string"))?
         .to_string();
-    caged_domain::config::check_name("name", &name).map_err(|err| ApiError::bad_request("invalid_account", err.to_string()))?;
+    caged_domain::config::check_name("name", &name)
+        .map_err(|err| ApiError::bad_request("invalid_account", err.to_string()))?;
     let store = state.store.clone();
     let key = new_key();
     let (account, token) = blocking::run(move || -> Result<_, ApiError> {
@@ -47,7 +48,10 @@ pub(crate) async fn create(
     ))
 }
 
-pub(crate) async fn list(State(state): State<Arc<AppState>>, Admin(_): Admin) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Admin(_): Admin,
+) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
     let accounts = blocking::run(move || store.list_accounts()).await?;
     let accounts: Vec<Value> = accounts

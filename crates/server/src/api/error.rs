@@ -17,7 +17,11 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -35,7 +39,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
     pub fn engine_unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            message,
+        )
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -52,14 +60,21 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::StateChanged { id, expected, actual } => ApiError::conflict(
+            StoreError::StateChanged {
+                id,
+                expected,
+                actual,
+            } => ApiError::conflict(
                 "illegal_transition",
-                format!("sandbox {id} changed state meanwhile (now {actual}, was {expected}); try again"),
+                format!(
+                    "sandbox {id} changed state meanwhile (now {actual}, was {expected}); try again"
+                ),
             ),
             StoreError::NotFound { id } => ApiError::not_found(format!("sandbox {id} not found")),
-            StoreError::AccountExists { name } => {
-                ApiError::conflict("account_exists", format!("an account named {name:?} already exists"))
-            }
+            StoreError::AccountExists { name } => ApiError::conflict(
+                "account_exists",
+                format!("an account named {name:?} already exists"),
+            ),
             other => {
                 tracing::error!("store: {:#}", anyhowish(&other));
                 ApiError::internal("the database failed; see the server log")
@@ -72,18 +87,28 @@ impl From<RuntimeError> for ApiError {
     fn from(err: RuntimeError) -> Self {
         match &err {
             RuntimeError::EngineUnreachable { .. } => ApiError::engine_unavailable(err.to_string()),
-            RuntimeError::TemplateMissing { .. } => ApiError::bad_request("unknown_template", err.to_string()),
-            RuntimeError::IsolationUnavailable { .. } => ApiError::bad_request("isolation_unavailable", err.to_string()),
+            RuntimeError::TemplateMissing { .. } => {
+                ApiError::bad_request("unknown_template", err.to_string())
+            }
+            RuntimeError::IsolationUnavailable { .. } => {
+                ApiError::bad_request("isolation_unavailable", err.to_string())
+            }
             RuntimeError::PathNotFound { .. } => ApiError::not_found(err.to_string()),
             RuntimeError::ContainerGone => ApiError::conflict("gone", err.to_string()),
-            RuntimeError::BadArchive { .. } => ApiError::bad_request("bad_archive", err.to_string()),
+            RuntimeError::BadArchive { .. } => {
+                ApiError::bad_request("bad_archive", err.to_string())
+            }
             RuntimeError::Engine { status, message } if (400..500).contains(status) => {
                 tracing::warn!("engine refused: {message}");
                 ApiError::bad_request("engine_refused", err.to_string())
             }
             _ => {
                 tracing::error!("runtime: {}", anyhowish(&err));
-                ApiError::new(StatusCode::BAD_GATEWAY, "engine_error", format!("{err}; see the server log"))
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "engine_error",
+                    format!("{err}; see the server log"),
+                )
             }
         }
     }

@@ -58,25 +58,41 @@ impl ExecRequest {
         let request: ExecRequest = serde_json::from_value(value)
             .map_err(|err| ApiError::bad_request("invalid_exec", format!("exec request: {err}")))?;
         if request.cmd.is_empty() || request.cmd[0].is_empty() {
-            return Err(ApiError::bad_request("invalid_exec", "cmd: must name a program (an argv array, not a shell string)"));
+            return Err(ApiError::bad_request(
+                "invalid_exec",
+                "cmd: must name a program (an argv array, not a shell string)",
+            ));
         }
         if request.cmd.iter().any(|arg| arg.contains('\0')) {
-            return Err(ApiError::bad_request("invalid_exec", "cmd: arguments may not contain NUL bytes"));
+            return Err(ApiError::bad_request(
+                "invalid_exec",
+                "cmd: arguments may not contain NUL bytes",
+            ));
         }
         if let Some(timeout) = request.timeout
             && !(timeout.is_finite() && timeout > 0.0 && timeout <= 7.0 * 86_400.0)
         {
-            return Err(ApiError::bad_request("invalid_exec", "timeout: must be between 0 and 604800 seconds"));
+            return Err(ApiError::bad_request(
+                "invalid_exec",
+                "timeout: must be between 0 and 604800 seconds",
+            ));
         }
         for key in request.env.keys() {
-            let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid = key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(ApiError::bad_request("invalid_exec", format!("env: {key:?} is not a valid variable name")));
+                return Err(ApiError::bad_request(
+                    "invalid_exec",
+                    format!("env: {key:?} is not a valid variable name"),
+                ));
             }
         }
         if let Some(cwd) = &request.cwd {
-            crate::paths::sandbox_path(cwd).map_err(|err| ApiError::bad_request("invalid_exec", format!("cwd: {err}")))?;
+            crate::paths::sandbox_path(cwd)
+                .map_err(|err| ApiError::bad_request("invalid_exec", format!("cwd: {err}")))?;
         }
         Ok(request)
     }
@@ -103,7 +119,8 @@ pub(crate) async fn run(
     let record = sandboxes::running(&state, &account.id, id).await?;
     let started = Instant::now();
     let timeout = request.timeout.map(Duration::from_secs_f64);
-    let collected = sandboxes::exec_collect(&state, &record, &request.spec(), COLLECT_LIMIT, timeout).await?;
+    let collected =
+        sandboxes::exec_collect(&state, &record, &request.spec(), COLLECT_LIMIT, timeout).await?;
     Ok(Json(json!({
         "exit_code": collected.exit_code,
         "stdout": String::from_utf8_lossy(&collected.stdout),
@@ -130,13 +147,25 @@ pub(crate) async fn websocket(
     }))
 }
 
-async fn stream_exec(state: Arc<AppState>, account_id: String, id: SandboxId, mut socket: WebSocket) -> Result<(), ApiError> {
+async fn stream_exec(
+    state: Arc<AppState>,
+    account_id: String,
+    id: SandboxId,
+    mut socket: WebSocket,
+) -> Result<(), ApiError> {
     let first = match socket.recv().await {
         Some(Ok(Message::Text(text))) => text,
-        _ => return Err(ApiError::bad_request("invalid_exec", "the first message must be the JSON exec request")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_exec",
+                "the first message must be the JSON exec request",
+            ));
+        }
     };
     let parsed = serde_json::from_str(&first)
-        .map_err(|err| ApiError::bad_request("invalid_exec", format!("exec request is not JSON: {err}")))
+        .map_err(|err| {
+            ApiError::bad_request("invalid_exec", format!("exec request is not JSON: {err}"))
+        })
         .and_then(ExecRequest::parse);
     let request = match parsed {
         Ok(request) => request,
@@ -160,7 +189,9 @@ async fn stream_exec(state: Arc<AppState>, account_id: String, id: SandboxId, mu
     if !(request.stdin || request.tty) {
         input = None; // closes the command's stdin
     }
-    let deadline = request.timeout.map(|seconds| tokio::time::Instant::now() + Duration::from_secs_f64(seconds));
+    let deadline = request
+        .timeout
+        .map(|seconds| tokio::time::Instant::now() + Duration::from_secs_f64(seconds));
     let mut timed_out = false;
     let (mut sink, mut incoming) = socket.split();
     loop {
@@ -237,7 +268,9 @@ async fn send_data(
     let mut frame = Vec::with_capacity(bytes.len() + 1);
     frame.push(channel);
     frame.extend_from_slice(bytes);
-    sink.send(Message::Binary(frame.into())).await.map_err(|_| ApiError::internal("client went away"))
+    sink.send(Message::Binary(frame.into()))
+        .await
+        .map_err(|_| ApiError::internal("client went away"))
 }
 
 async fn send_error(mut socket: WebSocket, err: ApiError) -> Result<(), ApiError> {

@@ -51,7 +51,10 @@ pub(crate) async fn read(
     while let Some(target) = stat.link_target.clone() {
         hops += 1;
         if hops > MAX_LINK_HOPS {
-            return Err(ApiError::bad_request("bad_path", format!("{} : too many levels of symbolic links", query.path)));
+            return Err(ApiError::bad_request(
+                "bad_path",
+                format!("{} : too many levels of symbolic links", query.path),
+            ));
         }
         path = checked_path(&target)?;
         stat = state.runtime.stat_path(handle, &path).await?;
@@ -60,7 +63,10 @@ pub(crate) async fn read(
     if stat.is_dir {
         let mut response = Body::from_stream(tar).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-tar"),
+        );
         headers.insert(KIND_HEADER, HeaderValue::from_static("directory"));
         return Ok(response);
     }
@@ -68,15 +74,21 @@ pub(crate) async fn read(
     let content = blocking::pipe(tar, |reader, writer| {
         let mut archive = tar::Archive::new(reader);
         let mut entries = archive.entries()?;
-        let mut entry = entries
-            .next()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "empty archive from the engine"))??;
+        let mut entry = entries.next().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "empty archive from the engine",
+            )
+        })??;
         std::io::copy(&mut entry, writer)?;
         Ok(())
     });
     let mut response = Body::from_stream(content).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     headers.insert(KIND_HEADER, HeaderValue::from_static("file"));
     if let Ok(mode) = HeaderValue::from_str(&format!("{:o}", stat.mode & 0o777)) {
         headers.insert(MODE_HEADER, mode);
@@ -98,39 +110,65 @@ pub(crate) async fn write(
     let is_tar = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/x-tar") || value.starts_with("application/gzip"));
+        .is_some_and(|value| {
+            value.starts_with("application/x-tar") || value.starts_with("application/gzip")
+        });
     if is_tar {
         let body_len = body.len();
-        let (clean, entries) = blocking::run(move || -> Result<(Vec<u8>, u64), caged_archive::ArchiveError> {
-            let reader = caged_archive::decompressed(std::io::Cursor::new(body))?;
-            let mut clean = Vec::with_capacity(body_len + 1024);
-            let entries = caged_archive::sanitize(reader, &mut clean, Limits::default())?;
-            Ok((clean, entries))
-        })
+        let (clean, entries) = blocking::run(
+            move || -> Result<(Vec<u8>, u64), caged_archive::ArchiveError> {
+                let reader = caged_archive::decompressed(std::io::Cursor::new(body))?;
+                let mut clean = Vec::with_capacity(body_len + 1024);
+                let entries = caged_archive::sanitize(reader, &mut clean, Limits::default())?;
+                Ok((clean, entries))
+            },
+        )
         .await
         .map_err(|err| ApiError::bad_request("bad_archive", format!("archive rejected: {err}")))?;
         let (base, missing) = missing_dirs(&state, handle, &path).await?;
         if !missing.is_empty() {
-            let dirs_only = dirs_tar(&missing).map_err(|err| ApiError::internal(err.to_string()))?;
-            state.runtime.write_tar(handle, &base, dirs_only.into()).await?;
+            let dirs_only =
+                dirs_tar(&missing).map_err(|err| ApiError::internal(err.to_string()))?;
+            state
+                .runtime
+                .write_tar(handle, &base, dirs_only.into())
+                .await?;
         }
         state.runtime.write_tar(handle, &path, clean.into()).await?;
-        return Ok((StatusCode::OK, axum::Json(json!({ "path": path, "kind": "directory", "entries": entries }))).into_response());
+        return Ok((
+            StatusCode::OK,
+            axum::Json(json!({ "path": path, "kind": "directory", "entries": entries })),
+        )
+            .into_response());
     }
 
     let Some((parent, name)) = split(&path) else {
-        return Err(ApiError::bad_request("bad_path", "a file cannot be written at /"));
+        return Err(ApiError::bad_request(
+            "bad_path",
+            "a file cannot be written at /",
+        ));
     };
-    let mode = match headers.get(MODE_HEADER).and_then(|value| value.to_str().ok()) {
+    let mode = match headers
+        .get(MODE_HEADER)
+        .and_then(|value| value.to_str().ok())
+    {
         None => 0o644,
         Some(text) => u32::from_str_radix(text, 8)
             .ok()
             .filter(|mode| *mode <= 0o777)
-            .ok_or_else(|| ApiError::bad_request("bad_mode", format!("{MODE_HEADER}: {text:?} is not an octal mode like 644")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "bad_mode",
+                    format!("{MODE_HEADER}: {text:?} is not an octal mode like 644"),
+                )
+            })?,
     };
     match state.runtime.stat_path(handle, &path).await {
         Ok(stat) if stat.is_dir => {
-            return Err(ApiError::conflict("is_directory", format!("{path} is a directory; send a tar to write into it")));
+            return Err(ApiError::conflict(
+                "is_directory",
+                format!("{path} is a directory; send a tar to write into it"),
+            ));
         }
         Ok(_) | Err(RuntimeError::PathNotFound { .. }) => {}
         Err(err) => return Err(err.into()),
@@ -138,22 +176,38 @@ pub(crate) async fn write(
     let (base, missing) = missing_dirs(&state, handle, parent).await?;
     let relative: PathBuf = missing.last().cloned().unwrap_or_default().join(name);
     let size = body.len();
-    let tar = caged_archive::single_file_tar(&missing, &relative, &body, mode).map_err(|err| ApiError::internal(err.to_string()))?;
+    let tar = caged_archive::single_file_tar(&missing, &relative, &body, mode)
+        .map_err(|err| ApiError::internal(err.to_string()))?;
     state.runtime.write_tar(handle, &base, tar.into()).await?;
-    Ok((StatusCode::OK, axum::Json(json!({ "path": path, "kind": "file", "bytes": size }))).into_response())
+    Ok((
+        StatusCode::OK,
+        axum::Json(json!({ "path": path, "kind": "file", "bytes": size })),
+    )
+        .into_response())
 }
 
 /// The deepest existing ancestor of `dir` (which must be a directory) and the directories to
 /// create below it, as relative paths from shallowest to deepest.
-async fn missing_dirs(state: &AppState, handle: &str, dir: &str) -> Result<(String, Vec<PathBuf>), ApiError> {
+async fn missing_dirs(
+    state: &AppState,
+    handle: &str,
+    dir: &str,
+) -> Result<(String, Vec<PathBuf>), ApiError> {
     let mut missing_names = Vec::new();
     let mut current = dir.to_string();
     loop {
         match state.runtime.stat_path(handle, &current).await {
             Ok(stat) if stat.is_dir || stat.link_target.is_some() => break,
-            Ok(_) => return Err(ApiError::conflict("not_a_directory", format!("{current} is not a directory"))),
+            Ok(_) => {
+                return Err(ApiError::conflict(
+                    "not_a_directory",
+                    format!("{current} is not a directory"),
+                ));
+            }
             Err(RuntimeError::PathNotFound { .. }) => {
-                let Some((parent, name)) = split(&current) else { break };
+                let Some((parent, name)) = split(&current) else {
+                    break;
+                };
                 missing_names.push(name.to_string());
                 current = parent.to_string();
             }

@@ -26,8 +26,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/system", get(sandboxes::system))
-        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
-        .route("/v1/sandboxes/{id}", get(sandboxes::inspect).delete(sandboxes::destroy))
+        .route(
+            "/v1/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(sandboxes::inspect).delete(sandboxes::destroy),
+        )
         .route("/v1/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/v1/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/v1/sandboxes/{id}/init", post(sandboxes::init))
@@ -35,10 +41,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sandboxes/{id}/exec/ws", get(exec::websocket))
         .route(
             "/v1/sandboxes/{id}/files",
-            get(files::read).put(files::write).layer(DefaultBodyLimit::max(upload_limit)),
+            get(files::read)
+                .put(files::write)
+                .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/v1/templates", get(templates::list))
-        .route("/v1/templates/{name}", post(templates::import).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/v1/templates/{name}",
+            post(templates::import).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/accounts", post(accounts::create).get(accounts::list))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)

@@ -18,7 +18,11 @@ use crate::{AppState, blocking};
 
 pub(crate) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
     // A malformed id cannot name any sandbox: answer as for one that does not exist.
-    raw.parse().map_err(|_| ApiError::not_found(format!("sandbox {raw:?} not found (ids are 8 hex characters)")))
+    raw.parse().map_err(|_| {
+        ApiError::not_found(format!(
+            "sandbox {raw:?} not found (ids are 8 hex characters)"
+        ))
+    })
 }
 
 /// Parses a JSON body, answering in the API's error shape rather than the framework's.
@@ -26,7 +30,9 @@ pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|err| ApiError::bad_request("bad_json", format!("request body is not valid JSON: {err}")))
+    serde_json::from_slice(body).map_err(|err| {
+        ApiError::bad_request("bad_json", format!("request body is not valid JSON: {err}"))
+    })
 }
 
 pub(crate) async fn create(
@@ -35,14 +41,23 @@ pub(crate) async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut body = json_body(&body)?;
-    let defer_init = match body.as_object_mut().and_then(|object| object.remove("defer_init")) {
+    let defer_init = match body
+        .as_object_mut()
+        .and_then(|object| object.remove("defer_init"))
+    {
         None => false,
         Some(Value::Bool(value)) => value,
-        Some(_) => return Err(ApiError::bad_request("invalid_config", "defer_init: must be true or false")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_config",
+                "defer_init: must be true or false",
+            ));
+        }
     };
     let config = SandboxConfig::from_json_value(body)
         .map_err(|err| ApiError::bad_request("invalid_config", err.to_string()))?;
-    let record = sandboxes::create(&state, &account.id, config, CreateOptions { defer_init }).await?;
+    let record =
+        sandboxes::create(&state, &account.id, config, CreateOptions { defer_init }).await?;
     Ok((StatusCode::CREATED, Json(view::sandbox(&record))))
 }
 
@@ -59,7 +74,9 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
     let records = blocking::run(move || store.list_sandboxes(&account.id, query.all)).await?;
-    Ok(Json(json!({ "sandboxes": records.iter().map(view::sandbox).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "sandboxes": records.iter().map(view::sandbox).collect::<Vec<_>>() }),
+    ))
 }
 
 pub(crate) async fn inspect(
@@ -77,7 +94,14 @@ pub(crate) async fn destroy(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let record = sandboxes::change_state(&state, &account.id, id, SandboxState::Destroyed, "destroyed on request").await?;
+    let record = sandboxes::change_state(
+        &state,
+        &account.id,
+        id,
+        SandboxState::Destroyed,
+        "destroyed on request",
+    )
+    .await?;
     Ok(Json(view::sandbox(&record)))
 }
 
@@ -86,7 +110,14 @@ pub(crate) async fn pause(
     Caller(account): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = sandboxes::change_state(&state, &account.id, parse_id(&id)?, SandboxState::Paused, "").await?;
+    let record = sandboxes::change_state(
+        &state,
+        &account.id,
+        parse_id(&id)?,
+        SandboxState::Paused,
+        "",
+    )
+    .await?;
     Ok(Json(view::sandbox(&record)))
 }
 
@@ -95,7 +126,14 @@ pub(crate) async fn resume(
     Caller(account): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = sandboxes::change_state(&state, &account.id, parse_id(&id)?, SandboxState::Running, "").await?;
+    let record = sandboxes::change_state(
+        &state,
+        &account.id,
+        parse_id(&id)?,
+        SandboxState::Running,
+        "",
+    )
+    .await?;
     Ok(Json(view::sandbox(&record)))
 }
 
@@ -108,10 +146,16 @@ pub(crate) async fn init(
     let id = parse_id(&id)?;
     let record = sandboxes::running(&state, &account.id, id).await?;
     if record.config.init_script.is_none() {
-        return Err(ApiError::conflict("no_init_script", format!("sandbox {id} has no init_script")));
+        return Err(ApiError::conflict(
+            "no_init_script",
+            format!("sandbox {id} has no init_script"),
+        ));
     }
     if record.init_result.is_some() {
-        return Err(ApiError::conflict("init_started", format!("sandbox {id}'s init_script has already run")));
+        return Err(ApiError::conflict(
+            "init_started",
+            format!("sandbox {id}'s init_script has already run"),
+        ));
     }
     sandboxes::start_init(state.clone(), account.id.clone(), id);
     Ok((StatusCode::ACCEPTED, Json(view::sandbox(&record))))

@@ -14,7 +14,10 @@ use crate::auth::{Admin, Caller};
 use crate::sandboxes::engine_ready;
 use crate::{AppState, blocking};
 
-pub(crate) async fn list(State(state): State<Arc<AppState>>, Caller(_): Caller) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Caller(_): Caller,
+) -> Result<Json<Value>, ApiError> {
     engine_ready(&state)?;
     let templates = state.runtime.templates().await?;
     Ok(Json(json!({ "templates": templates })))
@@ -37,8 +40,13 @@ pub(crate) async fn import(
         std::io::copy(&mut reader, writer)?;
         Ok(())
     })
-    .map_err(|err| caged_runtime::RuntimeError::BadArchive { reason: err.to_string() });
-    let template = state.runtime.import_template(&name, Box::pin(rootfs)).await?;
+    .map_err(|err| caged_runtime::RuntimeError::BadArchive {
+        reason: err.to_string(),
+    });
+    let template = state
+        .runtime
+        .import_template(&name, Box::pin(rootfs))
+        .await?;
     tracing::info!(template = %template.name, bytes = template.size_bytes, "template imported");
     Ok((StatusCode::CREATED, Json(json!(template))))
 }

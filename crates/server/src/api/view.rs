@@ -10,7 +10,10 @@ pub(crate) fn sandbox(record: &SandboxRecord) -> Value {
     let config = &record.config;
     // A destroyed sandbox's clock stopped at its last transition.
     let now = if record.state == SandboxState::Destroyed {
-        record.transitions.last().map_or(record.created_at_ms, |last| last.at_ms)
+        record
+            .transitions
+            .last()
+            .map_or(record.created_at_ms, |last| last.at_ms)
     } else {
         now_ms()
     };

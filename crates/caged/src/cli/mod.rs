@@ -1,0 +1,39 @@
+//! One module per verb; `run` dispatches.
+
+pub mod account;
+pub mod config;
+pub mod cp;
+pub mod create;
+pub mod exec;
+pub mod inspect;
+pub mod lifecycle;
+pub mod ls;
+pub mod server;
+pub mod shell;
+pub mod system;
+pub mod template;
+pub mod up;
+
+use std::process::ExitCode;
+
+use crate::{Cli, Command};
+
+pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Server(args) => server::run(cli, args).await,
+        Command::Create(args) => create::run(cli, args).await,
+        Command::Up(args) => up::run(cli, args).await,
+        Command::Ls(args) => ls::run(cli, args).await,
+        Command::Inspect(args) => inspect::run(cli, args).await,
+        Command::Exec(args) => exec::run(cli, args).await,
+        Command::Shell(args) => shell::run(cli, args).await,
+        Command::Cp(args) => cp::run(cli, args).await,
+        Command::Pause(args) => lifecycle::pause(cli, args).await,
+        Command::Resume(args) => lifecycle::resume(cli, args).await,
+        Command::Rm(args) => lifecycle::rm(cli, args).await,
+        Command::Template(command) => template::run(cli, command).await,
+        Command::Config(command) => config::run(command),
+        Command::Account(command) => account::run(cli, command).await,
+        Command::System(args) => system::run(cli, args).await,
+    }
+}

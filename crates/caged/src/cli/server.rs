@@ -1,0 +1,58 @@
+//! `caged server`: runs the control plane until SIGINT or SIGTERM, then shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use caged_server::ServerConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::Cli;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// API listen address.
+    #[arg(long, env = "CAGED_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Docker engine address (default: the local socket).
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
+    /// Largest upload (file write or template import) in MiB.
+    #[arg(long, default_value_t = 1024)]
+    max_upload_mb: usize,
+}
+
+pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAGED_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = ServerConfig::new(cli.data_dir(), args.listen);
+    config.docker_host = args.docker_host.clone();
+    config.max_upload_bytes = args.max_upload_mb << 20;
+    let mut server = caged_server::start(config)
+        .await
+        .context("cannot start the server")?;
+    eprintln!(
+        "caged server listening on http://{} (data: {}, admin key: {})",
+        server.addr,
+        cli.data_dir().display(),
+        server.admin_key_path.display()
+    );
+    let shutdown = server.shutdown_handle();
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    if let Some(shutdown) = shutdown {
+        let _ = shutdown.send(());
+    }
+    server.wait().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,77 @@
+//! `caged shell ID`: an interactive shell on a PTY inside the sandbox, with window resizes.
+
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use caged_client::{ExecEvent, ExecStream};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{Cli, terminal};
+
+#[derive(clap::Args)]
+pub struct Args {
+    id: String,
+}
+
+/// Prefers bash when the template has it.
+const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
+
+pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let stdin_fd = std::io::stdin().as_raw_fd();
+    let (cols, rows) = terminal::size(std::io::stdout().as_raw_fd()).unwrap_or((80, 24));
+    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+    let request = json!({
+        "cmd": ["/bin/sh", "-c", SHELL],
+        "env": { "TERM": term },
+        "tty": true,
+        "cols": cols,
+        "rows": rows,
+    });
+    let ExecStream {
+        mut sink,
+        mut output,
+    } = cli.client().exec_stream(&args.id, &request).await?;
+    let _raw = if terminal::is_terminal(stdin_fd) {
+        Some(terminal::RawMode::enable(stdin_fd).context("cannot put the terminal in raw mode")?)
+    } else {
+        None
+    };
+    let mut winch =
+        signal(SignalKind::window_change()).context("cannot watch window size changes")?;
+    let input = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buffer = vec![0u8; 8192];
+        loop {
+            tokio::select! {
+                read = stdin.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => { let _ = sink.eof().await; break; }
+                    Ok(n) => if sink.stdin(&buffer[..n]).await.is_err() { break },
+                },
+                _ = winch.recv() => {
+                    if let Some((cols, rows)) = terminal::size(std::io::stdout().as_raw_fd()) {
+                        let _ = sink.resize(cols, rows).await;
+                    }
+                }
+            }
+        }
+    });
+    let mut stdout = tokio::io::stdout();
+    let mut code = 0;
+    while let Some(event) = output.next_event().await {
+        match event? {
+            ExecEvent::Stdout(bytes) | ExecEvent::Stderr(bytes) => {
+                stdout.write_all(&bytes).await?;
+                stdout.flush().await?;
+            }
+            ExecEvent::Exit { exit_code, .. } => {
+                code = exit_code.unwrap_or(1);
+                break;
+            }
+        }
+    }
+    input.abort();
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}

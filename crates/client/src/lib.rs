@@ -1,0 +1,494 @@
+//! A typed client for Caged's HTTP API. The CLI is built on it and the tests drive the server
+//! through it, so what users run is what is tested.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, Stream, StreamExt};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach the caged server at {url} (is `caged server` running?)")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("request to the caged server failed")]
+    Http(#[from] reqwest::Error),
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    #[error("websocket to the caged server failed")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Sandbox {
+    pub id: String,
+    pub name: Option<String>,
+    pub state: String,
+    pub template: String,
+    pub isolation: String,
+    pub resources: Resources,
+    pub timeout_seconds: u64,
+    pub network_mode: String,
+    pub allowed_hosts: Vec<String>,
+    pub budget_usd: Option<f64>,
+    pub created_at: String,
+    pub running_seconds: f64,
+    pub transitions: Vec<TransitionView>,
+    pub init: Option<Value>,
+    pub destroyed_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Resources {
+    pub cpu: f64,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub disk_enforced: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TransitionView {
+    pub state: String,
+    pub at: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ExecResult {
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub truncated: bool,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+/// A file read from a sandbox: its kind (`file` or `directory`, the latter as a tar) and bytes.
+pub struct Download {
+    pub is_dir: bool,
+    pub mode: Option<u32>,
+    pub body: Response,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base_url: &str, api_key: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Client {
+            base: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            http,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.api_key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, builder: RequestBuilder) -> Result<Response> {
+        let response = builder.send().await.map_err(|source| {
+            if source.is_connect() {
+                ClientError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                }
+            } else {
+                ClientError::Http(source)
+            }
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(api_error(response).await)
+    }
+
+    async fn json<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T> {
+        let response = self.send(builder).await?;
+        let bytes = response.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|err| ClientError::Protocol(err.to_string()))
+    }
+
+    pub async fn system(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/v1/system")).await
+    }
+
+    /// `config` is a `.caged.yaml` document as JSON, plus optionally `defer_init`.
+    pub async fn create_sandbox(&self, config: &Value) -> Result<Sandbox> {
+        self.json(self.request(Method::POST, "/v1/sandboxes").json(config))
+            .await
+    }
+
+    pub async fn list_sandboxes(&self, all: bool) -> Result<Vec<Sandbox>> {
+        #[derive(Deserialize)]
+        struct List {
+            sandboxes: Vec<Sandbox>,
+        }
+        let list: List = self
+            .json(self.request(Method::GET, &format!("/v1/sandboxes?all={all}")))
+            .await?;
+        Ok(list.sandboxes)
+    }
+
+    pub async fn sandbox(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}")))
+            .await
+    }
+
+    /// The sandbox as raw JSON, with every field the server sends.
+    pub async fn sandbox_json(&self, id: &str) -> Result<Value> {
+        self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}")))
+            .await
+    }
+
+    pub async fn destroy(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::DELETE, &format!("/v1/sandboxes/{id}")))
+            .await
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::POST, &format!("/v1/sandboxes/{id}/pause")))
+            .await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::POST, &format!("/v1/sandboxes/{id}/resume")))
+            .await
+    }
+
+    pub async fn start_init(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::POST, &format!("/v1/sandboxes/{id}/init")))
+            .await
+    }
+
+    /// Runs a command to completion. `request`: `{"cmd": [...], "env": {}, "cwd": "", "timeout": s}`.
+    pub async fn exec(&self, id: &str, request: &Value) -> Result<ExecResult> {
+        self.json(
+            self.request(Method::POST, &format!("/v1/sandboxes/{id}/exec"))
+                .json(request),
+        )
+        .await
+    }
+
+    /// Shorthand: run `argv` and collect its output.
+    pub async fn run(&self, id: &str, argv: &[&str]) -> Result<ExecResult> {
+        self.exec(id, &json!({ "cmd": argv })).await
+    }
+
+    /// Starts a streaming exec over a WebSocket.
+    pub async fn exec_stream(&self, id: &str, request: &Value) -> Result<ExecStream> {
+        let ws_base = self
+            .base
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1);
+        let mut ws_request =
+            format!("{ws_base}/v1/sandboxes/{id}/exec/ws").into_client_request()?;
+        if let Some(key) = &self.api_key {
+            let value = format!("Bearer {key}")
+                .parse()
+                .map_err(|_| ClientError::Protocol("API key is not a valid header value".into()))?;
+            ws_request.headers_mut().insert("authorization", value);
+        }
+        let (socket, _) = match tokio_tungstenite::connect_async(ws_request).await {
+            Ok(connected) => connected,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response.body().clone().unwrap_or_default();
+                return Err(error_from_body(status, &body));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let (mut sink, stream) = socket.split();
+        sink.send(Message::Text(request.to_string().into())).await?;
+        Ok(ExecStream {
+            sink: ExecInput { sink },
+            output: ExecOutputStream { stream },
+        })
+    }
+
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<Download> {
+        let response = self
+            .send(
+                self.request(Method::GET, &format!("/v1/sandboxes/{id}/files"))
+                    .query(&[("path", path)]),
+            )
+            .await?;
+        let headers = response.headers();
+        let is_dir = headers
+            .get("x-caged-kind")
+            .is_some_and(|kind| kind == "directory");
+        let mode = headers
+            .get("x-caged-mode")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| u32::from_str_radix(text, 8).ok());
+        Ok(Download {
+            is_dir,
+            mode,
+            body: response,
+        })
+    }
+
+    /// Reads a whole file into memory.
+    pub async fn read_file_bytes(&self, id: &str, path: &str) -> Result<Bytes> {
+        Ok(self.read_file(id, path).await?.body.bytes().await?)
+    }
+
+    pub async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: impl Into<reqwest::Body>,
+        mode: Option<u32>,
+    ) -> Result<Value> {
+        let mut builder = self
+            .request(Method::PUT, &format!("/v1/sandboxes/{id}/files"))
+            .query(&[("path", path)])
+            .body(data);
+        if let Some(mode) = mode {
+            builder = builder.header("x-caged-mode", format!("{:o}", mode & 0o777));
+        }
+        self.json(builder).await
+    }
+
+    /// Extracts a tar (plain or gzip) into directory `path`, creating it if needed.
+    pub async fn write_tar(
+        &self,
+        id: &str,
+        path: &str,
+        tar: impl Into<reqwest::Body>,
+    ) -> Result<Value> {
+        let builder = self
+            .request(Method::PUT, &format!("/v1/sandboxes/{id}/files"))
+            .query(&[("path", path)])
+            .header("content-type", "application/x-tar")
+            .body(tar);
+        self.json(builder).await
+    }
+
+    pub async fn templates(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/v1/templates")).await
+    }
+
+    pub async fn import_template(
+        &self,
+        name: &str,
+        rootfs: impl Into<reqwest::Body>,
+    ) -> Result<Value> {
+        let builder = self
+            .request(Method::POST, &format!("/v1/templates/{name}"))
+            .header("content-type", "application/x-tar")
+            .body(rootfs);
+        self.json(builder).await
+    }
+
+    pub async fn create_account(&self, name: &str) -> Result<Value> {
+        self.json(
+            self.request(Method::POST, "/v1/accounts")
+                .json(&json!({ "name": name })),
+        )
+        .await
+    }
+
+    pub async fn accounts(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/v1/accounts")).await
+    }
+
+    /// A raw request, for routes without a typed method and for tests of the API's edges.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut builder = self.request(method, path);
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        let response = builder.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+}
+
+async fn api_error(response: Response) -> ClientError {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    error_from_body(status, &body)
+}
+
+fn error_from_body(status: u16, body: &[u8]) -> ClientError {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let code = value["error"]["code"]
+        .as_str()
+        .unwrap_or("http_error")
+        .to_string();
+    let message = value["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("the server answered HTTP {status}"));
+    ClientError::Api {
+        status,
+        code,
+        message,
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A running streamed command; split it to write stdin while reading output.
+pub struct ExecStream {
+    pub sink: ExecInput,
+    pub output: ExecOutputStream,
+}
+
+pub struct ExecInput {
+    sink: SplitSink<Socket, Message>,
+}
+
+pub struct ExecOutputStream {
+    stream: SplitStream<Socket>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit {
+        exit_code: Option<i64>,
+        timed_out: bool,
+    },
+}
+
+impl ExecInput {
+    pub async fn stdin(&mut self, data: &[u8]) -> Result<()> {
+        let mut frame = Vec::with_capacity(data.len() + 1);
+        frame.push(0);
+        frame.extend_from_slice(data);
+        self.sink.send(Message::Binary(frame.into())).await?;
+        Ok(())
+    }
+
+    pub async fn eof(&mut self) -> Result<()> {
+        self.sink
+            .send(Message::Text(json!({ "type": "eof" }).to_string().into()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<()> {
+        let message = json!({ "type": "resize", "cols": cols, "rows": rows });
+        self.sink
+            .send(Message::Text(message.to_string().into()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&mut self) -> Result<()> {
+        self.sink.close().await?;
+        Ok(())
+    }
+}
+
+impl ExecOutputStream {
+    /// The next piece of output, or the exit; `None` when the stream ended without an exit
+    /// (the server went away).
+    pub async fn next_event(&mut self) -> Option<Result<ExecEvent>> {
+        loop {
+            let message = match self.stream.next().await? {
+                Ok(message) => message,
+                Err(err) => return Some(Err(err.into())),
+            };
+            match message {
+                Message::Binary(data) => match data.first() {
+                    Some(1) => return Some(Ok(ExecEvent::Stdout(data.slice(1..)))),
+                    Some(2) => return Some(Ok(ExecEvent::Stderr(data.slice(1..)))),
+                    _ => continue,
+                },
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    match value["type"].as_str() {
+                        Some("exit") => {
+                            return Some(Ok(ExecEvent::Exit {
+                                exit_code: value["exit_code"].as_i64(),
+                                timed_out: value["timed_out"].as_bool().unwrap_or(false),
+                            }));
+                        }
+                        Some("error") => {
+                            return Some(Err(ClientError::Api {
+                                status: 0,
+                                code: value["code"].as_str().unwrap_or("error").to_string(),
+                                message: value["message"]
+                                    .as_str()
+                                    .unwrap_or("exec failed")
+                                    .to_string(),
+                            }));
+                        }
+                        _ => continue,
+                    }
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Collects everything until the exit: (stdout, stderr, exit code, timed out).
+    pub async fn collect(mut self) -> Result<(Vec<u8>, Vec<u8>, Option<i64>, bool)> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(event) = self.next_event().await {
+            match event? {
+                ExecEvent::Stdout(bytes) => stdout.extend_from_slice(&bytes),
+                ExecEvent::Stderr(bytes) => stderr.extend_from_slice(&bytes),
+                ExecEvent::Exit {
+                    exit_code,
+                    timed_out,
+                } => return Ok((stdout, stderr, exit_code, timed_out)),
+            }
+        }
+        Err(ClientError::Protocol(
+            "the exec stream ended without an exit status".into(),
+        ))
+    }
+}
+
+/// Keeps the `Stream` import meaningful for callers that want to forward bodies.
+pub fn body_stream(response: Response) -> impl Stream<Item = reqwest::Result<Bytes>> {
+    response.bytes_stream()
+}
