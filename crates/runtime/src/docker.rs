@@ -40,7 +40,10 @@ const GVISOR_RUNTIME: &str = "runsc";
 const KEEPALIVE: &[&str] = &["/bin/sh", "-c", "while :; do sleep 3600; done"];
 
 pub struct DockerRuntime {
-    docker: Docker,
+    host: Option<String>,
+    /// Connected on first use: the client library refuses to build a client for a socket that
+    /// does not exist yet, and the engine may start after the server.
+    client: std::sync::Mutex<Option<Docker>>,
     installation_id: String,
     gvisor: OnceLock<Support>,
     seccomp_profile: String,
@@ -49,20 +52,33 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     /// Connects lazily: nothing is sent until the first call, so a server can start while the
     /// engine is down. `host` is a `DOCKER_HOST`-style address; `None` is the local socket.
-    pub fn connect(host: Option<&str>, installation_id: &str) -> Result<DockerRuntime> {
-        let docker = match host {
+    pub fn connect(host: Option<&str>, installation_id: &str) -> DockerRuntime {
+        DockerRuntime {
+            host: host.map(str::to_string),
+            client: std::sync::Mutex::new(None),
+            installation_id: installation_id.to_string(),
+            gvisor: OnceLock::new(),
+            seccomp_profile: seccomp::profile().to_string(),
+        }
+    }
+
+    fn docker(&self) -> Result<Docker> {
+        let mut client = self
+            .client
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(docker) = client.as_ref() {
+            return Ok(docker.clone());
+        }
+        let docker = match &self.host {
             Some(host) => Docker::connect_with_host(host),
             None => Docker::connect_with_local_defaults(),
         }
         .map_err(|err| RuntimeError::EngineUnreachable {
             reason: err.to_string(),
         })?;
-        Ok(DockerRuntime {
-            docker,
-            installation_id: installation_id.to_string(),
-            gvisor: OnceLock::new(),
-            seccomp_profile: seccomp::profile().to_string(),
-        })
+        *client = Some(docker.clone());
+        Ok(docker)
     }
 
     pub fn network_name(&self) -> String {
@@ -77,7 +93,7 @@ impl DockerRuntime {
         let name = self.network_name();
         let filters = HashMap::from([("name".to_string(), vec![name.clone()])]);
         let existing = self
-            .docker
+            .docker()?
             .list_networks(Some(
                 ListNetworksOptionsBuilder::default()
                     .filters(&filters)
@@ -105,7 +121,7 @@ impl DockerRuntime {
             )])),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
+        match self.docker()?.create_network(request).await {
             Ok(_) => Ok(()),
             // Another process created it between our look and our create.
             Err(DockerError::DockerResponseServerError {
@@ -165,10 +181,19 @@ impl DockerRuntime {
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let docker = match self.docker() {
+            Ok(docker) => docker,
+            Err(err) => {
+                return Support {
+                    available: false,
+                    detail: err.to_string(),
+                };
+            }
+        };
         let outcome = async {
-            self.docker.create_container(Some(options), body).await?;
-            self.docker.start_container(&name, None).await?;
-            let mut wait = self.docker.wait_container(&name, None);
+            docker.create_container(Some(options), body).await?;
+            docker.start_container(&name, None).await?;
+            let mut wait = docker.wait_container(&name, None);
             match wait.next().await {
                 Some(Ok(response)) if response.status_code == 0 => Ok(()),
                 Some(Ok(response)) => Err(DockerError::DockerContainerWaitError {
@@ -199,7 +224,7 @@ impl DockerRuntime {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(handle, Some(options)).await {
+        match self.docker()?.remove_container(handle, Some(options)).await {
             Ok(()) => Ok(()),
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
@@ -234,195 +259,10 @@ impl DockerRuntime {
             },
         }
     }
-}
 
-pub fn template_image(name: &str) -> String {
-    format!("{TEMPLATE_REPO_PREFIX}{name}:latest")
-}
-
-fn engine_error(err: DockerError) -> RuntimeError {
-    match err {
-        DockerError::DockerResponseServerError {
-            status_code,
-            message,
-        } => RuntimeError::Engine {
-            status: status_code,
-            message,
-        },
-        DockerError::DockerStreamError { error } => RuntimeError::Engine {
-            status: 500,
-            message: error,
-        },
-        DockerError::DockerContainerWaitError { error, .. } => RuntimeError::Engine {
-            status: 500,
-            message: error,
-        },
-        other => RuntimeError::EngineUnreachable {
-            reason: other.to_string(),
-        },
-    }
-}
-
-/// Errors about one container: a 404 means the container is gone, not that the path is missing.
-fn container_error(err: DockerError) -> RuntimeError {
-    match err {
-        DockerError::DockerResponseServerError {
-            status_code: 404,
-            message,
-        } if message.contains("No such container") => RuntimeError::ContainerGone,
-        other => engine_error(other),
-    }
-}
-
-fn path_error(path: &str, err: DockerError) -> RuntimeError {
-    match err {
-        DockerError::DockerResponseServerError {
-            status_code: 404,
-            message,
-        } if !message.contains("No such container") => RuntimeError::PathNotFound {
-            path: path.to_string(),
-        },
-        other => container_error(other),
-    }
-}
-
-#[async_trait]
-impl Runtime for DockerRuntime {
-    async fn probe(&self) -> Result<EngineInfo> {
-        // Use the engine's API version when it is older than ours (Debian 12 ships 20.10).
-        let docker = self
-            .docker
-            .clone()
-            .negotiate_version()
-            .await
-            .map_err(engine_error)?;
-        let version = docker.version().await.map_err(engine_error)?;
-        let info = docker.info().await.map_err(engine_error)?;
-        self.ensure_network().await?;
-        let driver = info.driver.clone().unwrap_or_default();
-        let backing = info.driver_status.as_ref().and_then(|status| {
-            status
-                .iter()
-                .find(|pair| pair.first().is_some_and(|key| key == "Backing Filesystem"))
-                .and_then(|pair| pair.get(1).cloned())
-        });
-        let runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
-        let gvisor = match self.gvisor.get() {
-            Some(support) => support.clone(),
-            None => {
-                let support = self.probe_gvisor(&runtimes).await;
-                // Only a definite answer is cached; "no template yet" is asked again next time.
-                if support.available || !support.detail.contains("unverified") {
-                    let _ = self.gvisor.set(support.clone());
-                }
-                support
-            }
-        };
-        Ok(EngineInfo {
-            version: version.version.unwrap_or_default(),
-            api_version: docker.client_version().to_string(),
-            disk_limits: self.disk_limit_support(&driver, backing.as_deref()).await,
-            storage_driver: driver,
-            gvisor,
-        })
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.docker
-            .ping()
-            .await
-            .map(|_| ())
-            .map_err(|err| RuntimeError::EngineUnreachable {
-                reason: err.to_string(),
-            })
-    }
-
-    async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        let filters = HashMap::from([("label".to_string(), vec![LABEL_TEMPLATE.to_string()])]);
-        let images = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(engine_error)?;
-        let mut templates: Vec<TemplateInfo> = images
-            .into_iter()
-            .flat_map(|image| {
-                let tags = image.repo_tags.clone();
-                tags.into_iter().filter_map(move |tag| {
-                    let name = tag
-                        .strip_prefix(TEMPLATE_REPO_PREFIX)?
-                        .strip_suffix(":latest")?
-                        .to_string();
-                    Some(TemplateInfo {
-                        name,
-                        image_id: image.id.clone(),
-                        size_bytes: image.size,
-                        created_at: image.created,
-                    })
-                })
-            })
-            .collect();
-        templates.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(templates)
-    }
-
-    async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {
-        let options = CreateImageOptionsBuilder::default()
-            .from_src("-")
-            .repo(&format!("{TEMPLATE_REPO_PREFIX}{name}"))
-            .tag("latest")
-            .changes(vec![
-                format!("LABEL {LABEL_TEMPLATE}={name}"),
-                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ])
-            .build();
-        let body = bollard::body_try_stream(
-            rootfs_tar.map_err(|err| std::io::Error::other(err.to_string())),
-        );
-        let mut progress = self.docker.create_image(Some(options), Some(body), None);
-        while let Some(step) = progress.next().await {
-            step.map_err(engine_error)?;
-        }
-        self.templates()
-            .await?
-            .into_iter()
-            .find(|template| template.name == name)
-            .ok_or_else(|| RuntimeError::Engine {
-                status: 500,
-                message: format!("template {name} missing after import"),
-            })
-    }
-
-    async fn create(&self, spec: &SandboxSpec) -> Result<String> {
-        let known = self.template_names().await?;
-        if !known.contains(&spec.template) {
-            return Err(RuntimeError::TemplateMissing {
-                template: spec.template.clone(),
-                known,
-            });
-        }
-        if spec.isolation == Isolation::Gvisor {
-            match self.gvisor.get() {
-                Some(support) if support.available => {}
-                Some(support) => {
-                    return Err(RuntimeError::IsolationUnavailable {
-                        reason: support.detail.clone(),
-                    });
-                }
-                None => {
-                    let info = self.probe().await?;
-                    if !info.gvisor.available {
-                        return Err(RuntimeError::IsolationUnavailable {
-                            reason: info.gvisor.detail,
-                        });
-                    }
-                }
-            }
-        }
+    /// The engine's description of a sandbox's container: its name and every setting, hardening
+    /// included. Public so benchmarks can create the very same container with raw API calls.
+    pub fn container_config(&self, spec: &SandboxSpec) -> (String, ContainerCreateBody) {
         let name = self.container_name(spec.id);
         let labels = HashMap::from([
             (LABEL_INSTALLATION.to_string(), spec.installation_id.clone()),
@@ -481,17 +321,224 @@ impl Runtime for DockerRuntime {
             host_config: Some(host_config),
             ..Default::default()
         };
+        (name, body)
+    }
+}
+
+pub fn template_image(name: &str) -> String {
+    format!("{TEMPLATE_REPO_PREFIX}{name}:latest")
+}
+
+fn engine_error(err: DockerError) -> RuntimeError {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => RuntimeError::Engine {
+            status: status_code,
+            message,
+        },
+        DockerError::DockerStreamError { error } => RuntimeError::Engine {
+            status: 500,
+            message: error,
+        },
+        DockerError::DockerContainerWaitError { error, .. } => RuntimeError::Engine {
+            status: 500,
+            message: error,
+        },
+        other => RuntimeError::EngineUnreachable {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Errors about one container: a 404 means the container is gone, not that the path is missing.
+fn container_error(err: DockerError) -> RuntimeError {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } if message.contains("No such container") => RuntimeError::ContainerGone,
+        other => engine_error(other),
+    }
+}
+
+fn path_error(path: &str, err: DockerError) -> RuntimeError {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } if !message.contains("No such container") => RuntimeError::PathNotFound {
+            path: path.to_string(),
+        },
+        other => container_error(other),
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    async fn probe(&self) -> Result<EngineInfo> {
+        // Use the engine's API version when it is older than ours (Debian 12 ships 20.10).
+        let docker = self
+            .docker()?
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(engine_error)?;
+        let version = docker.version().await.map_err(engine_error)?;
+        let info = docker.info().await.map_err(engine_error)?;
+        self.ensure_network().await?;
+        let driver = info.driver.clone().unwrap_or_default();
+        let backing = info.driver_status.as_ref().and_then(|status| {
+            status
+                .iter()
+                .find(|pair| pair.first().is_some_and(|key| key == "Backing Filesystem"))
+                .and_then(|pair| pair.get(1).cloned())
+        });
+        let gvisor = self.gvisor.get().cloned().unwrap_or_else(|| Support {
+            available: false,
+            detail: "not checked yet".into(),
+        });
+        Ok(EngineInfo {
+            version: version.version.unwrap_or_default(),
+            api_version: docker.client_version().to_string(),
+            disk_limits: self.disk_limit_support(&driver, backing.as_deref()).await,
+            storage_driver: driver,
+            gvisor,
+        })
+    }
+
+    async fn gvisor_support(&self) -> Support {
+        if let Some(support) = self.gvisor.get() {
+            return support.clone();
+        }
+        let runtimes: Vec<String> = match self.docker() {
+            Ok(docker) => match docker.info().await {
+                Ok(info) => info.runtimes.unwrap_or_default().into_keys().collect(),
+                Err(err) => {
+                    return Support {
+                        available: false,
+                        detail: format!("engine info failed: {err}"),
+                    };
+                }
+            },
+            Err(err) => {
+                return Support {
+                    available: false,
+                    detail: err.to_string(),
+                };
+            }
+        };
+        let support = self.probe_gvisor(&runtimes).await;
+        // Only a definite answer is kept; "no template yet" is asked again next time.
+        if support.available || !support.detail.contains("unverified") {
+            let _ = self.gvisor.set(support.clone());
+        }
+        support
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.docker()?
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|err| RuntimeError::EngineUnreachable {
+                reason: err.to_string(),
+            })
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_TEMPLATE.to_string()])]);
+        let images = self
+            .docker()?
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(engine_error)?;
+        let mut templates: Vec<TemplateInfo> = images
+            .into_iter()
+            .flat_map(|image| {
+                let tags = image.repo_tags.clone();
+                tags.into_iter().filter_map(move |tag| {
+                    let name = tag
+                        .strip_prefix(TEMPLATE_REPO_PREFIX)?
+                        .strip_suffix(":latest")?
+                        .to_string();
+                    Some(TemplateInfo {
+                        name,
+                        image_id: image.id.clone(),
+                        size_bytes: image.size,
+                        created_at: image.created,
+                    })
+                })
+            })
+            .collect();
+        templates.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(templates)
+    }
+
+    async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(&format!("{TEMPLATE_REPO_PREFIX}{name}"))
+            .tag("latest")
+            .changes(vec![
+                format!("LABEL {LABEL_TEMPLATE}={name}"),
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ])
+            .build();
+        let body = bollard::body_try_stream(
+            rootfs_tar.map_err(|err| std::io::Error::other(err.to_string())),
+        );
+        let mut progress = self.docker()?.create_image(Some(options), Some(body), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(engine_error)?;
+        }
+        self.templates()
+            .await?
+            .into_iter()
+            .find(|template| template.name == name)
+            .ok_or_else(|| RuntimeError::Engine {
+                status: 500,
+                message: format!("template {name} missing after import"),
+            })
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<String> {
+        if spec.isolation == Isolation::Gvisor {
+            let support = self.gvisor_support().await;
+            if !support.available {
+                return Err(RuntimeError::IsolationUnavailable {
+                    reason: support.detail,
+                });
+            }
+        }
+        let (name, body) = self.container_config(spec);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self.docker.create_container(Some(options), body).await;
+        let created = self.docker()?.create_container(Some(options), body).await;
         let container_id = match created {
             Ok(response) => response.id,
+            // Asking the engine for the list only when the image is missing keeps a lookup off
+            // every create.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if message.contains("No such image") => {
+                return Err(RuntimeError::TemplateMissing {
+                    template: spec.template.clone(),
+                    known: self.template_names().await?,
+                });
+            }
             Err(err) => {
                 // A create that failed on the engine's side may still have left a container.
                 let _ = self.remove(&name).await;
                 return Err(engine_error(err));
             }
         };
-        if let Err(err) = self.docker.start_container(&container_id, None).await {
+        if let Err(err) = self.docker()?.start_container(&container_id, None).await {
             let _ = self.remove(&container_id).await;
             return Err(engine_error(err));
         }
@@ -499,14 +546,14 @@ impl Runtime for DockerRuntime {
     }
 
     async fn pause(&self, handle: &str) -> Result<()> {
-        self.docker
+        self.docker()?
             .pause_container(handle)
             .await
             .map_err(container_error)
     }
 
     async fn resume(&self, handle: &str) -> Result<()> {
-        self.docker
+        self.docker()?
             .unpause_container(handle)
             .await
             .map_err(container_error)
@@ -522,7 +569,7 @@ impl Runtime for DockerRuntime {
             vec![format!("{LABEL_INSTALLATION}={installation_id}")],
         )]);
         let containers = self
-            .docker
+            .docker()?
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
                     .all(true)
@@ -565,12 +612,12 @@ impl Runtime for DockerRuntime {
             ..Default::default()
         };
         let exec = self
-            .docker
+            .docker()?
             .create_exec(handle, options)
             .await
             .map_err(container_error)?;
         let started = self
-            .docker
+            .docker()?
             .start_exec(
                 &exec.id,
                 Some(StartExecOptions {
@@ -605,14 +652,14 @@ impl Runtime for DockerRuntime {
         // The engine closes the output a moment before it records the exit code; wait for it.
         for attempt in 0..50 {
             let inspect = self
-                .docker
+                .docker()?
                 .inspect_exec(exec_id)
                 .await
                 .map_err(engine_error)?;
-            if inspect.running != Some(true) {
-                if let Some(code) = inspect.exit_code {
-                    return Ok(Some(code));
-                }
+            if inspect.running != Some(true)
+                && let Some(code) = inspect.exit_code
+            {
+                return Ok(Some(code));
             }
             tokio::time::sleep(Duration::from_millis(2 + attempt * 2)).await;
         }
@@ -624,7 +671,7 @@ impl Runtime for DockerRuntime {
             .w(cols as i32)
             .h(rows as i32)
             .build();
-        self.docker
+        self.docker()?
             .resize_exec(exec_id, options)
             .await
             .map_err(engine_error)
@@ -632,7 +679,7 @@ impl Runtime for DockerRuntime {
 
     async fn exec_kill(&self, _handle: &str, exec_id: &str) -> Result<()> {
         let inspect = self
-            .docker
+            .docker()?
             .inspect_exec(exec_id)
             .await
             .map_err(engine_error)?;
@@ -664,7 +711,7 @@ impl Runtime for DockerRuntime {
             .path(path)
             .build();
         let stat = self
-            .docker
+            .docker()?
             .get_container_archive_info(handle, Some(options))
             .await
             .map_err(|err| path_error(path, err))?;
@@ -688,7 +735,7 @@ impl Runtime for DockerRuntime {
             .build();
         let owned_path = path.to_string();
         let stream = self
-            .docker
+            .docker()?
             .download_from_container(handle, Some(options))
             .map_err(move |err| path_error(&owned_path, err));
         Ok(Box::pin(stream))
@@ -699,7 +746,7 @@ impl Runtime for DockerRuntime {
             .path(dir)
             .no_overwrite_dir_non_dir("true")
             .build();
-        self.docker
+        self.docker()?
             .upload_to_container(handle, Some(options), bollard::body_full(tar))
             .await
             .map_err(|err| path_error(dir, err))
@@ -707,7 +754,7 @@ impl Runtime for DockerRuntime {
 
     async fn describe(&self, handle: &str) -> Result<Value> {
         let inspect = self
-            .docker
+            .docker()?
             .inspect_container(handle, None)
             .await
             .map_err(container_error)?;

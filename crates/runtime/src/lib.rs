@@ -161,8 +161,12 @@ pub struct PathStat {
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Connects, learns the engine's capabilities and prepares shared resources. Cheap enough
-    /// to call again when the engine comes back.
+    /// to call again when the engine comes back. `gvisor` is as last found by
+    /// [`Runtime::gvisor_support`], which is slower and asked separately.
     async fn probe(&self) -> Result<EngineInfo>;
+    /// Whether `isolation: gvisor` really works here: a definite answer is found once (by
+    /// running a test sandbox) and remembered.
+    async fn gvisor_support(&self) -> Support;
     /// Quick liveness check.
     async fn ping(&self) -> Result<()>;
 

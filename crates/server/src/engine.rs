@@ -20,9 +20,11 @@ pub enum EngineStatus {
 const RETRY: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> watch::Receiver<EngineStatus> {
-    let (tx, rx) = watch::channel(EngineStatus::Starting);
+pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> Arc<watch::Sender<EngineStatus>> {
+    let tx = Arc::new(watch::Sender::new(EngineStatus::Starting));
+    let watched = tx.clone();
     tokio::spawn(async move {
+        let tx = watched;
         loop {
             let up = matches!(*tx.borrow(), EngineStatus::Up(_));
             if up {
@@ -62,8 +64,8 @@ pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> watch::Receiver<EngineStatus> 
                     let first = matches!(*tx.borrow(), EngineStatus::Starting);
                     if first {
                         tracing::error!(
-                            "container engine unreachable: {err}. The API is up; calls that need the engine \
-                             answer 503 until it is. Start it with `sudo scripts/engine-up`; retrying every {}s",
+                            "{err}. The API is up; calls that need the engine answer 503 until it is. \
+                             Start it with `sudo scripts/engine-up`; retrying every {}s",
                             RETRY.as_secs()
                         );
                     }
@@ -75,5 +77,23 @@ pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> watch::Receiver<EngineStatus> 
             }
         }
     });
-    rx
+    tx
+}
+
+/// Finds out (in the background: it starts a test sandbox) whether gVisor works, and records
+/// the answer in the engine status.
+pub(crate) fn refresh_gvisor(runtime: Arc<dyn Runtime>, tx: Arc<watch::Sender<EngineStatus>>) {
+    tokio::spawn(async move {
+        let support = runtime.gvisor_support().await;
+        if support.available {
+            tracing::info!("isolation gvisor available: {}", support.detail);
+        } else {
+            tracing::warn!("isolation gvisor unavailable: {}", support.detail);
+        }
+        tx.send_modify(|status| {
+            if let EngineStatus::Up(info) = status {
+                Arc::make_mut(info).gvisor = support;
+            }
+        });
+    });
 }

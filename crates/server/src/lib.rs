@@ -57,8 +57,6 @@ pub enum StartError {
     },
     #[error("cannot open the database")]
     Store(#[from] caged_store::StoreError),
-    #[error("cannot connect to the container engine")]
-    Runtime(#[from] caged_runtime::RuntimeError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -71,7 +69,7 @@ pub enum StartError {
 pub(crate) struct AppState {
     pub store: Arc<Store>,
     pub runtime: Arc<dyn Runtime>,
-    pub engine: watch::Receiver<EngineStatus>,
+    pub engine: Arc<watch::Sender<EngineStatus>>,
     pub installation_id: String,
     pub config: ServerConfig,
     pub locks: sandboxes::Locks,
@@ -142,7 +140,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(
         config.docker_host.as_deref(),
         &installation_id,
-    )?);
+    ));
     let engine = engine::watch(runtime.clone());
 
     let listener = TcpListener::bind(config.listen)
@@ -183,7 +181,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         admin_key_path,
         shutdown: Some(shutdown_tx),
         task,
-        engine,
+        engine: engine.subscribe(),
     })
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use caged_domain::time::now_ms;
-use caged_domain::{Isolation, SandboxConfig, SandboxId, SandboxState};
+use caged_domain::{SandboxConfig, SandboxId, SandboxState};
 use caged_runtime::{ExecSpec, RuntimeError, SandboxSpec};
 use caged_store::{NewSandbox, SandboxRecord, StoreError};
 use futures_util::StreamExt;
@@ -76,18 +76,6 @@ pub(crate) async fn create(
     options: CreateOptions,
 ) -> Result<SandboxRecord, ApiError> {
     let engine = engine_ready(state)?;
-    if config.isolation == Isolation::Gvisor
-        && !engine.gvisor.available
-        && !engine.gvisor.detail.contains("unverified")
-    {
-        return Err(ApiError::bad_request(
-            "isolation_unavailable",
-            format!(
-                "isolation gvisor is unavailable on this server: {}",
-                engine.gvisor.detail
-            ),
-        ));
-    }
     let store = state.store.clone();
     let account = account_id.to_string();
     let disk_enforced = engine.disk_limits.available;
@@ -254,27 +242,23 @@ pub(crate) async fn exec_collect(
         truncated: false,
         timed_out: false,
     };
-    let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+    let mut deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
     loop {
         let next = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, exec.output.next()).await {
+            None => exec.output.next().await,
+            Some(at) => match tokio::time::timeout_at(at, exec.output.next()).await {
                 Ok(next) => next,
+                // Killed already and the output still has not ended: stop waiting for it.
+                Err(_) if collected.timed_out => None,
                 Err(_) => {
                     collected.timed_out = true;
                     state.runtime.exec_kill(handle, &exec.exec_id).await?;
                     // What it wrote before dying still arrives; a short grace period collects it.
-                    match tokio::time::timeout(
-                        std::time::Duration::from_secs(2),
-                        exec.output.next(),
-                    )
-                    .await
-                    {
-                        Ok(next) => next,
-                        Err(_) => None,
-                    }
+                    deadline =
+                        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(2));
+                    continue;
                 }
             },
-            None => exec.output.next().await,
         };
         let Some(chunk) = next else { break };
         let (buffer, bytes) = match chunk? {

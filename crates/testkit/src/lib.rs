@@ -1,1 +1,195 @@
-//! placeholder
+//! Starts the real Caged server on 127.0.0.1:0 with a temporary data folder, against the real
+//! container engine, and hands back a client. Everything the server created on the engine is
+//! removed when the [`TestServer`] is dropped, so tests leak nothing even when they fail.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use caged_client::Client;
+use caged_server::{EngineStatus, RunningServer, ServerConfig};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+/// Where `scripts/build-templates` leaves its tarballs.
+pub fn template_dir() -> PathBuf {
+    std::env::var_os("CAGED_TEMPLATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/caged/templates"))
+}
+
+pub struct TestServer {
+    pub client: Client,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub installation_id: String,
+    pub data_dir: tempfile::TempDir,
+    pub admin_key: String,
+    server: Option<RunningServer>,
+}
+
+/// A server with default settings.
+pub async fn spawn() -> TestServer {
+    spawn_with(|_| {}).await
+}
+
+/// A server whose config `adjust` may change first (e.g. a lower pids limit).
+pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let data_dir = tempfile::tempdir().expect("temp data folder");
+    let mut config = ServerConfig::new(
+        data_dir.path().to_path_buf(),
+        "127.0.0.1:0".parse().expect("loopback address"),
+    );
+    adjust(&mut config);
+    let expects_engine = config.docker_host.is_none();
+    let mut server = caged_server::start(config).await.expect("server starts");
+    if expects_engine && let EngineStatus::Down { reason } = server.engine_status().await {
+        panic!(
+            "the container engine is not reachable ({reason}).\n\
+             Start it with: sudo scripts/engine-up   (or run the whole suite with .ci/run)"
+        );
+    }
+    let admin_key = std::fs::read_to_string(&server.admin_key_path)
+        .expect("admin key written")
+        .trim()
+        .to_string();
+    let url = format!("http://{}", server.addr);
+    let client = Client::new(&url, Some(admin_key.clone()));
+    if expects_engine {
+        ensure_templates(&client).await;
+    }
+    TestServer {
+        client,
+        url,
+        addr: server.addr,
+        installation_id: server.installation_id.clone(),
+        data_dir,
+        admin_key,
+        server: Some(server),
+    }
+}
+
+static TEMPLATES: OnceCell<()> = OnceCell::const_new();
+
+/// Imports the test templates into the engine once per test process, from the tarballs
+/// `scripts/build-templates` makes.
+async fn ensure_templates(client: &Client) {
+    TEMPLATES
+        .get_or_init(|| async {
+            let present = client.templates().await.expect("list templates");
+            let names: Vec<&str> =
+                present["templates"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
+            for name in ["busybox", "base"] {
+                if names.contains(&name) {
+                    continue;
+                }
+                let path = template_dir().join(format!("{name}.tar"));
+                let data = std::fs::read(&path).unwrap_or_else(|err| {
+                    panic!("template tarball {} is missing ({err}); build it with: sudo scripts/build-templates", path.display())
+                });
+                client.import_template(name, data).await.expect("template import");
+            }
+        })
+        .await;
+}
+
+impl TestServer {
+    /// A client for a new, non-admin account.
+    pub async fn new_account(&self, name: &str) -> Client {
+        let account = self
+            .client
+            .create_account(name)
+            .await
+            .expect("account created");
+        let key = account["api_key"]
+            .as_str()
+            .expect("api key in response")
+            .to_string();
+        Client::new(&self.url, Some(key))
+    }
+
+    /// A running sandbox from `config` (a `.caged.yaml` document as JSON).
+    pub async fn sandbox(&self, config: Value) -> String {
+        self.client
+            .create_sandbox(&config)
+            .await
+            .expect("sandbox created")
+            .id
+    }
+
+    /// Environment for running the `caged` binary against this server.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CAGED_URL", self.url.clone()),
+            ("CAGED_API_KEY", self.admin_key.clone()),
+            ("CAGED_DATA_DIR", self.data_dir.path().display().to_string()),
+        ]
+    }
+
+    /// Stops the server gracefully (in-flight requests finish).
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Containers on the engine that belong to this server's installation.
+    pub async fn engine_containers(&self) -> Vec<String> {
+        let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("dev.caged.installation={}", self.installation_id)],
+        )]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        docker
+            .list_containers(Some(options))
+            .await
+            .expect("list containers")
+            .into_iter()
+            .filter_map(|container| container.id)
+            .collect()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Clean up on a thread of its own: Drop may run inside an async runtime.
+        let installation = self.installation_id.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(remove_installation(&installation));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Removes every container and network labelled with `installation`.
+pub async fn remove_installation(installation: &str) {
+    let Ok(docker) = bollard::Docker::connect_with_local_defaults() else {
+        return;
+    };
+    let label = format!("dev.caged.installation={installation}");
+    let filters = HashMap::from([("label".to_string(), vec![label])]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    if let Ok(containers) = docker.list_containers(Some(options)).await {
+        for id in containers.into_iter().filter_map(|container| container.id) {
+            let remove = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            let _ = docker.remove_container(&id, Some(remove)).await;
+        }
+    }
+    let _ = docker
+        .remove_network(&format!("caged-{installation}"))
+        .await;
+}

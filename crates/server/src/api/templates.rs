@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use crate::auth::{Admin, Caller};
+use crate::engine::EngineStatus;
 use crate::sandboxes::engine_ready;
 use crate::{AppState, blocking};
 
@@ -48,5 +49,11 @@ pub(crate) async fn import(
         .import_template(&name, Box::pin(rootfs))
         .await?;
     tracing::info!(template = %template.name, bytes = template.size_bytes, "template imported");
+    // gVisor can only be tested once some template exists.
+    let gvisor_unknown =
+        matches!(&*state.engine.borrow(), EngineStatus::Up(info) if !info.gvisor.available);
+    if gvisor_unknown {
+        crate::engine::refresh_gvisor(state.runtime.clone(), state.engine.clone());
+    }
     Ok((StatusCode::CREATED, Json(json!(template))))
 }

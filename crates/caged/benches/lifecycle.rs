@@ -1,0 +1,170 @@
+//! Lifecycle benchmark: create→running, exec round trip and pause+resume through Caged's API,
+//! against the same operations as raw Docker API calls, in the same run, reported as ratios.
+//!
+//! `cargo bench -p caged --bench lifecycle [-- ITERATIONS]`; needs the engine and templates.
+
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use futures_util::StreamExt;
+use serde_json::json;
+
+#[tokio::main]
+async fn main() {
+    let iterations: usize = std::env::args()
+        .filter_map(|arg| arg.parse().ok())
+        .next()
+        .unwrap_or(15);
+    let server = caged_testkit::spawn().await;
+    let client = &server.client;
+    let docker = Docker::connect_with_local_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("engine");
+
+    let mut rows = Vec::new();
+
+    // create → running
+    let (mut caged_create, mut raw_create) = (Vec::new(), Vec::new());
+    let (mut caged_ids, mut raw_ids) = (Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let id = client
+            .create_sandbox(&json!({ "template": "busybox" }))
+            .await
+            .expect("create")
+            .id;
+        caged_create.push(started.elapsed());
+        caged_ids.push(id);
+
+        let (name, body) = raw_config(&server);
+        let started = Instant::now();
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        docker
+            .create_container(Some(options), body)
+            .await
+            .expect("raw create");
+        docker
+            .start_container(&name, None)
+            .await
+            .expect("raw start");
+        raw_create.push(started.elapsed());
+        raw_ids.push(name);
+    }
+    rows.push(("create → running", caged_create, raw_create));
+
+    // exec round trip of `true`
+    let (mut caged_exec, mut raw_exec) = (Vec::new(), Vec::new());
+    for i in 0..iterations * 3 {
+        let id = &caged_ids[i % caged_ids.len()];
+        let started = Instant::now();
+        let result = client.run(id, &["true"]).await.expect("exec");
+        assert_eq!(result.exit_code, Some(0));
+        caged_exec.push(started.elapsed());
+
+        let name = &raw_ids[i % raw_ids.len()];
+        let started = Instant::now();
+        raw_exec_true(&docker, name).await;
+        raw_exec.push(started.elapsed());
+    }
+    rows.push(("exec round trip", caged_exec, raw_exec));
+
+    // pause + resume
+    let (mut caged_pause, mut raw_pause) = (Vec::new(), Vec::new());
+    for i in 0..iterations * 2 {
+        let id = &caged_ids[i % caged_ids.len()];
+        let started = Instant::now();
+        client.pause(id).await.expect("pause");
+        client.resume(id).await.expect("resume");
+        caged_pause.push(started.elapsed());
+
+        let name = &raw_ids[i % raw_ids.len()];
+        let started = Instant::now();
+        docker.pause_container(name).await.expect("pause");
+        docker.unpause_container(name).await.expect("unpause");
+        raw_pause.push(started.elapsed());
+    }
+    rows.push(("pause + resume", caged_pause, raw_pause));
+
+    for id in &caged_ids {
+        client.destroy(id).await.expect("destroy");
+    }
+    for name in &raw_ids {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_container(name, Some(options)).await;
+    }
+
+    println!("\nCaged vs raw Docker API, {iterations} sandboxes (busybox), medians and p90 in ms");
+    println!(
+        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "operation", "caged p50", "raw p50", "caged p90", "raw p90", "ratio"
+    );
+    for (name, mut caged, mut raw) in rows {
+        let (caged_p50, caged_p90) = percentiles(&mut caged);
+        let (raw_p50, raw_p90) = percentiles(&mut raw);
+        println!(
+            "{name:<18} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7.2}x",
+            ms(caged_p50),
+            ms(raw_p50),
+            ms(caged_p90),
+            ms(raw_p90),
+            ms(caged_p50) / ms(raw_p50)
+        );
+    }
+}
+
+/// The raw floor: the very container Caged would create (same image, hardening, limits and
+/// network), made with the engine's own create and start calls and nothing else.
+fn raw_config(
+    server: &caged_testkit::TestServer,
+) -> (String, bollard::models::ContainerCreateBody) {
+    let runtime = caged_runtime::DockerRuntime::connect(None, &server.installation_id);
+    let spec = caged_runtime::SandboxSpec {
+        id: caged_domain::SandboxId::random(),
+        account_id: "bench".into(),
+        installation_id: server.installation_id.clone(),
+        template: "busybox".into(),
+        isolation: caged_domain::Isolation::Container,
+        resources: caged_domain::Resources::default(),
+        network_mode: caged_domain::NetworkMode::Full,
+        env: Default::default(),
+        enforce_disk: true,
+        pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
+    };
+    runtime.container_config(&spec)
+}
+
+async fn raw_exec_true(docker: &Docker, name: &str) {
+    let options = CreateExecOptions::<String> {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        cmd: Some(vec!["true".into()]),
+        ..Default::default()
+    };
+    let exec = docker.create_exec(name, options).await.expect("raw exec");
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&exec.id, None).await.expect("raw start")
+    {
+        while output.next().await.is_some() {}
+    }
+    loop {
+        let inspect = docker.inspect_exec(&exec.id).await.expect("raw inspect");
+        if inspect.running != Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,75 @@
+//! End-to-end tests: a real server (in this process, on a random port) against the real
+//! container engine, driven over HTTP and through the `caged` binary. One test binary, so it
+//! links once.
+
+mod cli;
+mod config;
+mod engine_down;
+mod exec;
+mod files;
+mod gvisor;
+mod lifecycle;
+mod limits;
+mod security;
+mod tenancy;
+
+use std::process::Output;
+
+use caged_testkit::TestServer;
+
+/// Runs the `caged` binary against `server`.
+pub fn caged(server: &TestServer, args: &[&str]) -> Output {
+    caged_in(server, args, None, None)
+}
+
+pub fn caged_in(
+    server: &TestServer,
+    args: &[&str],
+    dir: Option<&std::path::Path>,
+    stdin: Option<&[u8]>,
+) -> Output {
+    use std::io::Write;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_caged"));
+    command.args(args).envs(server.cli_env());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    command.stdin(if stdin.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("caged binary runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+    }
+    child.wait_with_output().expect("caged binary finishes")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The error code of a failed client call.
+pub fn error_code(err: caged_client::ClientError) -> (u16, String, String) {
+    match err {
+        caged_client::ClientError::Api {
+            status,
+            code,
+            message,
+        } => (status, code, message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
