@@ -105,7 +105,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(&cli)) {
+    let outcome = runtime.block_on(cli::run(&cli));
+    // A read of the terminal may still be parked on a blocking thread; do not wait for it.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             eprintln!("caged: {err:#}");

@@ -118,3 +118,40 @@ async fn cli_says_clearly_when_the_server_is_not_there() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_is_an_interactive_terminal() {
+    let server = caged_testkit::spawn().await;
+    let id = server
+        .sandbox(serde_json::json!({ "template": "base" }))
+        .await;
+    // `script` gives `caged shell` a real terminal of a known size, as a person's would be.
+    let command = format!(
+        "stty cols 100 rows 30; {} shell {id}",
+        env!("CARGO_BIN_EXE_caged")
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .envs(server.cli_env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo $((6*7)); stty size; tty; exit 3\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let screen = stdout(&out);
+    assert!(
+        screen.contains("\n42\r\n") || screen.contains("42\r\n30 100"),
+        "{screen:?}"
+    );
+    assert!(screen.contains("30 100"), "{screen:?}");
+    assert!(screen.contains("/dev/pts/"), "{screen:?}");
+    assert_eq!(out.status.code(), Some(3), "{screen:?} {}", stderr(&out));
+}
