@@ -38,6 +38,27 @@ const GVISOR_RUNTIME: &str = "runsc";
 /// PID 1 of every sandbox: a shell that sleeps forever. The engine's own init (tini) sits above
 /// it to reap orphans.
 const KEEPALIVE: &[&str] = &["/bin/sh", "-c", "while :; do sleep 3600; done"];
+/// Stops the process whose pid is in file `$1`, finds all its descendants through the sandbox's
+/// `/proc`, and kills them all. POSIX sh and `kill` only, so it runs on any template.
+const KILL_TREE_SCRIPT: &str = r#"root=$(cat "$1" 2>/dev/null) || exit 0
+kill -STOP "$root" 2>/dev/null
+all="$root"; frontier="$root"
+while [ -n "$frontier" ]; do
+  next=""
+  for status in /proc/[0-9]*/status; do
+    pid=${status#/proc/}; pid=${pid%/status}
+    parent=""
+    while read -r key value; do
+      if [ "$key" = "PPid:" ]; then parent=$value; break; fi
+    done < "$status" 2>/dev/null
+    for candidate in $frontier; do
+      if [ "$parent" = "$candidate" ]; then next="$next $pid"; kill -STOP "$pid" 2>/dev/null; fi
+    done
+  done
+  all="$all $next"; frontier=$next
+done
+kill -KILL $all 2>/dev/null
+exit 0"#;
 
 pub struct DockerRuntime {
     host: Option<String>,
@@ -47,6 +68,8 @@ pub struct DockerRuntime {
     installation_id: String,
     gvisor: OnceLock<Support>,
     seccomp_profile: String,
+    /// gVisor execs still running, with the file inside the sandbox that holds their pid.
+    gvisor_execs: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl DockerRuntime {
@@ -59,6 +82,33 @@ impl DockerRuntime {
             installation_id: installation_id.to_string(),
             gvisor: OnceLock::new(),
             seccomp_profile: seccomp::profile().to_string(),
+            gvisor_execs: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Kills a command and its descendants from inside the sandbox, for runtimes whose
+    /// processes the host cannot see (gVisor). This runs the sandbox's own `sh`, so a sandbox
+    /// that replaced it can keep its own processes alive; it can never reach anything else.
+    async fn kill_inside(&self, handle: &str, pid_file: &str) -> Result<()> {
+        let script = format!("{KILL_TREE_SCRIPT}\nrm -f {pid_file}");
+        let spec = ExecSpec {
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                script,
+                "caged-kill".into(),
+                pid_file.into(),
+            ],
+            ..ExecSpec::default()
+        };
+        let mut kill = self.exec(handle, &spec).await?;
+        drop(kill.input);
+        while kill.output.next().await.is_some() {}
+        match self.exec_status(&kill.exec_id).await? {
+            Some(0) => Ok(()),
+            other => Err(RuntimeError::KillFailed {
+                reason: format!("the kill inside the sandbox ended with {other:?}"),
+            }),
         }
     }
 
@@ -601,13 +651,30 @@ impl Runtime for DockerRuntime {
             .iter()
             .map(|(key, value)| format!("{key}={value}"))
             .collect();
+        // Under gVisor the host cannot see the command's processes; have it note its pid inside
+        // the sandbox, where a kill can find it.
+        let pid_file = (spec.isolation == Isolation::Gvisor)
+            .then(|| format!("/tmp/.caged-exec-{}.pid", caged_domain::random_hex(8)));
+        let cmd = match &pid_file {
+            Some(pid_file) => {
+                let mut wrapped: Vec<String> = vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("echo $$ > {pid_file}; exec \"$@\""),
+                    "caged-exec".into(),
+                ];
+                wrapped.extend(spec.cmd.iter().cloned());
+                wrapped
+            }
+            None => spec.cmd.clone(),
+        };
         let options = CreateExecOptions {
             attach_stdin: Some(spec.stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(spec.tty),
             env: Some(env),
-            cmd: Some(spec.cmd.clone()),
+            cmd: Some(cmd),
             working_dir: spec.cwd.clone(),
             ..Default::default()
         };
@@ -616,6 +683,17 @@ impl Runtime for DockerRuntime {
             .create_exec(handle, options)
             .await
             .map_err(container_error)?;
+        if let Some(pid_file) = pid_file {
+            let mut execs = self
+                .gvisor_execs
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Entries of commands that ended on their own are dropped here, not kept forever.
+            if execs.len() > 4096 {
+                execs.clear();
+            }
+            execs.insert(exec.id.clone(), pid_file);
+        }
         let started = self
             .docker()?
             .start_exec(
@@ -659,6 +737,10 @@ impl Runtime for DockerRuntime {
             if inspect.running != Some(true)
                 && let Some(code) = inspect.exit_code
             {
+                self.gvisor_execs
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(exec_id);
                 return Ok(Some(code));
             }
             tokio::time::sleep(Duration::from_millis(2 + attempt * 2)).await;
@@ -677,7 +759,7 @@ impl Runtime for DockerRuntime {
             .map_err(engine_error)
     }
 
-    async fn exec_kill(&self, _handle: &str, exec_id: &str) -> Result<()> {
+    async fn exec_kill(&self, handle: &str, exec_id: &str) -> Result<()> {
         let inspect = self
             .docker()?
             .inspect_exec(exec_id)
@@ -685,6 +767,14 @@ impl Runtime for DockerRuntime {
             .map_err(engine_error)?;
         if inspect.running != Some(true) {
             return Ok(());
+        }
+        let pid_file = self
+            .gvisor_execs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(exec_id);
+        if let Some(pid_file) = pid_file {
+            return self.kill_inside(handle, &pid_file).await;
         }
         let pid = inspect.pid.unwrap_or(0);
         if pid <= 0 {

@@ -134,6 +134,8 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     pub tty: bool,
     pub stdin: bool,
+    /// The sandbox's isolation; drivers may need it to reach the command's processes.
+    pub isolation: Isolation,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

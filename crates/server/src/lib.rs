@@ -19,6 +19,7 @@ use caged_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use caged_runtime::DEFAULT_PIDS_LIMIT;
 pub use engine::EngineStatus;
 
 /// Name of the file in the data folder that holds the admin's API key.

@@ -192,6 +192,7 @@ async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(
     let spec = ExecSpec {
         cmd: vec!["/bin/sh".into(), "-c".into(), script],
         cwd: Some("/workspace".into()),
+        isolation: record.config.isolation,
         ..ExecSpec::default()
     };
     let outcome = exec_collect(state, &record, &spec, INIT_OUTPUT_LIMIT, None).await?;

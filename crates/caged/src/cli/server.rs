@@ -20,6 +20,9 @@ pub struct Args {
     /// Largest upload (file write or template import) in MiB.
     #[arg(long, default_value_t = 1024)]
     max_upload_mb: usize,
+    /// Most processes (and threads) one sandbox may have.
+    #[arg(long, default_value_t = caged_server::DEFAULT_PIDS_LIMIT)]
+    pids_limit: i64,
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -33,6 +36,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(cli.data_dir(), args.listen);
     config.docker_host = args.docker_host.clone();
     config.max_upload_bytes = args.max_upload_mb << 20;
+    config.pids_limit = args.pids_limit;
     let mut server = caged_server::start(config)
         .await
         .context("cannot start the server")?;

@@ -271,3 +271,23 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     child.stdin.take().unwrap().write_all(data).unwrap();
     child.wait_with_output().unwrap().stdout
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_over_the_limit_are_refused_whole() {
+    let server = caged_testkit::spawn_with(|config| config.max_upload_bytes = 1 << 20).await;
+    let client = &server.client;
+    let id = server.sandbox(json!({ "template": "busybox" })).await;
+    let (status, code, message) = error_code(
+        client
+            .write_file(&id, "/workspace/big", vec![7u8; 2 << 20], None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, code.as_str()), (413, "too_large"), "{message}");
+    let listing = client.run(&id, &["ls", "/workspace"]).await.unwrap();
+    assert_eq!(listing.stdout, "");
+    client
+        .write_file(&id, "/workspace/small", vec![7u8; 1000], None)
+        .await
+        .unwrap();
+}

@@ -66,6 +66,22 @@ async fn gvisor_sandbox_smoke() {
         ps.stdout
     );
 
+    // A timeout kills the command inside gVisor too.
+    let timed = client
+        .exec(
+            &id,
+            &json!({ "cmd": ["sh", "-c", "sleep 2000 & sleep 2000"], "timeout": 1 }),
+        )
+        .await
+        .unwrap();
+    assert!(timed.timed_out);
+    let ps = client.run(&id, &["ps", "-o", "args"]).await.unwrap();
+    assert!(
+        !ps.stdout.contains("sleep 2000"),
+        "left running: {}",
+        ps.stdout
+    );
+
     client.destroy(&id).await.unwrap();
     assert!(server.engine_containers().await.is_empty());
 }

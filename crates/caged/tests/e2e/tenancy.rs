@@ -110,3 +110,30 @@ async fn requests_need_a_valid_key() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_lists_the_routes() {
+    let server = caged_testkit::spawn().await;
+    let anonymous = caged_client::Client::new(&server.url, None);
+    let (status, document) = anonymous
+        .raw(Method::GET, "/v1/openapi.json", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.1.0");
+    for path in [
+        "/v1/sandboxes",
+        "/v1/sandboxes/{id}",
+        "/v1/sandboxes/{id}/exec",
+        "/v1/sandboxes/{id}/files",
+    ] {
+        assert!(document["paths"].get(path).is_some(), "{path} missing");
+    }
+    let (status, body) = server
+        .client
+        .raw(Method::GET, "/v1/nowhere", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+}

@@ -97,13 +97,14 @@ impl ExecRequest {
         Ok(request)
     }
 
-    fn spec(&self) -> ExecSpec {
+    fn spec(&self, isolation: caged_domain::Isolation) -> ExecSpec {
         ExecSpec {
             cmd: self.cmd.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
             tty: self.tty,
             stdin: self.stdin || self.tty,
+            isolation,
         }
     }
 }
@@ -119,8 +120,14 @@ pub(crate) async fn run(
     let record = sandboxes::running(&state, &account.id, id).await?;
     let started = Instant::now();
     let timeout = request.timeout.map(Duration::from_secs_f64);
-    let collected =
-        sandboxes::exec_collect(&state, &record, &request.spec(), COLLECT_LIMIT, timeout).await?;
+    let collected = sandboxes::exec_collect(
+        &state,
+        &record,
+        &request.spec(record.config.isolation),
+        COLLECT_LIMIT,
+        timeout,
+    )
+    .await?;
     Ok(Json(json!({
         "exit_code": collected.exit_code,
         "stdout": String::from_utf8_lossy(&collected.stdout),
@@ -176,7 +183,11 @@ async fn stream_exec(
         Err(err) => return send_error(socket, err).await,
     };
     let handle = container_of(&record)?.to_string();
-    let exec = match state.runtime.exec(&handle, &request.spec()).await {
+    let exec = match state
+        .runtime
+        .exec(&handle, &request.spec(record.config.isolation))
+        .await
+    {
         Ok(exec) => exec,
         Err(err) => return send_error(socket, err.into()).await,
     };

@@ -102,8 +102,18 @@ pub(crate) async fn write(
     Path(id): Path<String>,
     Query(query): Query<PathQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            "too_large",
+            format!(
+                "upload refused: {} (the server's limit is --max-upload-mb)",
+                rejection.body_text()
+            ),
+        )
+    })?;
     let path = checked_path(&query.path)?;
     let record = sandboxes::running(&state, &account.id, parse_id(&id)?).await?;
     let handle = container_of(&record)?;
