@@ -69,6 +69,8 @@ enum Command {
     Account(cli::account::Command),
     /// Show the server's version and what its container engine supports.
     System(cli::system::Args),
+    /// Show a sandbox's event log (transitions, execs, files, sleep and wake).
+    Events(cli::events::Args),
 }
 
 impl Cli {

@@ -299,6 +299,31 @@ impl Client {
         self.json(builder).await
     }
 
+    /// A sandbox's events after sequence number `after`, oldest first.
+    pub async fn events(&self, id: &str, after: i64) -> Result<Vec<Value>> {
+        let value: Value = self
+            .json(self.request(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/events?after={after}"),
+            ))
+            .await?;
+        Ok(value["events"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Follows a sandbox's events live (Server-Sent Events), from after `after`.
+    pub async fn follow_events(&self, id: &str, after: i64) -> Result<EventFeed> {
+        let response = self
+            .send(self.request(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/events?follow=true&after={after}"),
+            ))
+            .await?;
+        Ok(EventFeed {
+            body: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+        })
+    }
+
     pub async fn templates(&self) -> Result<Value> {
         self.json(self.request(Method::GET, "/v1/templates")).await
     }
@@ -488,7 +513,37 @@ impl ExecOutputStream {
     }
 }
 
-/// Keeps the `Stream` import meaningful for callers that want to forward bodies.
-pub fn body_stream(response: Response) -> impl Stream<Item = reqwest::Result<Bytes>> {
-    response.bytes_stream()
+/// A live event stream; each call to [`EventFeed::next`] gives the next event as JSON.
+pub struct EventFeed {
+    body: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buffer: Vec<u8>,
+}
+
+impl EventFeed {
+    /// The next event; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<Result<Value>> {
+        loop {
+            // One SSE message ends with a blank line; keep-alive comments carry no data.
+            if let Some(end) = self.buffer.windows(2).position(|window| window == b"\n\n") {
+                let message: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&message);
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Some(
+                    serde_json::from_str(&data.join("\n"))
+                        .map_err(|err| ClientError::Protocol(err.to_string())),
+                );
+            }
+            match self.body.next().await? {
+                Ok(chunk) => self.buffer.extend_from_slice(&chunk),
+                Err(err) => return Some(Err(err.into())),
+            }
+        }
+    }
 }

@@ -595,6 +595,13 @@ impl Runtime for DockerRuntime {
         Ok(container_id)
     }
 
+    async fn start(&self, handle: &str) -> Result<()> {
+        self.docker()?
+            .start_container(handle, None)
+            .await
+            .map_err(container_error)
+    }
+
     async fn pause(&self, handle: &str) -> Result<()> {
         self.docker()?
             .pause_container(handle)

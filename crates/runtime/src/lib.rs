@@ -179,6 +179,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates and starts the sandbox; returns the engine's handle for it. On error nothing of
     /// it is left on the engine.
     async fn create(&self, spec: &SandboxSpec) -> Result<String>;
+    /// Starts a sandbox whose processes the engine lost (after an engine restart).
+    async fn start(&self, handle: &str) -> Result<()>;
     async fn pause(&self, handle: &str) -> Result<()>;
     async fn resume(&self, handle: &str) -> Result<()>;
     /// Removes the sandbox and all it holds; succeeds when it is already gone.

@@ -6,7 +6,10 @@ mod api;
 mod auth;
 mod blocking;
 mod engine;
+mod failpoint;
+mod idle;
 mod paths;
+mod reconcile;
 mod sandboxes;
 
 use std::net::SocketAddr;
@@ -74,6 +77,18 @@ pub(crate) struct AppState {
     pub installation_id: String,
     pub config: ServerConfig,
     pub locks: sandboxes::Locks,
+    pub idle: Arc<idle::Idle>,
+    /// Every event appended to the log, for live followers.
+    pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
+    /// Becomes true when the server is stopping; long-lived streams end on it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub(crate) fn publish(&self, event: caged_store::Event) {
+        // No follower is not an error.
+        let _ = self.events.send(Arc::new(event));
+    }
 }
 
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -155,6 +170,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
 
+    let (stopping_tx, stopping) = watch::channel(false);
     let state = Arc::new(AppState {
         store,
         runtime,
@@ -162,13 +178,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         installation_id: installation_id.clone(),
         config,
         locks: sandboxes::Locks::default(),
+        idle: Arc::new(idle::Idle::default()),
+        events: tokio::sync::broadcast::channel(1024).0,
+        shutdown: stopping,
     });
+    idle::run(state.clone());
+    reconcile::run(state.clone());
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = shutdown_rx.await;
+                // Followers of the event stream would otherwise hold the shutdown open forever.
+                let _ = stopping_tx.send(true);
             })
             .await;
         if let Err(err) = served {

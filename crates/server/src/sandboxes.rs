@@ -1,5 +1,6 @@
 //! The lifecycle of sandboxes: every state change goes through the domain's state machine, is
-//! acted on in the runtime and persisted with its timestamp, one operation per sandbox at a time.
+//! acted on in the runtime and persisted with its timestamp and an event, one operation per
+//! sandbox at a time. Work on a sandbox (exec, files) marks it active and wakes it if it sleeps.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,8 @@ use serde_json::json;
 
 use crate::api::ApiError;
 use crate::engine::EngineStatus;
-use crate::{AppState, blocking};
+use crate::idle::Busy;
+use crate::{AppState, blocking, failpoint};
 
 /// One async lock per sandbox: operations on one sandbox never interleave, and different
 /// sandboxes never wait on each other.
@@ -34,6 +36,18 @@ impl Locks {
             map.entry(id).or_default().clone()
         };
         lock.lock_owned().await
+    }
+
+    /// The lock if nobody holds it; for background work that should yield to requests.
+    pub(crate) fn try_lock(&self, id: SandboxId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = {
+            let mut map = self
+                .map
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            map.entry(id).or_default().clone()
+        };
+        lock.try_lock_owned().ok()
     }
 }
 
@@ -79,19 +93,24 @@ pub(crate) async fn create(
     let store = state.store.clone();
     let account = account_id.to_string();
     let disk_enforced = engine.disk_limits.available;
-    let insert_config = config.clone();
-    let id = blocking::run(move || -> Result<SandboxId, ApiError> {
-        if let Some(name) = &insert_config.name
-            && store.live_name_taken(&account, name)?
-        {
-            return Err(ApiError::conflict(
-                "name_taken",
-                format!("a live sandbox is already named {name:?}"),
-            ));
-        }
-        // Ids are random; on the rare collision, draw again.
-        for _ in 0..8 {
-            let id = SandboxId::random();
+    let insert_config = Arc::new(config.clone());
+    // The id is drawn and locked before its row exists, so nothing (the reconciler included)
+    // can act on the sandbox until this create is done with it.
+    let (id, _guard, event) = loop {
+        let id = SandboxId::random();
+        let guard = state.locks.lock(id).await;
+        let store = store.clone();
+        let account = account.clone();
+        let insert_config = insert_config.clone();
+        let inserted = blocking::run(move || -> Result<Option<caged_store::Event>, ApiError> {
+            if let Some(name) = &insert_config.name
+                && store.live_name_taken(&account, name)?
+            {
+                return Err(ApiError::conflict(
+                    "name_taken",
+                    format!("a live sandbox is already named {name:?}"),
+                ));
+            }
             let new = NewSandbox {
                 id,
                 account_id: &account,
@@ -100,20 +119,19 @@ pub(crate) async fn create(
                 at_ms: now_ms(),
             };
             match store.insert_sandbox(new) {
-                Ok(()) => return Ok(id),
-                Err(StoreError::Sqlite(rusqlite_err))
-                    if rusqlite_err.to_string().contains("UNIQUE") =>
-                {
-                    continue;
-                }
-                Err(err) => return Err(err.into()),
+                Ok(event) => Ok(Some(event)),
+                // Ids are random; on the rare collision, draw again.
+                Err(StoreError::Sqlite(err)) if err.to_string().contains("UNIQUE") => Ok(None),
+                Err(err) => Err(err.into()),
             }
+        })
+        .await?;
+        if let Some(event) = inserted {
+            break (id, guard, event);
         }
-        Err(ApiError::internal("could not draw a free sandbox id"))
-    })
-    .await?;
-
-    let _guard = state.locks.lock(id).await;
+    };
+    state.publish(event);
+    failpoint::hit("create.after_insert");
     let spec = SandboxSpec {
         id,
         account_id: account_id.to_string(),
@@ -128,31 +146,29 @@ pub(crate) async fn create(
     };
     match state.runtime.create(&spec).await {
         Ok(container_id) => {
+            failpoint::hit("create.after_container");
             let store = state.store.clone();
-            blocking::run(move || -> Result<(), StoreError> {
-                store.set_container_id(id, &container_id)?;
-                store.transition(
-                    id,
-                    SandboxState::Pending,
-                    SandboxState::Running,
-                    now_ms(),
-                    None,
-                )
-            })
+            blocking::run(move || store.set_container_id(id, &container_id)).await?;
+            record_transition(
+                state,
+                id,
+                SandboxState::Pending,
+                SandboxState::Running,
+                None,
+                config.timeout,
+            )
             .await?;
         }
         Err(err) => {
             let reason = format!("create failed: {err}");
-            let store = state.store.clone();
-            blocking::run(move || {
-                store.transition(
-                    id,
-                    SandboxState::Pending,
-                    SandboxState::Destroyed,
-                    now_ms(),
-                    Some(&reason),
-                )
-            })
+            record_transition(
+                state,
+                id,
+                SandboxState::Pending,
+                SandboxState::Destroyed,
+                Some(reason),
+                config.timeout,
+            )
             .await?;
             return Err(err.into());
         }
@@ -176,7 +192,7 @@ pub(crate) fn start_init(state: Arc<AppState>, account_id: String, id: SandboxId
 }
 
 async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(), ApiError> {
-    let record = get(state, account_id, id).await?;
+    let (record, _busy) = active(state, account_id, id, "init_script").await?;
     let Some(script) = record.config.init_script.clone() else {
         return Ok(());
     };
@@ -212,7 +228,10 @@ async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(
         tracing::warn!(sandbox = %id, exit_code = ?outcome.exit_code, "init_script failed; the sandbox stays running");
     }
     let store = state.store.clone();
-    blocking::run(move || store.set_init_result(id, &result)).await?;
+    let stored = result.clone();
+    blocking::run(move || store.set_init_result(id, &stored)).await?;
+    let payload = json!({ "status": status, "exit_code": outcome.exit_code, "duration_ms": result["duration_ms"] });
+    record_activity(state, &record, "init", payload).await;
     Ok(())
 }
 
@@ -283,28 +302,81 @@ pub(crate) fn container_of(record: &SandboxRecord) -> Result<&str, ApiError> {
     })
 }
 
-/// A sandbox that can run commands and take files right now, or the reason it cannot.
-pub(crate) async fn running(
+/// A sandbox ready for work: running (woken first if it was asleep, with the reason in its
+/// log), and marked busy so idle sleep leaves it alone until the returned guard is dropped.
+pub(crate) async fn active(
     state: &AppState,
     account_id: &str,
     id: SandboxId,
-) -> Result<SandboxRecord, ApiError> {
+    why: &str,
+) -> Result<(SandboxRecord, Busy), ApiError> {
     engine_ready(state)?;
-    let record = get(state, account_id, id).await?;
+    let _guard = state.locks.lock(id).await;
+    let mut record = get(state, account_id, id).await?;
     match record.state {
-        SandboxState::Running => Ok(record),
-        other => Err(ApiError::conflict(
-            "illegal_state",
-            format!(
-                "sandbox {id} is {other}; it must be running{}",
-                if other == SandboxState::Paused {
-                    " (resume it first)"
-                } else {
-                    ""
-                }
-            ),
-        )),
+        SandboxState::Running => {}
+        SandboxState::Paused => {
+            apply(
+                state,
+                &record,
+                SandboxState::Running,
+                &format!("woken by {why}"),
+            )
+            .await?;
+            record = get(state, account_id, id).await?;
+        }
+        other => {
+            return Err(ApiError::conflict(
+                "illegal_state",
+                format!("sandbox {id} is {other}; it must be running"),
+            ));
+        }
     }
+    let busy = state.idle.busy(id);
+    Ok((record, busy))
+}
+
+/// Appends an activity event (exec, file, init) and restarts the sandbox's idle clock. Failing
+/// to log never fails the work itself; it is reported in the server log.
+pub(crate) async fn record_activity(
+    state: &AppState,
+    record: &SandboxRecord,
+    kind: &'static str,
+    payload: serde_json::Value,
+) {
+    let store = state.store.clone();
+    let (id, account_id) = (record.id, record.account_id.clone());
+    let at = now_ms();
+    match blocking::run(move || store.record_event(id, &account_id, at, kind, &payload, true)).await
+    {
+        Ok(event) => {
+            state.idle.touch(id, at, record.config.timeout);
+            state.publish(event);
+        }
+        Err(err) => tracing::error!(sandbox = %id, "could not record a {kind} event: {err}"),
+    }
+}
+
+/// Persists a transition (with its event), tells event followers and the idle clock.
+pub(crate) async fn record_transition(
+    state: &AppState,
+    id: SandboxId,
+    from: SandboxState,
+    to: SandboxState,
+    reason: Option<String>,
+    timeout_seconds: u64,
+) -> Result<(), ApiError> {
+    let store = state.store.clone();
+    let at = now_ms();
+    let event =
+        blocking::run(move || store.transition(id, from, to, at, reason.as_deref())).await?;
+    state.publish(event);
+    if to == SandboxState::Running {
+        state.idle.touch(id, at, timeout_seconds);
+    } else {
+        state.idle.forget(id);
+    }
+    Ok(())
 }
 
 /// Moves a live sandbox to `to` (paused, running, destroyed).
@@ -321,6 +393,19 @@ pub(crate) async fn change_state(
     if to == SandboxState::Destroyed && record.state == SandboxState::Destroyed {
         return Ok(record); // destroying twice is not an error
     }
+    apply(state, &record, to, reason).await?;
+    get(state, account_id, id).await
+}
+
+/// The one path from a checked state change to the engine and the store. The caller holds the
+/// sandbox's lock.
+pub(crate) async fn apply(
+    state: &AppState,
+    record: &SandboxRecord,
+    to: SandboxState,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let id = record.id;
     record.state.check_transition(to).map_err(|illegal| {
         ApiError::conflict(
             "illegal_transition",
@@ -335,20 +420,22 @@ pub(crate) async fn change_state(
             SandboxState::Pending => Ok(()),
         };
         match acted {
-            Ok(()) => {}
+            Ok(()) => failpoint::hit(match to {
+                SandboxState::Paused => "pause.after_engine",
+                SandboxState::Running => "resume.after_engine",
+                _ => "destroy.after_engine",
+            }),
             // The container vanished under us: the sandbox is gone, record it so.
             Err(RuntimeError::ContainerGone) if to != SandboxState::Destroyed => {
-                let store = state.store.clone();
-                let from = record.state;
-                blocking::run(move || {
-                    store.transition(
-                        id,
-                        from,
-                        SandboxState::Destroyed,
-                        now_ms(),
-                        Some("its container disappeared"),
-                    )
-                })
+                let reason = "its container disappeared".to_string();
+                record_transition(
+                    state,
+                    id,
+                    record.state,
+                    SandboxState::Destroyed,
+                    Some(reason),
+                    0,
+                )
                 .await?;
                 return Err(ApiError::conflict(
                     "gone",
@@ -358,11 +445,8 @@ pub(crate) async fn change_state(
             Err(err) => return Err(err.into()),
         }
     }
-    let store = state.store.clone();
-    let from = record.state;
-    let reason = (to == SandboxState::Destroyed).then(|| reason.to_string());
-    blocking::run(move || store.transition(id, from, to, now_ms(), reason.as_deref())).await?;
-    get(state, account_id, id).await
+    let reason = (!reason.is_empty()).then(|| reason.to_string());
+    record_transition(state, id, record.state, to, reason, record.config.timeout).await
 }
 
 fn verb(to: SandboxState) -> &'static str {

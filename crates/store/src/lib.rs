@@ -68,7 +68,21 @@ pub struct SandboxRecord {
     pub init_result: Option<serde_json::Value>,
     /// Whether the engine enforces `resources.disk` for this sandbox.
     pub disk_enforced: bool,
+    /// Last time anything was done with the sandbox (idle sleep counts from here).
+    pub last_active_ms: i64,
     pub transitions: Vec<Transition>,
+}
+
+/// One row of the event log: something that happened to a sandbox, with a JSON payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Position in the log; strictly increasing, so "events after N" never misses one.
+    pub seq: i64,
+    pub sandbox_id: SandboxId,
+    pub account_id: String,
+    pub at_ms: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
 }
 
 pub struct NewSandbox<'a> {
@@ -207,8 +221,8 @@ impl Store {
             .optional()?)
     }
 
-    /// Records a new sandbox in `pending`, with its first transition.
-    pub fn insert_sandbox(&self, new: NewSandbox<'_>) -> Result<()> {
+    /// Records a new sandbox in `pending`, with its first transition and event.
+    pub fn insert_sandbox(&self, new: NewSandbox<'_>) -> Result<Event> {
         let config =
             serde_json::to_string(new.config).map_err(|source| StoreError::CorruptConfig {
                 id: new.id.to_string(),
@@ -217,8 +231,8 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO sandboxes (id, account_id, state, config, created_at_ms, disk_enforced)
-             VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
+            "INSERT INTO sandboxes (id, account_id, state, config, created_at_ms, disk_enforced, last_active_ms)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?4)",
             params![
                 new.id.as_str(),
                 new.account_id,
@@ -231,8 +245,10 @@ impl Store {
             "INSERT INTO transitions (sandbox_id, state, at_ms) VALUES (?1, 'pending', ?2)",
             params![new.id.as_str(), new.at_ms],
         )?;
+        let payload = serde_json::json!({ "from": null, "to": "pending", "reason": null });
+        let event = insert_event(&tx, new.id, new.account_id, new.at_ms, "state", &payload)?;
         tx.commit()?;
-        Ok(())
+        Ok(event)
     }
 
     pub fn set_container_id(&self, id: SandboxId, container_id: &str) -> Result<()> {
@@ -251,8 +267,9 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a sandbox from `expected` to `to`, atomically with its history. Legality of the
-    /// change itself is the domain's call; this only guards against a concurrent writer.
+    /// Moves a sandbox from `expected` to `to`, atomically with its history and a `state`
+    /// event. Legality of the change itself is the domain's call; this only guards against a
+    /// concurrent writer. Entering `running` counts as activity.
     pub fn transition(
         &self,
         id: SandboxId,
@@ -260,7 +277,7 @@ impl Store {
         to: SandboxState,
         at_ms: i64,
         reason: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<Event> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let changed = tx.execute(
@@ -290,8 +307,82 @@ impl Store {
             "INSERT INTO transitions (sandbox_id, state, at_ms, reason) VALUES (?1, ?2, ?3, ?4)",
             params![id.as_str(), to.as_str(), at_ms, reason],
         )?;
+        if to == SandboxState::Running {
+            tx.execute(
+                "UPDATE sandboxes SET last_active_ms = ?2 WHERE id = ?1",
+                params![id.as_str(), at_ms],
+            )?;
+        }
+        let account_id: String = tx.query_row(
+            "SELECT account_id FROM sandboxes WHERE id = ?1",
+            [id.as_str()],
+            |row| row.get(0),
+        )?;
+        let payload =
+            serde_json::json!({ "from": expected.as_str(), "to": to.as_str(), "reason": reason });
+        let event = insert_event(&tx, id, &account_id, at_ms, "state", &payload)?;
         tx.commit()?;
-        Ok(())
+        Ok(event)
+    }
+
+    /// Appends an event; with `active`, also marks the sandbox as used at `at_ms`.
+    pub fn record_event(
+        &self,
+        id: SandboxId,
+        account_id: &str,
+        at_ms: i64,
+        kind: &str,
+        payload: &serde_json::Value,
+        active: bool,
+    ) -> Result<Event> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if active {
+            tx.execute(
+                "UPDATE sandboxes SET last_active_ms = MAX(COALESCE(last_active_ms, 0), ?2) WHERE id = ?1",
+                params![id.as_str(), at_ms],
+            )?;
+        }
+        let event = insert_event(&tx, id, account_id, at_ms, kind, payload)?;
+        tx.commit()?;
+        Ok(event)
+    }
+
+    /// Events of one sandbox after `after_seq`, oldest first, at most `limit`.
+    pub fn events(
+        &self,
+        account_id: &str,
+        id: SandboxId,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, sandbox_id, account_id, at_ms, kind, payload FROM events
+             WHERE sandbox_id = ?1 AND account_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![id.as_str(), account_id, after_seq, limit], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (seq, account_id, at_ms, kind, payload) = row?;
+            events.push(Event {
+                seq,
+                sandbox_id: id,
+                account_id,
+                at_ms,
+                kind,
+                payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+            });
+        }
+        Ok(events)
     }
 
     /// A sandbox as its owner sees it; `None` when it does not exist or belongs to someone else.
@@ -303,6 +394,19 @@ impl Store {
                     "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1 AND account_id = ?2"
                 ),
                 params![id.as_str(), account_id],
+                RawSandbox::from_row,
+            )
+            .optional()?;
+        row.map(|raw| raw.into_record(&conn)).transpose()
+    }
+
+    /// A sandbox whoever owns it (for the server's own bookkeeping, never for a request).
+    pub fn sandbox_by_id(&self, id: SandboxId) -> Result<Option<SandboxRecord>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?1"),
+                params![id.as_str()],
                 RawSandbox::from_row,
             )
             .optional()?;
@@ -347,7 +451,30 @@ impl Store {
     }
 }
 
-const SANDBOX_COLUMNS: &str = "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, init_result, disk_enforced";
+const SANDBOX_COLUMNS: &str = "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, \
+     init_result, disk_enforced, last_active_ms";
+
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    id: SandboxId,
+    account_id: &str,
+    at_ms: i64,
+    kind: &str,
+    payload: &serde_json::Value,
+) -> Result<Event> {
+    tx.execute(
+        "INSERT INTO events (sandbox_id, account_id, at_ms, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id.as_str(), account_id, at_ms, kind, payload.to_string()],
+    )?;
+    Ok(Event {
+        seq: tx.last_insert_rowid(),
+        sandbox_id: id,
+        account_id: account_id.to_string(),
+        at_ms,
+        kind: kind.to_string(),
+        payload: payload.clone(),
+    })
+}
 
 struct RawSandbox {
     id: String,
@@ -359,6 +486,7 @@ struct RawSandbox {
     destroyed_reason: Option<String>,
     init_result: Option<String>,
     disk_enforced: bool,
+    last_active_ms: Option<i64>,
 }
 
 impl RawSandbox {
@@ -373,6 +501,7 @@ impl RawSandbox {
             destroyed_reason: row.get(6)?,
             init_result: row.get(7)?,
             disk_enforced: row.get(8)?,
+            last_active_ms: row.get(9)?,
         })
     }
 
@@ -409,6 +538,7 @@ impl RawSandbox {
                 .init_result
                 .and_then(|text| serde_json::from_str(&text).ok()),
             disk_enforced: self.disk_enforced,
+            last_active_ms: self.last_active_ms.unwrap_or(self.created_at_ms),
             transitions,
         })
     }

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use crate::{Result, StoreError};
 
 /// Each entry moves the schema one version forward; never edit a released entry, add one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -43,7 +44,21 @@ CREATE TABLE transitions (
     reason     TEXT
 );
 CREATE INDEX transitions_by_sandbox ON transitions (sandbox_id, seq);
-"#];
+"#,
+    r#"
+ALTER TABLE sandboxes ADD COLUMN last_active_ms INTEGER;
+UPDATE sandboxes SET last_active_ms = created_at_ms;
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(id),
+    account_id TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    payload    TEXT NOT NULL
+);
+CREATE INDEX events_by_sandbox ON events (sandbox_id, seq);
+"#,
+];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;

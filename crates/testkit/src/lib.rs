@@ -20,6 +20,7 @@ pub fn template_dir() -> PathBuf {
 
 pub struct TestServer {
     pub client: Client,
+    config: ServerConfig,
     pub url: String,
     pub addr: SocketAddr,
     pub installation_id: String,
@@ -42,7 +43,9 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     );
     adjust(&mut config);
     let expects_engine = config.docker_host.is_none();
-    let mut server = caged_server::start(config).await.expect("server starts");
+    let mut server = caged_server::start(config.clone())
+        .await
+        .expect("server starts");
     if expects_engine && let EngineStatus::Down { reason } = server.engine_status().await {
         panic!(
             "the container engine is not reachable ({reason}).\n\
@@ -60,6 +63,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     }
     TestServer {
         client,
+        config,
         url,
         addr: server.addr,
         installation_id: server.installation_id.clone(),
@@ -131,6 +135,19 @@ impl TestServer {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
+    }
+
+    /// Stops the server and starts a new one on the same data folder (a new port).
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        let mut config = self.config.clone();
+        config.listen = "127.0.0.1:0".parse().expect("loopback address");
+        let mut server = caged_server::start(config).await.expect("server restarts");
+        server.engine_status().await;
+        self.url = format!("http://{}", server.addr);
+        self.addr = server.addr;
+        self.client = Client::new(&self.url, Some(self.admin_key.clone()));
+        self.server = Some(server);
     }
 
     /// Containers on the engine that belong to this server's installation.

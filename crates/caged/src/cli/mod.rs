@@ -4,6 +4,7 @@ pub mod account;
 pub mod config;
 pub mod cp;
 pub mod create;
+pub mod events;
 pub mod exec;
 pub mod inspect;
 pub mod lifecycle;
@@ -35,5 +36,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Config(command) => config::run(command),
         Command::Account(command) => account::run(cli, command).await,
         Command::System(args) => system::run(cli, args).await,
+        Command::Events(args) => events::run(cli, args).await,
     }
 }

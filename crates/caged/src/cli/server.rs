@@ -9,6 +9,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Cli;
 
+/// How long in-flight requests get to finish on SIGTERM.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(clap::Args)]
 pub struct Args {
     /// API listen address.
@@ -57,6 +60,11 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(shutdown) = shutdown {
         let _ = shutdown.send(());
     }
-    server.wait().await;
+    if tokio::time::timeout(GRACE, server.wait()).await.is_err() {
+        tracing::warn!(
+            "requests still running after {}s; stopping anyway",
+            GRACE.as_secs()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

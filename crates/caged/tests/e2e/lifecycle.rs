@@ -37,8 +37,6 @@ async fn full_lifecycle_with_exact_running_time() {
         message,
         format!("cannot pause sandbox {id}: cannot go from paused to paused")
     );
-    let (status, code, _) = error_code(client.run(&id, &["true"]).await.unwrap_err());
-    assert_eq!((status, code.as_str()), (409, "illegal_state"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let paused_for = paused_at.elapsed();
     let resumed = client.resume(&id).await.unwrap();
@@ -71,6 +69,13 @@ async fn full_lifecycle_with_exact_running_time() {
     assert_eq!(again.running_seconds, destroyed.running_seconds);
     let (status, code, _) = error_code(client.resume(&id).await.unwrap_err());
     assert_eq!((status, code.as_str()), (409, "illegal_transition"));
+    // Work on a destroyed sandbox is refused, not a wake-up.
+    let (status, code, message) = error_code(client.run(&id, &["true"]).await.unwrap_err());
+    assert_eq!((status, code.as_str()), (409, "illegal_state"));
+    assert_eq!(
+        message,
+        format!("sandbox {id} is destroyed; it must be running")
+    );
     assert!(
         server.engine_containers().await.is_empty(),
         "container left behind"

@@ -4,10 +4,13 @@
 
 mod cli;
 mod config;
+mod crash;
 mod engine_down;
+mod events;
 mod exec;
 mod files;
 mod gvisor;
+mod idle;
 mod lifecycle;
 mod limits;
 mod security;

@@ -117,7 +117,7 @@ pub(crate) async fn run(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let request = ExecRequest::parse(json_body(&body)?)?;
-    let record = sandboxes::running(&state, &account.id, id).await?;
+    let (record, _busy) = sandboxes::active(&state, &account.id, id, "exec").await?;
     let started = Instant::now();
     let timeout = request.timeout.map(Duration::from_secs_f64);
     let collected = sandboxes::exec_collect(
@@ -128,13 +128,17 @@ pub(crate) async fn run(
         timeout,
     )
     .await?;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let payload = json!({ "cmd": request.cmd, "exit_code": collected.exit_code, "timed_out": collected.timed_out,
+                          "duration_ms": duration_ms });
+    sandboxes::record_activity(&state, &record, "exec", payload).await;
     Ok(Json(json!({
         "exit_code": collected.exit_code,
         "stdout": String::from_utf8_lossy(&collected.stdout),
         "stderr": String::from_utf8_lossy(&collected.stderr),
         "truncated": collected.truncated,
         "timed_out": collected.timed_out,
-        "duration_ms": started.elapsed().as_millis() as u64,
+        "duration_ms": duration_ms,
     })))
 }
 
@@ -146,7 +150,13 @@ pub(crate) async fn websocket(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     // Check before upgrading, so a bad id or state is an ordinary HTTP error.
-    sandboxes::running(&state, &account.id, id).await?;
+    let record = sandboxes::get(&state, &account.id, id).await?;
+    if record.state == caged_domain::SandboxState::Destroyed {
+        return Err(ApiError::conflict(
+            "illegal_state",
+            format!("sandbox {id} is destroyed"),
+        ));
+    }
     Ok(upgrade.on_upgrade(move |socket| async move {
         if let Err(err) = stream_exec(state, account.id, id, socket).await {
             tracing::debug!(sandbox = %id, "exec stream ended: {}", err.message);
@@ -178,10 +188,11 @@ async fn stream_exec(
         Ok(request) => request,
         Err(err) => return send_error(socket, err).await,
     };
-    let record = match sandboxes::running(&state, &account_id, id).await {
-        Ok(record) => record,
+    let (record, _busy) = match sandboxes::active(&state, &account_id, id, "exec").await {
+        Ok(active) => active,
         Err(err) => return send_error(socket, err).await,
     };
+    let started = Instant::now();
     let handle = container_of(&record)?.to_string();
     let exec = match state
         .runtime
@@ -244,6 +255,9 @@ async fn stream_exec(
                 // The client went away: stop the command rather than leave it running unseen.
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                     let _ = state.runtime.exec_kill(&handle, &exec_id).await;
+                    let payload = json!({ "cmd": request.cmd, "exit_code": null, "disconnected": true,
+                                          "duration_ms": started.elapsed().as_millis() as u64 });
+                    sandboxes::record_activity(&state, &record, "exec", payload).await;
                     return Ok(());
                 }
                 Some(Ok(_)) => {}
@@ -265,6 +279,9 @@ async fn stream_exec(
         }
     }
     let exit_code = state.runtime.exec_status(&exec_id).await.ok().flatten();
+    let payload = json!({ "cmd": request.cmd, "exit_code": exit_code, "timed_out": timed_out, "tty": request.tty,
+                          "duration_ms": started.elapsed().as_millis() as u64 });
+    sandboxes::record_activity(&state, &record, "exec", payload).await;
     let exit = json!({ "type": "exit", "exit_code": exit_code, "timed_out": timed_out });
     let _ = sink.send(Message::Text(exit.to_string().into())).await;
     let _ = sink.close().await;

@@ -43,7 +43,8 @@ pub(crate) async fn read(
     Query(query): Query<PathQuery>,
 ) -> Result<Response, ApiError> {
     let mut path = checked_path(&query.path)?;
-    let record = sandboxes::running(&state, &account.id, parse_id(&id)?).await?;
+    let (record, _busy) =
+        sandboxes::active(&state, &account.id, parse_id(&id)?, "file read").await?;
     let handle = container_of(&record)?;
     let mut stat = state.runtime.stat_path(handle, &path).await?;
     // The engine reports a link's target resolved within the sandbox's root; follow it there.
@@ -60,6 +61,9 @@ pub(crate) async fn read(
         stat = state.runtime.stat_path(handle, &path).await?;
     }
     let tar = state.runtime.read_tar(handle, &path).await?;
+    let kind = if stat.is_dir { "directory" } else { "file" };
+    let payload = json!({ "op": "read", "path": query.path, "resolved": path, "kind": kind, "size": stat.size });
+    sandboxes::record_activity(&state, &record, "file", payload).await;
     if stat.is_dir {
         let mut response = Body::from_stream(tar).into_response();
         let headers = response.headers_mut();
@@ -115,7 +119,8 @@ pub(crate) async fn write(
         )
     })?;
     let path = checked_path(&query.path)?;
-    let record = sandboxes::running(&state, &account.id, parse_id(&id)?).await?;
+    let (record, _busy) =
+        sandboxes::active(&state, &account.id, parse_id(&id)?, "file write").await?;
     let handle = container_of(&record)?;
     let is_tar = headers
         .get(header::CONTENT_TYPE)
@@ -145,6 +150,9 @@ pub(crate) async fn write(
                 .await?;
         }
         state.runtime.write_tar(handle, &path, clean.into()).await?;
+        let payload =
+            json!({ "op": "write", "path": path, "kind": "directory", "entries": entries });
+        sandboxes::record_activity(&state, &record, "file", payload).await;
         return Ok((
             StatusCode::OK,
             axum::Json(json!({ "path": path, "kind": "directory", "entries": entries })),
@@ -189,6 +197,8 @@ pub(crate) async fn write(
     let tar = caged_archive::single_file_tar(&missing, &relative, &body, mode)
         .map_err(|err| ApiError::internal(err.to_string()))?;
     state.runtime.write_tar(handle, &base, tar.into()).await?;
+    let payload = json!({ "op": "write", "path": path, "kind": "file", "bytes": size });
+    sandboxes::record_activity(&state, &record, "file", payload).await;
     Ok((
         StatusCode::OK,
         axum::Json(json!({ "path": path, "kind": "file", "bytes": size })),

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod error;
+mod events;
 mod exec;
 mod files;
 mod openapi;
@@ -37,6 +38,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sandboxes/{id}/pause", post(sandboxes::pause))
         .route("/v1/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/v1/sandboxes/{id}/init", post(sandboxes::init))
+        .route("/v1/sandboxes/{id}/events", get(events::list))
         .route("/v1/sandboxes/{id}/exec", post(exec::run))
         .route("/v1/sandboxes/{id}/exec/ws", get(exec::websocket))
         .route(

@@ -144,7 +144,7 @@ pub(crate) async fn init(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_id(&id)?;
-    let record = sandboxes::running(&state, &account.id, id).await?;
+    let (record, _busy) = sandboxes::active(&state, &account.id, id, "init_script").await?;
     if record.config.init_script.is_none() {
         return Err(ApiError::conflict(
             "no_init_script",

@@ -1,0 +1,229 @@
+//! A server killed with SIGKILL in the middle of create, pause, resume or destroy comes back to a
+//! world where the engine and the database agree and nothing leaked.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use caged_client::Client;
+use serde_json::json;
+
+/// The `caged` binary as a separate process, so it can really be killed.
+struct ServerProcess {
+    child: Child,
+    client: Client,
+}
+
+impl ServerProcess {
+    async fn start(data_dir: &std::path::Path, failpoint: Option<&str>) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_caged"));
+        command
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .env("CAGED_DATA_DIR", data_dir)
+            .env_remove("CAGED_FAILPOINTS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(point) = failpoint {
+            command.env("CAGED_FAILPOINTS", point);
+        }
+        let url = format!("http://127.0.0.1:{port}");
+        // Owned by the guard at once, so it is reaped whatever happens below.
+        let mut process = ServerProcess {
+            child: command.spawn().expect("caged server starts"),
+            client: Client::new(&url, None),
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(key) = std::fs::read_to_string(data_dir.join("admin.key")) {
+                let client = Client::new(&url, Some(key.trim().to_string()));
+                if let Ok(system) = client.system().await
+                    && system["engine"]["status"] == "up"
+                {
+                    process.client = client;
+                    return process;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "server did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to die of the failpoint's SIGKILL.
+    fn expect_killed(mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the server was not killed: {status:?}"
+        );
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Containers of this installation on the engine: (sandbox id, engine state).
+async fn engine_view(installation: &str) -> Vec<(String, String)> {
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("dev.caged.installation={installation}")],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|container| {
+            let id = container
+                .labels
+                .unwrap_or_default()
+                .get("dev.caged.sandbox")
+                .cloned()
+                .unwrap_or_default();
+            (
+                id,
+                container
+                    .state
+                    .map(|state| state.to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
+    let cases = [
+        (
+            "create.after_insert",
+            "destroyed",
+            "the server stopped before its container was created",
+        ),
+        (
+            "create.after_container",
+            "destroyed",
+            "the server stopped while creating it",
+        ),
+        (
+            "pause.after_engine",
+            "paused",
+            "a pause finished across a server restart",
+        ),
+        (
+            "resume.after_engine",
+            "running",
+            "a resume finished across a server restart",
+        ),
+        (
+            "destroy.after_engine",
+            "destroyed",
+            "its container disappeared",
+        ),
+    ];
+    for (point, expected_state, expected_reason) in cases {
+        let data = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(data.path(), Some(point)).await;
+        let installation = server.client.system().await.unwrap()["installation_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let _cleanup = Cleanup(installation.clone());
+        let client = server.client.clone();
+        let create = json!({ "template": "busybox" });
+        let id = if point.starts_with("create") {
+            assert!(
+                client.create_sandbox(&create).await.is_err(),
+                "{point}: create survived"
+            );
+            None
+        } else {
+            let id = client.create_sandbox(&create).await.unwrap().id;
+            if point.starts_with("resume") {
+                client.pause(&id).await.unwrap();
+            }
+            let cut = match point {
+                "pause.after_engine" => client.pause(&id).await.err(),
+                "resume.after_engine" => client.resume(&id).await.err(),
+                _ => client.destroy(&id).await.err(),
+            };
+            assert!(cut.is_some(), "{point}: the operation survived");
+            Some(id)
+        };
+        server.expect_killed();
+
+        let server = ServerProcess::start(data.path(), None).await;
+        let all = server.client.list_sandboxes(true).await.unwrap();
+        assert_eq!(all.len(), 1, "{point}: {all:?}");
+        let id = id.unwrap_or_else(|| all[0].id.clone());
+        // The reconciler runs as soon as the engine is up; wait for its verdict.
+        let started = Instant::now();
+        let sandbox = loop {
+            let sandbox = server.client.sandbox(&id).await.unwrap();
+            if sandbox.state == expected_state {
+                break sandbox;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{point}: still {sandbox:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let last_reason =
+            server.client.events(&id, 0).await.unwrap().last().unwrap()["payload"]["reason"]
+                .clone();
+        assert_eq!(last_reason, expected_reason, "{point}");
+        if expected_state == "destroyed" {
+            assert_eq!(
+                sandbox.destroyed_reason.as_deref(),
+                Some(expected_reason),
+                "{point}"
+            );
+        }
+        // Engine and database agree, and nothing leaked.
+        let engine = engine_view(&installation).await;
+        match expected_state {
+            "destroyed" => assert!(engine.is_empty(), "{point}: leaked {engine:?}"),
+            state => assert_eq!(engine, vec![(id.clone(), state.to_string())], "{point}"),
+        }
+        // And the sandbox works normally afterwards.
+        if expected_state != "destroyed" {
+            let result = server.client.run(&id, &["echo", "ok"]).await.unwrap();
+            assert_eq!(result.stdout, "ok\n", "{point}");
+            server.client.destroy(&id).await.unwrap();
+            assert!(engine_view(&installation).await.is_empty());
+        }
+    }
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let installation = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(caged_testkit::remove_installation(&installation));
+        })
+        .join();
+    }
+}

@@ -1,0 +1,137 @@
+//! A sandbox's event log: `GET /events` lists it (`?after=SEQ&limit=N`), and with `?follow=true`
+//! streams it as Server-Sent Events, backlog first, then live, without gaps or repeats.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use caged_domain::SandboxId;
+use caged_domain::time::rfc3339_from_ms;
+use caged_store::Event;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::ApiError;
+use super::sandboxes::parse_id;
+use crate::auth::Caller;
+use crate::{AppState, blocking, sandboxes};
+
+const MAX_PAGE: i64 = 1000;
+
+#[derive(Deserialize)]
+pub(crate) struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    follow: bool,
+}
+
+pub(crate) fn view(event: &Event) -> Value {
+    json!({
+        "id": event.seq.to_string(),
+        "seq": event.seq,
+        "sandbox_id": event.sandbox_id,
+        "at": rfc3339_from_ms(event.at_ms),
+        "kind": event.kind,
+        "payload": event.payload,
+    })
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    sandboxes::get(&state, &account.id, id).await?; // 404 for someone else's
+    if query.follow {
+        return Ok(follow(state, account.id, id, query.after).into_response());
+    }
+    let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let events = page(&state, &account.id, id, query.after, limit).await?;
+    Ok(Json(json!({ "events": events.iter().map(view).collect::<Vec<_>>() })).into_response())
+}
+
+async fn page(
+    state: &AppState,
+    account_id: &str,
+    id: SandboxId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Event>, ApiError> {
+    let store = state.store.clone();
+    let account_id = account_id.to_string();
+    Ok(blocking::run(move || store.events(&account_id, id, after, limit)).await?)
+}
+
+fn follow(
+    state: Arc<AppState>,
+    account_id: String,
+    id: SandboxId,
+    after: i64,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    // Subscribe before reading the backlog, so an event written in between is not missed; the
+    // sequence number drops any that arrive twice.
+    let mut live = state.events.subscribe();
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        let mut last = after;
+        // Backlog, page by page; then whatever the live feed skipped if it lagged.
+        let mut catch_up = true;
+        loop {
+            if catch_up {
+                loop {
+                    let Ok(events) = page(&state, &account_id, id, last, MAX_PAGE).await else {
+                        return;
+                    };
+                    let done = (events.len() as i64) < MAX_PAGE;
+                    for event in events {
+                        last = event.seq;
+                        if tx.send(sse(&event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if done {
+                        break;
+                    }
+                }
+                catch_up = false;
+            }
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) if event.sandbox_id == id && event.seq > last => {
+                        last = event.seq;
+                        if tx.send(sse(&event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = shutdown.changed() => return,
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn sse(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.kind.clone())
+        .data(view(event).to_string())
+}

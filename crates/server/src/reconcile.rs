@@ -1,0 +1,233 @@
+//! Makes the database and the engine agree, at start-up and every little while: a server killed
+//! at any point (mid-create, mid-pause, mid-destroy) comes back to a consistent world, with
+//! nothing leaked and no live sandbox lost.
+//!
+//! Rules: act only after both the engine's list and the database were read successfully; only
+//! on containers labelled with this installation; never on a sandbox whose lock is held (an
+//! operation is under way); and before calling a sandbox gone, ask the engine about that very
+//! container, so a transient error never destroys a live sandbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use caged_domain::{SandboxId, SandboxState};
+use caged_runtime::{ContainerSummary, RuntimeError};
+use caged_store::SandboxRecord;
+
+use crate::engine::EngineStatus;
+use crate::{AppState, blocking, sandboxes};
+
+const EVERY: Duration = Duration::from_secs(30);
+
+pub(crate) fn run(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut engine = state.engine.subscribe();
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            let up = matches!(&*engine.borrow_and_update(), EngineStatus::Up(_));
+            if up {
+                match reconcile_once(&state).await {
+                    Ok(0) => {}
+                    Ok(fixed) => tracing::info!("reconciled {fixed} sandbox(es) with the engine"),
+                    Err(err) => tracing::warn!("reconcile skipped: {err}"),
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                changed = engine.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
+/// One pass; returns how many sandboxes or containers it had to fix.
+pub(crate) async fn reconcile_once(state: &AppState) -> Result<usize, String> {
+    // The engine first, then the database: a container in this list was created after its row
+    // was committed, so the row is in the read that follows.
+    let containers = state
+        .runtime
+        .list(&state.installation_id)
+        .await
+        .map_err(|err| format!("engine list failed: {err}"))?;
+    let store = state.store.clone();
+    let live = blocking::run(move || store.live_sandboxes())
+        .await
+        .map_err(|err| format!("database read failed: {err}"))?;
+    let live: HashMap<SandboxId, SandboxRecord> =
+        live.into_iter().map(|record| (record.id, record)).collect();
+    let mut by_sandbox: HashMap<SandboxId, ContainerSummary> = HashMap::new();
+    let mut fixed = 0;
+
+    for container in containers {
+        match container.sandbox_id {
+            Some(id) if live.contains_key(&id) => {
+                by_sandbox.insert(id, container);
+            }
+            Some(id) => {
+                // No live row: a destroy whose engine call was cut short, or a row never written.
+                let Some(_guard) = state.locks.try_lock(id) else {
+                    continue;
+                };
+                let store = state.store.clone();
+                let still_live = matches!(blocking::run(move || store.sandbox_by_id(id)).await, Ok(Some(r)) if r.state.is_live());
+                if still_live {
+                    continue; // created since the read; the next pass looks again
+                }
+                if state.runtime.destroy(&container.container_id).await.is_ok() {
+                    tracing::info!(sandbox = %id, "removed a container whose sandbox is destroyed");
+                    fixed += 1;
+                }
+            }
+            // Probe containers carry only the installation label; a finished one is litter.
+            None if container.state != "running"
+                && state.runtime.destroy(&container.container_id).await.is_ok() =>
+            {
+                fixed += 1;
+            }
+            None => {}
+        }
+    }
+
+    for (id, _) in live {
+        let Some(_guard) = state.locks.try_lock(id) else {
+            continue;
+        };
+        let store = state.store.clone();
+        // Re-read under the lock: the sandbox may have changed since the list.
+        let record = match blocking::run(move || store.sandbox_by_id(id)).await {
+            Ok(Some(record)) if record.state.is_live() => record,
+            Ok(_) => continue,
+            Err(err) => return Err(format!("database read failed: {err}")),
+        };
+        match fix(state, &record, by_sandbox.get(&id)).await {
+            Ok(true) => fixed += 1,
+            Ok(false) => {}
+            Err(err) => tracing::warn!(sandbox = %id, "could not reconcile: {err}"),
+        }
+    }
+    Ok(fixed)
+}
+
+/// Brings one live sandbox in line with its container; true when something changed.
+async fn fix(
+    state: &AppState,
+    record: &SandboxRecord,
+    container: Option<&ContainerSummary>,
+) -> Result<bool, String> {
+    let id = record.id;
+    let timeout = record.config.timeout;
+    let transition = |from, to, reason: &str| {
+        let reason = Some(reason.to_string());
+        async move {
+            sandboxes::record_transition(state, id, from, to, reason, timeout)
+                .await
+                .map_err(|err| err.message)
+        }
+    };
+    let Some(container) = container else {
+        if record.state == SandboxState::Pending {
+            transition(
+                record.state,
+                SandboxState::Destroyed,
+                "the server stopped before its container was created",
+            )
+            .await?;
+            return Ok(true);
+        }
+        // Missing from the list; make sure with the engine before giving the sandbox up.
+        let handle = record.container_id.clone().unwrap_or_default();
+        match state.runtime.describe(&handle).await {
+            Err(RuntimeError::ContainerGone) => {}
+            Err(err) => return Err(err.to_string()),
+            Ok(_) => return Ok(false),
+        }
+        transition(
+            record.state,
+            SandboxState::Destroyed,
+            "its container disappeared",
+        )
+        .await?;
+        return Ok(true);
+    };
+    let handle = container.container_id.as_str();
+    match (record.state, container.state.as_str()) {
+        (SandboxState::Pending, _) => {
+            // A create cut short: roll it back rather than guess how far it got.
+            state
+                .runtime
+                .destroy(handle)
+                .await
+                .map_err(|err| err.to_string())?;
+            transition(
+                SandboxState::Pending,
+                SandboxState::Destroyed,
+                "the server stopped while creating it",
+            )
+            .await?;
+            Ok(true)
+        }
+        (SandboxState::Running, "paused") => {
+            transition(
+                SandboxState::Running,
+                SandboxState::Paused,
+                "a pause finished across a server restart",
+            )
+            .await?;
+            Ok(true)
+        }
+        (SandboxState::Paused, "running") => {
+            transition(
+                SandboxState::Paused,
+                SandboxState::Running,
+                "a resume finished across a server restart",
+            )
+            .await?;
+            Ok(true)
+        }
+        (SandboxState::Running, "running") => {
+            state.idle.touch(id, record.last_active_ms, timeout);
+            Ok(false)
+        }
+        (SandboxState::Paused, "paused") => Ok(false),
+        (from, engine_state) => {
+            // The engine lost the processes (it restarted, the host rebooted): the files are
+            // intact, so start it again rather than lose the sandbox.
+            if let Err(err) = state.runtime.start(handle).await {
+                let reason =
+                    format!("its container was {engine_state} and would not start again: {err}");
+                state
+                    .runtime
+                    .destroy(handle)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                transition(from, SandboxState::Destroyed, &reason).await?;
+                return Ok(true);
+            }
+            let reason = format!(
+                "restarted: its container was {engine_state} (processes were lost, files kept)"
+            );
+            match from {
+                SandboxState::Paused => {
+                    transition(SandboxState::Paused, SandboxState::Running, &reason).await?
+                }
+                _ => {
+                    let store = state.store.clone();
+                    let account = record.account_id.clone();
+                    let payload = serde_json::json!({ "reason": reason });
+                    let at = caged_domain::time::now_ms();
+                    if let Ok(event) = blocking::run(move || {
+                        store.record_event(id, &account, at, "restart", &payload, true)
+                    })
+                    .await
+                    {
+                        state.publish(event);
+                    }
+                    state.idle.touch(id, at, timeout);
+                }
+            }
+            Ok(true)
+        }
+    }
+}
