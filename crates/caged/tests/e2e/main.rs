@@ -3,6 +3,7 @@
 //! links once.
 
 mod cli;
+mod concurrency;
 mod config;
 mod crash;
 mod engine_down;
