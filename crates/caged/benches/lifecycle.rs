@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
-use futures_util::StreamExt;
 use serde_json::json;
 
 #[tokio::main]
@@ -40,7 +38,7 @@ async fn main() {
         caged_create.push(started.elapsed());
         caged_ids.push(id);
 
-        let (name, body) = raw_config(&server);
+        let (name, body) = caged_testkit::raw::sandbox_container(&server.installation_id);
         let started = Instant::now();
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         docker
@@ -67,7 +65,7 @@ async fn main() {
 
         let name = &raw_ids[i % raw_ids.len()];
         let started = Instant::now();
-        raw_exec_true(&docker, name).await;
+        caged_testkit::raw::exec(&docker, name, &["true"]).await;
         raw_exec.push(started.elapsed());
     }
     rows.push(("exec round trip", caged_exec, raw_exec));
@@ -113,49 +111,6 @@ async fn main() {
             ms(raw_p90),
             ms(caged_p50) / ms(raw_p50)
         );
-    }
-}
-
-/// The raw floor: the very container Caged would create (same image, hardening, limits and
-/// network), made with the engine's own create and start calls and nothing else.
-fn raw_config(
-    server: &caged_testkit::TestServer,
-) -> (String, bollard::models::ContainerCreateBody) {
-    let runtime = caged_runtime::DockerRuntime::connect(None, &server.installation_id);
-    let spec = caged_runtime::SandboxSpec {
-        id: caged_domain::SandboxId::random(),
-        account_id: "bench".into(),
-        installation_id: server.installation_id.clone(),
-        template: "busybox".into(),
-        isolation: caged_domain::Isolation::Container,
-        resources: caged_domain::Resources::default(),
-        network_mode: caged_domain::NetworkMode::Full,
-        env: Default::default(),
-        enforce_disk: true,
-        pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
-    };
-    runtime.container_config(&spec)
-}
-
-async fn raw_exec_true(docker: &Docker, name: &str) {
-    let options = CreateExecOptions::<String> {
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        cmd: Some(vec!["true".into()]),
-        ..Default::default()
-    };
-    let exec = docker.create_exec(name, options).await.expect("raw exec");
-    if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&exec.id, None).await.expect("raw start")
-    {
-        while output.next().await.is_some() {}
-    }
-    loop {
-        let inspect = docker.inspect_exec(&exec.id).await.expect("raw inspect");
-        if inspect.running != Some(true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -9,10 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use caged_client::Client;
-use futures_util::StreamExt;
 use serde_json::json;
 
 #[derive(Default)]
@@ -96,12 +94,11 @@ async fn main() {
         .negotiate_version()
         .await
         .unwrap();
-    let runtime = caged_runtime::DockerRuntime::connect(None, &installation);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..count {
         let docker = docker.clone();
-        let (name, body) = runtime.container_config(&spec(&installation));
+        let (name, body) = caged_testkit::raw::sandbox_container(&installation);
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
             let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -114,7 +111,7 @@ async fn main() {
                 .await
                 .expect("raw start");
             let t1 = Instant::now();
-            raw_exec(&docker, &name).await;
+            caged_testkit::raw::exec(&docker, &name, &["echo", "hello"]).await;
             let t2 = Instant::now();
             let remove = RemoveContainerOptionsBuilder::default()
                 .force(true)
@@ -159,45 +156,6 @@ async fn main() {
         caged_total.as_secs_f64() / raw_total.as_secs_f64(),
         peak_kib as f64 / 1024.0
     );
-}
-
-fn spec(installation: &str) -> caged_runtime::SandboxSpec {
-    caged_runtime::SandboxSpec {
-        id: caged_domain::SandboxId::random(),
-        account_id: "bench".into(),
-        installation_id: installation.into(),
-        template: "busybox".into(),
-        isolation: caged_domain::Isolation::Container,
-        resources: caged_domain::Resources::default(),
-        network_mode: caged_domain::NetworkMode::Full,
-        env: Default::default(),
-        enforce_disk: true,
-        pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
-    }
-}
-
-async fn raw_exec(docker: &Docker, name: &str) {
-    let options = CreateExecOptions::<String> {
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        cmd: Some(vec!["echo".into(), "hello".into()]),
-        ..Default::default()
-    };
-    let exec = docker.create_exec(name, options).await.expect("raw exec");
-    if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&exec.id, None).await.expect("raw start")
-    {
-        while output.next().await.is_some() {}
-    }
-    while docker
-        .inspect_exec(&exec.id)
-        .await
-        .expect("raw inspect")
-        .running
-        == Some(true)
-    {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 async fn collect(tasks: Vec<tokio::task::JoinHandle<(Duration, Duration, Duration)>>) -> Timings {

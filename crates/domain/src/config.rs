@@ -274,12 +274,7 @@ impl SandboxConfig {
                 .map_err(|msg| ConfigError::at(format!("allowed_hosts[{i}]"), msg))?;
         }
         for (key, value) in &self.env {
-            let valid_key = key
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid_key {
+            if !is_env_name(key) {
                 return Err(ConfigError::at(
                     format!("env.{key}"),
                     "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
@@ -291,6 +286,14 @@ impl SandboxConfig {
         }
         Ok(())
     }
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(key: &str) -> bool {
+    key.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Names users give sandboxes: short, printable, safe in a URL and a container label.

@@ -210,3 +210,117 @@ pub async fn remove_installation(installation: &str) {
         .remove_network(&format!("caged-{installation}"))
         .await;
 }
+
+/// A container of an installation, as the engine itself reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineContainer {
+    pub container_id: String,
+    /// The `dev.caged.sandbox` label; empty when absent.
+    pub sandbox_id: String,
+    pub state: String,
+}
+
+/// Every container on the engine labelled with `installation`, asked of the engine directly.
+pub async fn engine_sandboxes(installation: &str) -> Vec<EngineContainer> {
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("dev.caged.installation={installation}")],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|container| EngineContainer {
+            container_id: container.id.unwrap_or_default(),
+            sandbox_id: container
+                .labels
+                .unwrap_or_default()
+                .get("dev.caged.sandbox")
+                .cloned()
+                .unwrap_or_default(),
+            state: container
+                .state
+                .map(|state| state.to_string())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Removes an installation's containers and network when dropped, for tests that run the
+/// server as a separate process.
+pub struct InstallationGuard(pub String);
+
+impl Drop for InstallationGuard {
+    fn drop(&mut self) {
+        let installation = self.0.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(remove_installation(&installation));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The raw-Docker side of benchmarks: the very container Caged would create, and one exec, made
+/// with the engine's own API calls and nothing else.
+pub mod raw {
+    use std::time::Duration;
+
+    use bollard::Docker;
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use futures_util::StreamExt;
+
+    /// Name and configuration of a busybox sandbox of `installation`, exactly as Caged makes it.
+    pub fn sandbox_container(installation: &str) -> (String, bollard::models::ContainerCreateBody) {
+        let spec = caged_runtime::SandboxSpec {
+            id: caged_domain::SandboxId::random(),
+            account_id: "bench".into(),
+            installation_id: installation.into(),
+            template: "busybox".into(),
+            isolation: caged_domain::Isolation::Container,
+            resources: caged_domain::Resources::default(),
+            network_mode: caged_domain::NetworkMode::Full,
+            env: Default::default(),
+            enforce_disk: true,
+            pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
+        };
+        caged_runtime::DockerRuntime::connect(None, installation).container_config(&spec)
+    }
+
+    /// Runs `argv` in a container and waits for its exit, as Caged's exec does.
+    pub async fn exec(docker: &Docker, container: &str, argv: &[&str]) {
+        let options = CreateExecOptions::<String> {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv.iter().map(|arg| arg.to_string()).collect()),
+            ..Default::default()
+        };
+        let exec = docker
+            .create_exec(container, options)
+            .await
+            .expect("raw exec");
+        if let StartExecResults::Attached { mut output, .. } =
+            docker.start_exec(&exec.id, None).await.expect("raw start")
+        {
+            while output.next().await.is_some() {}
+        }
+        while docker
+            .inspect_exec(&exec.id)
+            .await
+            .expect("raw inspect")
+            .running
+            == Some(true)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}

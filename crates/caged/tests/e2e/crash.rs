@@ -76,35 +76,10 @@ impl Drop for ServerProcess {
 
 /// Containers of this installation on the engine: (sandbox id, engine state).
 async fn engine_view(installation: &str) -> Vec<(String, String)> {
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("dev.caged.installation={installation}")],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    docker
-        .list_containers(Some(options))
+    caged_testkit::engine_sandboxes(installation)
         .await
-        .unwrap()
         .into_iter()
-        .map(|container| {
-            let id = container
-                .labels
-                .unwrap_or_default()
-                .get("dev.caged.sandbox")
-                .cloned()
-                .unwrap_or_default();
-            (
-                id,
-                container
-                    .state
-                    .map(|state| state.to_string())
-                    .unwrap_or_default(),
-            )
-        })
+        .map(|c| (c.sandbox_id, c.state))
         .collect()
 }
 
@@ -144,7 +119,7 @@ async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
             .as_str()
             .unwrap()
             .to_string();
-        let _cleanup = Cleanup(installation.clone());
+        let _cleanup = caged_testkit::InstallationGuard(installation.clone());
         let client = server.client.clone();
         let create = json!({ "template": "busybox" });
         let id = if point.starts_with("create") {
@@ -209,21 +184,5 @@ async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
             server.client.destroy(&id).await.unwrap();
             assert!(engine_view(&installation).await.is_empty());
         }
-    }
-}
-
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let installation = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(caged_testkit::remove_installation(&installation));
-        })
-        .join();
     }
 }

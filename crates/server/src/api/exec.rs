@@ -78,12 +78,7 @@ impl ExecRequest {
             ));
         }
         for key in request.env.keys() {
-            let valid = key
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if !caged_domain::config::is_env_name(key) {
                 return Err(ApiError::bad_request(
                     "invalid_exec",
                     format!("env: {key:?} is not a valid variable name"),

@@ -88,21 +88,31 @@ pub(crate) async fn inspect(
     Ok(Json(view::sandbox(&record)))
 }
 
+/// The handlers of `DELETE /sandboxes/{id}`, `/pause` and `/resume`: one state change each.
+async fn change(
+    state: &AppState,
+    account_id: &str,
+    id: &str,
+    to: SandboxState,
+    reason: &str,
+) -> Result<Json<Value>, ApiError> {
+    let record = sandboxes::change_state(state, account_id, parse_id(id)?, to, reason).await?;
+    Ok(Json(view::sandbox(&record)))
+}
+
 pub(crate) async fn destroy(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let record = sandboxes::change_state(
+    change(
         &state,
         &account.id,
-        id,
+        &id,
         SandboxState::Destroyed,
         "destroyed on request",
     )
-    .await?;
-    Ok(Json(view::sandbox(&record)))
+    .await
 }
 
 pub(crate) async fn pause(
@@ -110,15 +120,7 @@ pub(crate) async fn pause(
     Caller(account): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = sandboxes::change_state(
-        &state,
-        &account.id,
-        parse_id(&id)?,
-        SandboxState::Paused,
-        "",
-    )
-    .await?;
-    Ok(Json(view::sandbox(&record)))
+    change(&state, &account.id, &id, SandboxState::Paused, "").await
 }
 
 pub(crate) async fn resume(
@@ -126,15 +128,7 @@ pub(crate) async fn resume(
     Caller(account): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = sandboxes::change_state(
-        &state,
-        &account.id,
-        parse_id(&id)?,
-        SandboxState::Running,
-        "",
-    )
-    .await?;
-    Ok(Json(view::sandbox(&record)))
+    change(&state, &account.id, &id, SandboxState::Running, "").await
 }
 
 /// Starts a deferred `init_script` (see `defer_init` on create).
