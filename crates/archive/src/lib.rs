@@ -95,6 +95,17 @@ fn clean_relative(raw: &Path) -> Result<Option<PathBuf>, String> {
 /// nodes or FIFOs, no setuid/setgid bits, no extended attributes, owned by root. Returns the
 /// number of entries written.
 pub fn sanitize(input: impl Read, output: impl Write, limits: Limits) -> Result<u64, ArchiveError> {
+    sanitize_with(input, output, limits, |_| None)
+}
+
+/// [`sanitize`], offering each regular file's clean path to `divert` first: when it answers
+/// `Some`, the entry is taken out of the output (snapshots use this for whiteouts).
+pub fn sanitize_with(
+    input: impl Read,
+    output: impl Write,
+    limits: Limits,
+    mut divert: impl FnMut(&Path) -> Option<()>,
+) -> Result<u64, ArchiveError> {
     let mut archive = tar::Archive::new(input);
     let mut builder = tar::Builder::new(output);
     builder.mode(tar::HeaderMode::Deterministic);
@@ -128,6 +139,10 @@ pub fn sanitize(input: impl Read, output: impl Write, limits: Limits) -> Result<
             source,
         };
         match kind {
+            EntryType::Regular | EntryType::Continuous if divert(&path).is_some() => {
+                entries_written -= 1;
+                continue;
+            }
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
                 bytes = bytes.saturating_add(size);

@@ -36,7 +36,12 @@ async fn main() {
         .unwrap()
         .port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_caged"))
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "server",
+            "--no-gvisor-probe",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("CAGED_DATA_DIR", data.path())
         .env("CAGED_LOG", "warn")
         .stdout(Stdio::null())

@@ -71,6 +71,9 @@ enum Command {
     System(cli::system::Args),
     /// Show a sandbox's event log (transitions, execs, files, sleep and wake).
     Events(cli::events::Args),
+    /// Capture, list, restore, fork and download snapshots of sandboxes.
+    #[command(subcommand)]
+    Snapshot(cli::snapshot::Command),
 }
 
 impl Cli {

@@ -324,6 +324,51 @@ impl Client {
         })
     }
 
+    pub async fn create_snapshot(&self, id: &str, name: Option<&str>) -> Result<Value> {
+        let body = json!({ "name": name });
+        self.json(
+            self.request(Method::POST, &format!("/v1/sandboxes/{id}/snapshots"))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn snapshots(&self, id: &str) -> Result<Vec<Value>> {
+        let value: Value = self
+            .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/snapshots")))
+            .await?;
+        Ok(value["snapshots"].as_array().cloned().unwrap_or_default())
+    }
+
+    pub async fn delete_snapshot(&self, snapshot: &str) -> Result<Value> {
+        self.json(self.request(Method::DELETE, &format!("/v1/snapshots/{snapshot}")))
+            .await
+    }
+
+    pub async fn restore(&self, id: &str, snapshot: &str) -> Result<Sandbox> {
+        let body = json!({ "snapshot_id": snapshot });
+        self.json(
+            self.request(Method::POST, &format!("/v1/sandboxes/{id}/restore"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// A new sandbox from a snapshot; `overrides` is a partial `.caged.yaml` as JSON (or null).
+    pub async fn fork(&self, snapshot: &str, overrides: &Value) -> Result<Sandbox> {
+        self.json(
+            self.request(Method::POST, &format!("/v1/snapshots/{snapshot}/fork"))
+                .json(overrides),
+        )
+        .await
+    }
+
+    /// The snapshot as a `.tar.gz` stream.
+    pub async fn download_snapshot(&self, snapshot: &str) -> Result<Response> {
+        self.send(self.request(Method::GET, &format!("/v1/snapshots/{snapshot}/download")))
+            .await
+    }
+
     pub async fn templates(&self) -> Result<Value> {
         self.json(self.request(Method::GET, "/v1/templates")).await
     }

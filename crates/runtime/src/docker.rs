@@ -25,8 +25,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use crate::{
-    ByteStream, ContainerSummary, EngineInfo, ExecHandle, ExecOutput, ExecSpec, KEPT_CAPABILITIES,
-    PathStat, Result, Runtime, RuntimeError, SandboxSpec, Support, TemplateInfo, proctree, seccomp,
+    ByteStream, ContainerSummary, EngineInfo, ExecHandle, ExecOutput, ExecSpec, FsChange,
+    KEPT_CAPABILITIES, PathStat, Result, Runtime, RuntimeError, SandboxSpec, Support, TemplateInfo,
+    proctree, seccomp,
 };
 
 pub const LABEL_INSTALLATION: &str = "dev.caged.installation";
@@ -73,6 +74,41 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    async fn create_named(
+        &self,
+        spec: &SandboxSpec,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String> {
+        let name = name.to_string();
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self.docker()?.create_container(Some(options), body).await;
+        let container_id = match created {
+            Ok(response) => response.id,
+            // Asking the engine for the list only when the image is missing keeps a lookup off
+            // every create.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if message.contains("No such image") => {
+                return Err(RuntimeError::TemplateMissing {
+                    template: spec.template.clone(),
+                    known: self.template_names().await?,
+                });
+            }
+            Err(err) => {
+                // A create that failed on the engine's side may still have left a container.
+                let _ = self.remove(&name).await;
+                return Err(engine_error(err));
+            }
+        };
+        if let Err(err) = self.docker()?.start_container(&container_id, None).await {
+            let _ = self.remove(&container_id).await;
+            return Err(engine_error(err));
+        }
+        Ok(container_id)
+    }
+
     /// Connects lazily: nothing is sent until the first call, so a server can start while the
     /// engine is down. `host` is a `DOCKER_HOST`-style address; `None` is the local socket.
     pub fn connect(host: Option<&str>, installation_id: &str) -> DockerRuntime {
@@ -567,32 +603,49 @@ impl Runtime for DockerRuntime {
             }
         }
         let (name, body) = self.container_config(spec);
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self.docker()?.create_container(Some(options), body).await;
-        let container_id = match created {
-            Ok(response) => response.id,
-            // Asking the engine for the list only when the image is missing keeps a lookup off
-            // every create.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404,
-                message,
-            }) if message.contains("No such image") => {
-                return Err(RuntimeError::TemplateMissing {
-                    template: spec.template.clone(),
-                    known: self.template_names().await?,
-                });
-            }
-            Err(err) => {
-                // A create that failed on the engine's side may still have left a container.
-                let _ = self.remove(&name).await;
-                return Err(engine_error(err));
-            }
-        };
-        if let Err(err) = self.docker()?.start_container(&container_id, None).await {
-            let _ = self.remove(&container_id).await;
-            return Err(engine_error(err));
-        }
-        Ok(container_id)
+        self.create_named(spec, &name, body).await
+    }
+
+    async fn create_staged(&self, spec: &SandboxSpec) -> Result<String> {
+        let (name, body) = self.container_config(spec);
+        let staged = format!("{name}-staged-{}", caged_domain::random_hex(3));
+        self.create_named(spec, &staged, body).await
+    }
+
+    async fn promote(&self, staged: &str, spec: &SandboxSpec) -> Result<()> {
+        let (name, _) = self.container_config(spec);
+        let options = bollard::query_parameters::RenameContainerOptionsBuilder::default()
+            .name(&name)
+            .build();
+        self.docker()?
+            .rename_container(staged, options)
+            .await
+            .map_err(container_error)
+    }
+
+    async fn changes(&self, handle: &str) -> Result<Vec<FsChange>> {
+        let changes = self
+            .docker()?
+            .container_changes(handle)
+            .await
+            .map_err(container_error)?;
+        Ok(changes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|change| match change.kind {
+                bollard::models::ChangeType::_1 => FsChange::Added(change.path),
+                bollard::models::ChangeType::_2 => FsChange::Deleted(change.path),
+                bollard::models::ChangeType::_0 => FsChange::Modified(change.path),
+            })
+            .collect())
+    }
+
+    async fn export(&self, handle: &str) -> Result<ByteStream> {
+        let stream = self
+            .docker()?
+            .export_container(handle)
+            .map_err(container_error);
+        Ok(Box::pin(stream))
     }
 
     async fn start(&self, handle: &str) -> Result<()> {
@@ -845,6 +898,19 @@ impl Runtime for DockerRuntime {
             .build();
         self.docker()?
             .upload_to_container(handle, Some(options), bollard::body_full(tar))
+            .await
+            .map_err(|err| path_error(dir, err))
+    }
+
+    async fn write_tar_stream(&self, handle: &str, dir: &str, tar: ByteStream) -> Result<()> {
+        let options = UploadToContainerOptionsBuilder::default()
+            .path(dir)
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        let body =
+            bollard::body_try_stream(tar.map_err(|err| std::io::Error::other(err.to_string())));
+        self.docker()?
+            .upload_to_container(handle, Some(options), body)
             .await
             .map_err(|err| path_error(dir, err))
     }

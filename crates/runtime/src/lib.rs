@@ -151,6 +151,14 @@ pub struct ExecHandle {
     pub input: Pin<Box<dyn AsyncWrite + Send>>,
 }
 
+/// How a path of a sandbox differs from its template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsChange {
+    Added(String),
+    Modified(String),
+    Deleted(String),
+}
+
 /// What a path inside a sandbox is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathStat {
@@ -201,6 +209,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// Extracts an uncompressed tar that `caged_archive::sanitize` produced into directory `dir`,
     /// which must exist.
     async fn write_tar(&self, handle: &str, dir: &str, tar: Bytes) -> Result<()>;
+    /// [`Runtime::write_tar`] for an archive too large to hold in memory.
+    async fn write_tar_stream(&self, handle: &str, dir: &str, tar: ByteStream) -> Result<()>;
+
+    /// Paths added, modified or deleted since the template.
+    async fn changes(&self, handle: &str) -> Result<Vec<FsChange>>;
+    /// The sandbox's whole filesystem as an uncompressed tar (links stored as links).
+    async fn export(&self, handle: &str) -> Result<ByteStream>;
+    /// Creates and starts a sandbox beside an existing one of the same id (for a restore that
+    /// must not touch the original until it has succeeded).
+    async fn create_staged(&self, spec: &SandboxSpec) -> Result<String>;
+    /// Gives a staged sandbox the sandbox's own name, once the original is gone.
+    async fn promote(&self, staged: &str, spec: &SandboxSpec) -> Result<()>;
 
     /// Driver-specific facts for `inspect`.
     async fn describe(&self, handle: &str) -> Result<Value>;

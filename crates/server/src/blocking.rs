@@ -56,3 +56,39 @@ impl Write for ChannelWriter {
         Ok(())
     }
 }
+
+/// Runs `produce` on its own thread, writing into a stream the caller reads chunk by chunk.
+pub(crate) fn produce<F>(produce: F) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static
+where
+    F: FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut writer =
+            std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter { tx: tx.clone() });
+        let outcome = produce(&mut writer).and_then(|()| writer.flush());
+        if let Err(err) = outcome {
+            let _ = tx.blocking_send(Err(err));
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
+}
+
+/// Hands an async byte stream to blocking `work` as a reader, on a blocking thread.
+pub(crate) async fn consume<S, E, T, F>(input: S, work: F) -> T
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+    F: FnOnce(&mut dyn Read) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let reader = StreamReader::new(input.map_err(|err| std::io::Error::other(err.to_string())));
+    run(move || {
+        let mut reader = SyncIoBridge::new(reader);
+        work(&mut reader)
+    })
+    .await
+}

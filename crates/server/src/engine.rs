@@ -20,7 +20,12 @@ pub enum EngineStatus {
 const RETRY: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> Arc<watch::Sender<EngineStatus>> {
+/// With `probe_gvisor`, each time the engine comes up a test sandbox checks that gVisor works;
+/// without, gVisor is checked on its first use.
+pub(crate) fn watch(
+    runtime: Arc<dyn Runtime>,
+    probe_gvisor: bool,
+) -> Arc<watch::Sender<EngineStatus>> {
     let tx = Arc::new(watch::Sender::new(EngineStatus::Starting));
     let watched = tx.clone();
     tokio::spawn(async move {
@@ -53,12 +58,10 @@ pub(crate) fn watch(runtime: Arc<dyn Runtime>) -> Arc<watch::Sender<EngineStatus
                         "NOT ENFORCED"
                     };
                     tracing::info!("disk limits {level_disk}: {}", info.disk_limits.detail);
-                    if info.gvisor.available {
-                        tracing::info!("isolation gvisor available: {}", info.gvisor.detail);
-                    } else {
-                        tracing::warn!("isolation gvisor unavailable: {}", info.gvisor.detail);
-                    }
                     tx.send_replace(EngineStatus::Up(Arc::new(info)));
+                    if probe_gvisor {
+                        refresh_gvisor(runtime.clone(), tx.clone());
+                    }
                 }
                 Err(err) => {
                     let first = matches!(*tx.borrow(), EngineStatus::Starting);

@@ -11,6 +11,7 @@ mod idle;
 mod paths;
 mod reconcile;
 mod sandboxes;
+mod snapshots;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,12 @@ pub struct ServerConfig {
     /// Largest request body accepted for file uploads and template imports.
     pub max_upload_bytes: usize,
     pub pids_limit: i64,
+    /// Snapshots one sandbox may keep.
+    pub max_snapshots_per_sandbox: usize,
+    /// Compressed snapshot bytes one account may keep.
+    pub snapshot_quota_bytes: u64,
+    /// Check at start-up (with a test sandbox) whether gVisor works, rather than on first use.
+    pub probe_gvisor_at_start: bool,
 }
 
 impl ServerConfig {
@@ -47,6 +54,9 @@ impl ServerConfig {
             docker_host: None,
             max_upload_bytes: 1 << 30,
             pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
+            max_snapshots_per_sandbox: 20,
+            snapshot_quota_bytes: 10_000_000_000,
+            probe_gvisor_at_start: true,
         }
     }
 }
@@ -78,6 +88,7 @@ pub(crate) struct AppState {
     pub config: ServerConfig,
     pub locks: sandboxes::Locks,
     pub idle: Arc<idle::Idle>,
+    pub snapshots: Arc<dyn caged_snapshot::Storage>,
     /// Every event appended to the log, for live followers.
     pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
     /// Becomes true when the server is stopping; long-lived streams end on it.
@@ -157,7 +168,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.docker_host.as_deref(),
         &installation_id,
     ));
-    let engine = engine::watch(runtime.clone());
+    let engine = engine::watch(runtime.clone(), config.probe_gvisor_at_start);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -170,6 +181,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
 
+    let snapshots: Arc<dyn caged_snapshot::Storage> =
+        Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (stopping_tx, stopping) = watch::channel(false);
     let state = Arc::new(AppState {
         store,
@@ -179,9 +192,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config,
         locks: sandboxes::Locks::default(),
         idle: Arc::new(idle::Idle::default()),
+        snapshots,
         events: tokio::sync::broadcast::channel(1024).0,
         shutdown: stopping,
     });
+    snapshots::remove_orphans(&state).await;
     idle::run(state.clone());
     reconcile::run(state.clone());
     let router = api::router(state);

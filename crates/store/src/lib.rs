@@ -85,6 +85,27 @@ pub struct Event {
     pub payload: serde_json::Value,
 }
 
+/// A stored snapshot's record; its bytes are in the snapshot storage under the same id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub account_id: String,
+    /// The sandbox it was taken from.
+    pub sandbox_id: SandboxId,
+    pub name: Option<String>,
+    /// `manual` or `auto`.
+    pub kind: String,
+    pub template: String,
+    /// The origin sandbox's config, for forks.
+    pub config: SandboxConfig,
+    pub created_at_ms: i64,
+    /// Compressed bytes in storage (what quotas count).
+    pub size_bytes: i64,
+    pub raw_bytes: i64,
+    pub entries: i64,
+    pub sha256: String,
+}
+
 pub struct NewSandbox<'a> {
     pub id: SandboxId,
     pub account_id: &'a str,
@@ -449,6 +470,121 @@ impl Store {
         )?;
         Ok(count > 0)
     }
+}
+
+impl Store {
+    pub fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
+        let config = serde_json::to_string(&snapshot.config).map_err(|source| {
+            StoreError::CorruptConfig {
+                id: snapshot.id.clone(),
+                source,
+            }
+        })?;
+        self.conn().execute(
+            "INSERT INTO snapshots (id, account_id, sandbox_id, name, kind, template, config, created_at_ms,
+                                    size_bytes, raw_bytes, entries, sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                snapshot.id,
+                snapshot.account_id,
+                snapshot.sandbox_id.as_str(),
+                snapshot.name,
+                snapshot.kind,
+                snapshot.template,
+                config,
+                snapshot.created_at_ms,
+                snapshot.size_bytes,
+                snapshot.raw_bytes,
+                snapshot.entries,
+                snapshot.sha256
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A snapshot as its owner sees it; `None` when missing or someone else's.
+    pub fn snapshot(&self, account_id: &str, id: &str) -> Result<Option<SnapshotRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1 AND account_id = ?2"
+        ))?;
+        let row = stmt
+            .query_row(params![id, account_id], snapshot_from_row)
+            .optional()?;
+        row.transpose()
+    }
+
+    /// Snapshots taken from a sandbox, oldest first.
+    pub fn snapshots_of(
+        &self,
+        account_id: &str,
+        sandbox: SandboxId,
+    ) -> Result<Vec<SnapshotRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE sandbox_id = ?1 AND account_id = ?2
+             ORDER BY created_at_ms, id"
+        ))?;
+        let rows = stmt.query_map(params![sandbox.as_str(), account_id], snapshot_from_row)?;
+        let mut snapshots = Vec::new();
+        for row in rows {
+            snapshots.push(row??);
+        }
+        Ok(snapshots)
+    }
+
+    /// Compressed bytes of all of an account's snapshots.
+    pub fn snapshot_bytes(&self, account_id: &str) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots WHERE account_id = ?1",
+            [account_id],
+            |row| row.get(0),
+        )?)
+    }
+
+    pub fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Every snapshot id, to find blobs without records.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM snapshots")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+const SNAPSHOT_COLUMNS: &str = "id, account_id, sandbox_id, name, kind, template, config, created_at_ms, \
+     size_bytes, raw_bytes, entries, sha256";
+
+fn snapshot_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SnapshotRecord>> {
+    let id: String = row.get(0)?;
+    let sandbox: String = row.get(2)?;
+    let config: String = row.get(6)?;
+    let Ok(sandbox_id) = sandbox.parse::<SandboxId>() else {
+        return Ok(Err(corrupt_state(&sandbox)));
+    };
+    let config = match serde_json::from_str(&config) {
+        Ok(config) => config,
+        Err(source) => return Ok(Err(StoreError::CorruptConfig { id, source })),
+    };
+    Ok(Ok(SnapshotRecord {
+        id,
+        account_id: row.get(1)?,
+        sandbox_id,
+        name: row.get(3)?,
+        kind: row.get(4)?,
+        template: row.get(5)?,
+        config,
+        created_at_ms: row.get(7)?,
+        size_bytes: row.get(8)?,
+        raw_bytes: row.get(9)?,
+        entries: row.get(10)?,
+        sha256: row.get(11)?,
+    }))
 }
 
 const SANDBOX_COLUMNS: &str = "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, \

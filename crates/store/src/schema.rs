@@ -58,6 +58,24 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_sandbox ON events (sandbox_id, seq);
 "#,
+    r#"
+CREATE TABLE snapshots (
+    id            TEXT PRIMARY KEY,
+    account_id    TEXT NOT NULL REFERENCES accounts(id),
+    sandbox_id    TEXT NOT NULL REFERENCES sandboxes(id),
+    name          TEXT,
+    kind          TEXT NOT NULL CHECK (kind IN ('manual', 'auto')),
+    template      TEXT NOT NULL,
+    config        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    raw_bytes     INTEGER NOT NULL,
+    entries       INTEGER NOT NULL,
+    sha256        TEXT NOT NULL
+);
+CREATE INDEX snapshots_by_sandbox ON snapshots (sandbox_id, created_at_ms);
+CREATE INDEX snapshots_by_account ON snapshots (account_id);
+"#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -41,6 +41,8 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         data_dir.path().to_path_buf(),
         "127.0.0.1:0".parse().expect("loopback address"),
     );
+    // Dozens of test servers start per run; gVisor is checked when a test first asks for it.
+    config.probe_gvisor_at_start = false;
     adjust(&mut config);
     let expects_engine = config.docker_host.is_none();
     let mut server = caged_server::start(config.clone())
@@ -150,39 +152,22 @@ impl TestServer {
         self.server = Some(server);
     }
 
-    /// Containers on the engine that belong to this server's installation.
+    /// Sandbox containers on the engine that belong to this server's installation (the
+    /// short-lived gVisor probe, labelled with no sandbox, is not one).
     pub async fn engine_containers(&self) -> Vec<String> {
-        let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("dev.caged.installation={}", self.installation_id)],
-        )]);
-        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        docker
-            .list_containers(Some(options))
+        engine_sandboxes(&self.installation_id)
             .await
-            .expect("list containers")
             .into_iter()
-            .filter_map(|container| container.id)
+            .filter(|container| !container.sandbox_id.is_empty())
+            .map(|container| container.container_id)
             .collect()
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        // Clean up on a thread of its own: Drop may run inside an async runtime.
-        let installation = self.installation_id.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(remove_installation(&installation));
-        });
-        let _ = cleanup.join();
+        // Cleans up on a thread of its own: Drop may run inside an async runtime.
+        drop(InstallationGuard(self.installation_id.clone()));
     }
 }
 

@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod ls;
 pub mod server;
 pub mod shell;
+pub mod snapshot;
 pub mod system;
 pub mod template;
 pub mod up;
@@ -37,5 +38,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Account(command) => account::run(cli, command).await,
         Command::System(args) => system::run(cli, args).await,
         Command::Events(args) => events::run(cli, args).await,
+        Command::Snapshot(command) => snapshot::run(cli, command).await,
     }
 }

@@ -23,6 +23,9 @@ pub struct Args {
     /// Largest upload (file write or template import) in MiB.
     #[arg(long, default_value_t = 1024)]
     max_upload_mb: usize,
+    /// Check gVisor on its first use instead of with a test sandbox at start-up.
+    #[arg(long)]
+    no_gvisor_probe: bool,
     /// Most processes (and threads) one sandbox may have.
     #[arg(long, default_value_t = caged_server::DEFAULT_PIDS_LIMIT)]
     pids_limit: i64,
@@ -40,6 +43,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     config.docker_host = args.docker_host.clone();
     config.max_upload_bytes = args.max_upload_mb << 20;
     config.pids_limit = args.pids_limit;
+    config.probe_gvisor_at_start = !args.no_gvisor_probe;
     let mut server = caged_server::start(config)
         .await
         .context("cannot start the server")?;

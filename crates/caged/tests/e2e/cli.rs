@@ -123,7 +123,7 @@ async fn cli_says_clearly_when_the_server_is_not_there() {
 async fn shell_is_an_interactive_terminal() {
     let server = caged_testkit::spawn().await;
     let id = server
-        .sandbox(serde_json::json!({ "template": "base" }))
+        .sandbox(serde_json::json!({ "template": "busybox" }))
         .await;
     // `script` gives `caged shell` a real terminal of a known size, as a person's would be.
     let command = format!(

@@ -22,7 +22,12 @@ impl ServerProcess {
             .port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_caged"));
         command
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "server",
+                "--no-gvisor-probe",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .env("CAGED_DATA_DIR", data_dir)
             .env_remove("CAGED_FAILPOINTS")
             .stdout(Stdio::null())
@@ -79,6 +84,7 @@ async fn engine_view(installation: &str) -> Vec<(String, String)> {
     caged_testkit::engine_sandboxes(installation)
         .await
         .into_iter()
+        .filter(|c| !c.sandbox_id.is_empty())
         .map(|c| (c.sandbox_id, c.state))
         .collect()
 }
@@ -185,4 +191,93 @@ async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
             assert!(engine_view(&installation).await.is_empty());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_work_finish_then_exits() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), None).await;
+    let installation = server.client.system().await.unwrap()["installation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _cleanup = caged_testkit::InstallationGuard(installation);
+    let id = server
+        .client
+        .create_sandbox(&json!({ "template": "busybox" }))
+        .await
+        .unwrap()
+        .id;
+    let client = server.client.clone();
+    let exec_id = id.clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .run(
+                &exec_id,
+                &["sh", "-c", "touch /tmp/begun; sleep 2; echo done"],
+            )
+            .await
+    });
+    while server
+        .client
+        .run(&id, &["test", "-e", "/tmp/begun"])
+        .await
+        .unwrap()
+        .exit_code
+        != Some(0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut server = server;
+    let sent = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let finished = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight exec was cut off");
+    assert_eq!(finished.stdout, "done\n");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "caged server exited with {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_snapshot_leaves_no_partial_snapshot() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), Some("snapshot.after_blob")).await;
+    let installation = server.client.system().await.unwrap()["installation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _cleanup = caged_testkit::InstallationGuard(installation);
+    let id = server
+        .client
+        .create_sandbox(&json!({ "template": "busybox" }))
+        .await
+        .unwrap()
+        .id;
+    server
+        .client
+        .run(&id, &["sh", "-c", "echo data > /workspace/f"])
+        .await
+        .unwrap();
+    assert!(server.client.create_snapshot(&id, None).await.is_err());
+    server.expect_killed();
+    // The bytes were written, the record was not.
+    let blobs = || {
+        std::fs::read_dir(data.path().join("snapshots"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(blobs(), 1);
+
+    let server = ServerProcess::start(data.path(), None).await;
+    assert!(server.client.snapshots(&id).await.unwrap().is_empty());
+    assert_eq!(blobs(), 0, "the orphaned snapshot bytes were not removed");
+    // The sandbox itself came through, running, and can be snapshotted normally.
+    assert_eq!(server.client.sandbox(&id).await.unwrap().state, "running");
+    server.client.create_snapshot(&id, None).await.unwrap();
+    assert_eq!(server.client.snapshots(&id).await.unwrap().len(), 1);
 }

@@ -15,6 +15,7 @@ mod idle;
 mod lifecycle;
 mod limits;
 mod security;
+mod snapshots;
 mod tenancy;
 
 use std::process::Output;

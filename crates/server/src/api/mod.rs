@@ -9,6 +9,7 @@ mod exec;
 mod files;
 mod openapi;
 mod sandboxes;
+mod snapshots;
 mod templates;
 mod view;
 
@@ -47,6 +48,17 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .put(files::write)
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
+        .route(
+            "/v1/sandboxes/{id}/snapshots",
+            post(snapshots::create).get(snapshots::list),
+        )
+        .route("/v1/sandboxes/{id}/restore", post(snapshots::restore))
+        .route(
+            "/v1/snapshots/{sid}",
+            get(snapshots::inspect).delete(snapshots::delete),
+        )
+        .route("/v1/snapshots/{sid}/download", get(snapshots::download))
+        .route("/v1/snapshots/{sid}/fork", post(snapshots::fork))
         .route("/v1/templates", get(templates::list))
         .route(
             "/v1/templates/{name}",
