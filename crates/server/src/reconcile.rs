@@ -63,7 +63,25 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<usize, String> {
     for container in containers {
         match container.sandbox_id {
             Some(id) if live.contains_key(&id) => {
-                by_sandbox.insert(id, container);
+                let recorded = live
+                    .get(&id)
+                    .and_then(|record| record.container_id.as_deref());
+                match recorded {
+                    // A second container for a live sandbox: the leftover of a restore cut
+                    // short (its staged copy). The recorded one is the sandbox.
+                    Some(recorded) if recorded != container.container_id => {
+                        let Some(_guard) = state.locks.try_lock(id) else {
+                            continue;
+                        };
+                        if state.runtime.destroy(&container.container_id).await.is_ok() {
+                            tracing::info!(sandbox = %id, "removed a stray container left by an interrupted restore");
+                            fixed += 1;
+                        }
+                    }
+                    _ => {
+                        by_sandbox.insert(id, container);
+                    }
+                }
             }
             Some(id) => {
                 // No live row: a destroy whose engine call was cut short, or a row never written.

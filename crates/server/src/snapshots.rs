@@ -300,16 +300,22 @@ pub(crate) async fn restore(
         let _ = state.runtime.destroy(&staged).await;
         return Err(err);
     }
-    if let Some(old) = record.container_id.as_deref()
-        && let Err(err) = state.runtime.destroy(old).await
-    {
-        let _ = state.runtime.destroy(&staged).await;
-        return Err(err.into());
-    }
-    state.runtime.promote(&staged, &spec).await?;
+    failpoint::hit("restore.after_apply");
+    // Switch the record to the restored copy first: from here on a crash leaves the original
+    // as the stray the reconciler removes, never the other way round.
     let store = state.store.clone();
     let container = staged.clone();
     blocking::run(move || store.set_container_id(id, &container)).await?;
+    failpoint::hit("restore.after_switch");
+    if let Some(old) = record.container_id.as_deref()
+        && let Err(err) = state.runtime.destroy(old).await
+    {
+        tracing::warn!(sandbox = %id, "the pre-restore container could not be removed yet ({err}); the reconciler will");
+    }
+    // A name is only cosmetic (containers are addressed by id); a failed rename is not fatal.
+    if let Err(err) = state.runtime.promote(&staged, &spec).await {
+        tracing::warn!(sandbox = %id, "could not rename the restored container: {err}");
+    }
     let reason = format!("restored from snapshot {}", snapshot.id);
     if record.state == SandboxState::Paused {
         sandboxes::record_transition(

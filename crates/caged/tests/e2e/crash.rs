@@ -281,3 +281,67 @@ async fn a_crash_mid_snapshot_leaves_no_partial_snapshot() {
     server.client.create_snapshot(&id, None).await.unwrap();
     assert_eq!(server.client.snapshots(&id).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_restore_keeps_exactly_one_whole_sandbox() {
+    // Killed before the switch, the original stays; killed after it, the restored copy does.
+    for (point, expected) in [
+        ("restore.after_apply", "v2\n"),
+        ("restore.after_switch", "v1\n"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(data.path(), Some(point)).await;
+        let installation = server.client.system().await.unwrap()["installation_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let _cleanup = caged_testkit::InstallationGuard(installation.clone());
+        let id = server
+            .client
+            .create_sandbox(&json!({ "template": "busybox" }))
+            .await
+            .unwrap()
+            .id;
+        server
+            .client
+            .run(&id, &["sh", "-c", "echo v1 > /workspace/f"])
+            .await
+            .unwrap();
+        let sid = server.client.create_snapshot(&id, None).await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        server
+            .client
+            .run(&id, &["sh", "-c", "echo v2 > /workspace/f"])
+            .await
+            .unwrap();
+        assert!(
+            server.client.restore(&id, &sid).await.is_err(),
+            "{point}: restore survived"
+        );
+        server.expect_killed();
+
+        let server = ServerProcess::start(data.path(), None).await;
+        let started = Instant::now();
+        while engine_view(&installation).await.len() != 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{point}: {:?}",
+                engine_view(&installation).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            engine_view(&installation).await,
+            vec![(id.clone(), "running".to_string())],
+            "{point}"
+        );
+        let content = server
+            .client
+            .run(&id, &["cat", "/workspace/f"])
+            .await
+            .unwrap();
+        assert_eq!(content.stdout, expected, "{point}");
+    }
+}
