@@ -89,6 +89,8 @@ pub(crate) struct AppState {
     pub locks: sandboxes::Locks,
     pub idle: Arc<idle::Idle>,
     pub snapshots: Arc<dyn caged_snapshot::Storage>,
+    /// Sandboxes that just paused, for the auto-snapshot worker.
+    pub auto_snapshots: tokio::sync::mpsc::UnboundedSender<caged_domain::SandboxId>,
     /// Every event appended to the log, for live followers.
     pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
     /// Becomes true when the server is stopping; long-lived streams end on it.
@@ -183,6 +185,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
+    let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
     let (stopping_tx, stopping) = watch::channel(false);
     let state = Arc::new(AppState {
         store,
@@ -193,10 +196,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         locks: sandboxes::Locks::default(),
         idle: Arc::new(idle::Idle::default()),
         snapshots,
+        auto_snapshots,
         events: tokio::sync::broadcast::channel(1024).0,
         shutdown: stopping,
     });
     snapshots::remove_orphans(&state).await;
+    snapshots::run_auto(state.clone(), paused);
     idle::run(state.clone());
     reconcile::run(state.clone());
     let router = api::router(state);

@@ -376,6 +376,10 @@ pub(crate) async fn record_transition(
     } else {
         state.idle.forget(id);
     }
+    if to == SandboxState::Paused {
+        // A closed channel means the server is stopping; the pause itself stands.
+        let _ = state.auto_snapshots.send(id);
+    }
     Ok(())
 }
 

@@ -288,3 +288,109 @@ async fn hostile_snapshot_bytes_are_refused_and_change_nothing() {
         "a failed fork left a sandbox"
     );
 }
+
+/// Waits until the sandbox's log has a snapshot event with `op`, after event `after`.
+async fn snapshot_event(
+    client: &caged_client::Client,
+    id: &str,
+    after: i64,
+    op: &str,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let events = client.events(id, after).await.unwrap();
+        if let Some(event) = events
+            .into_iter()
+            .find(|e| e["kind"] == "snapshot" && e["payload"]["op"] == op)
+        {
+            return event;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no {op} snapshot event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn last_seq(client: &caged_client::Client, id: &str) -> i64 {
+    client.events(id, 0).await.unwrap().last().unwrap()["seq"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_pause_takes_an_auto_snapshot_unless_nothing_changed() {
+    let server = caged_testkit::spawn_with(|config| config.max_snapshots_per_sandbox = 2).await;
+    let client = &server.client;
+    let id = server.sandbox(json!({ "template": "busybox" })).await;
+    let mut ids = Vec::new();
+    for (round, content) in ["one", "two", "three"].into_iter().enumerate() {
+        client
+            .run(
+                &id,
+                &["sh", "-c", &format!("echo {content} > /workspace/f")],
+            )
+            .await
+            .unwrap();
+        let mark = last_seq(client, &id).await;
+        client.pause(&id).await.unwrap();
+        let event = snapshot_event(client, &id, mark, "auto").await;
+        ids.push(
+            event["payload"]["snapshot_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        if round == 0 {
+            // Asleep and woken with nothing changed: no second copy.
+            client.resume(&id).await.unwrap();
+            let mark = last_seq(client, &id).await;
+            client.pause(&id).await.unwrap();
+            let skipped = snapshot_event(client, &id, mark, "auto-skipped").await;
+            assert_eq!(
+                skipped["payload"]["reason"],
+                "nothing changed since the latest snapshot"
+            );
+        }
+        client.resume(&id).await.unwrap();
+    }
+    // At the limit of two, the third pause evicted the oldest auto-snapshot instead of failing.
+    let kept: Vec<String> = client
+        .snapshots(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept, ids[1..].to_vec());
+    assert!(
+        client
+            .snapshots(&id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s["kind"] == "auto")
+    );
+    let events = client.events(&id, 0).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["payload"]["op"] == "evicted"
+                && e["payload"]["snapshot_id"] == ids[0].as_str())
+    );
+    // The latest auto-snapshot holds the latest content.
+    client
+        .run(&id, &["sh", "-c", "echo later > /workspace/f"])
+        .await
+        .unwrap();
+    client.restore(&id, &ids[2]).await.unwrap();
+    assert_eq!(
+        client
+            .run(&id, &["cat", "/workspace/f"])
+            .await
+            .unwrap()
+            .stdout,
+        "three\n"
+    );
+}
