@@ -264,12 +264,15 @@ pub mod raw {
     use bollard::exec::{CreateExecOptions, StartExecResults};
     use futures_util::StreamExt;
 
-    /// Name and configuration of a busybox sandbox of `installation`, exactly as Caged makes it.
+    /// Name and configuration of a busybox sandbox on `installation`'s network, exactly as Caged
+    /// makes it but for its installation label.
     pub fn sandbox_container(installation: &str) -> (String, bollard::models::ContainerCreateBody) {
         let spec = caged_runtime::SandboxSpec {
             id: caged_domain::SandboxId::random(),
             account_id: "bench".into(),
-            installation_id: installation.into(),
+            // Labelled as another installation: the server's reconciler owns only containers
+            // of its own, and would rightly remove these.
+            installation_id: format!("{installation}-raw"),
             template: "busybox".into(),
             isolation: caged_domain::Isolation::Container,
             resources: caged_domain::Resources::default(),
