@@ -95,18 +95,7 @@ pub fn capture(
             if path.is_empty() || !keep.contains(&path) {
                 continue;
             }
-            let mut header = entry.header().clone();
-            // Links stay links: the archive records their target, never what it points to.
-            match entry.header().entry_type() {
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = entry
-                        .link_name()?
-                        .map(|target| target.into_owned())
-                        .unwrap_or_default();
-                    builder.append_link(&mut header, &path, target)?;
-                }
-                _ => builder.append_data(&mut header, &path, &mut entry)?,
-            }
+            copy_entry(&mut builder, &mut entry, Path::new(&path))?;
             entries += 1;
         }
         deleted.sort();
@@ -137,6 +126,26 @@ pub fn capture(
         raw_bytes: bytes,
         sha256: hex::encode(hasher.finalize()),
     })
+}
+
+/// Copies one entry under `path`. Links stay links: the archive records their target, never
+/// what it points to.
+fn copy_entry<W: Write, R: Read>(
+    builder: &mut tar::Builder<W>,
+    entry: &mut tar::Entry<'_, R>,
+    path: &Path,
+) -> io::Result<()> {
+    let mut header = entry.header().clone();
+    match header.entry_type() {
+        tar::EntryType::Symlink | tar::EntryType::Link => {
+            let target = entry
+                .link_name()?
+                .map(|target| target.into_owned())
+                .unwrap_or_default();
+            builder.append_link(&mut header, path, target)
+        }
+        _ => builder.append_data(&mut header, path, entry),
+    }
 }
 
 struct HashingWriter<W> {
@@ -211,17 +220,7 @@ pub fn to_tar_gz(blob: impl Read, out: impl Write) -> Result<(), SnapshotError> 
             deleted.push(format!("/{}", path.with_file_name(original).display()));
             continue;
         }
-        let mut header = entry.header().clone();
-        match header.entry_type() {
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry
-                    .link_name()?
-                    .map(|target| target.into_owned())
-                    .unwrap_or_default();
-                builder.append_link(&mut header, &path, target)?;
-            }
-            _ => builder.append_data(&mut header, &path, &mut entry)?,
-        }
+        copy_entry(&mut builder, &mut entry, &path)?;
     }
     if !deleted.is_empty() {
         let list = deleted.join("\n") + "\n";

@@ -60,19 +60,7 @@ async fn pause_during_exec_freezes_it_and_resume_lets_it_finish() {
             )
             .await
     });
-    loop {
-        if server
-            .client
-            .run(&id, &["test", "-e", "/tmp/begun"])
-            .await
-            .unwrap()
-            .exit_code
-            == Some(0)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait_for_file(&server.client, &id, "/tmp/begun").await;
     assert_eq!(server.client.pause(&id).await.unwrap().state, "paused");
     server.client.resume(&id).await.unwrap();
     let result = running.await.unwrap().unwrap();

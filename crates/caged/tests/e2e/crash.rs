@@ -218,16 +218,7 @@ async fn sigterm_lets_in_flight_work_finish_then_exits() {
             )
             .await
     });
-    while server
-        .client
-        .run(&id, &["test", "-e", "/tmp/begun"])
-        .await
-        .unwrap()
-        .exit_code
-        != Some(0)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::wait_for_file(&server.client, &id, "/tmp/begun").await;
     let mut server = server;
     let sent = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])

@@ -166,17 +166,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
             .await
     });
     // Shut down only once the command is running.
-    loop {
-        let probe = server
-            .client
-            .run(&id, &["test", "-e", "/tmp/started"])
-            .await
-            .unwrap();
-        if probe.exit_code == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait_for_file(&server.client, &id, "/tmp/started").await;
     let url = server.url.clone();
     server.shutdown().await;
     let finished = in_flight

@@ -78,3 +78,22 @@ pub fn error_code(err: caged_client::ClientError) -> (u16, String, String) {
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+
+/// Waits until `path` exists in the sandbox: the sign that a command started elsewhere is
+/// under way.
+pub async fn wait_for_file(client: &caged_client::Client, id: &str, path: &str) {
+    let started = std::time::Instant::now();
+    while client
+        .run(id, &["test", "-e", path])
+        .await
+        .unwrap()
+        .exit_code
+        != Some(0)
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{path} never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
