@@ -199,6 +199,14 @@ async fn snapshot_limits_are_clear_errors() {
     assert_eq!(files, 1, "a refused snapshot left its bytes");
 }
 
+/// A real snapshot-shaped blob cut in half.
+fn truncated() -> Vec<u8> {
+    let mut whole = zstd_tar(&[("workspace/a", tar::EntryType::Regular, 300_000)]);
+    // Random-ish content so the compressed form is long enough to cut meaningfully.
+    whole.truncate(whole.len() / 2);
+    whole
+}
+
 fn zstd_tar(entries: &[(&str, tar::EntryType, u64)]) -> Vec<u8> {
     let mut raw = Vec::new();
     for (name, kind, size) in entries {
@@ -265,6 +273,11 @@ async fn hostile_snapshot_bytes_are_refused_and_change_nothing() {
             "bytes unpacked",
         ),
         (b"not zstd at all".to_vec(), "cannot be applied"),
+        (
+            zstd_tar(&[("workspace/h", tar::EntryType::Link, 0)]),
+            "hard link",
+        ),
+        (truncated(), "cannot be applied"),
     ];
     for (bytes, expected) in cases {
         std::fs::write(&blob, &bytes).unwrap();
