@@ -5,7 +5,10 @@
 //! transition row (both are written in one transaction), and a transition is only written when
 //! the row's current state is the one the caller expected, so two racing writers cannot both win.
 
+mod previews;
 mod schema;
+
+pub use previews::{PortChange, PreviewPassword, PreviewPort, SandboxHead};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -133,7 +136,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back on drop), so a poisoned lock is safe to keep using.
         self.conn
@@ -590,7 +593,7 @@ fn snapshot_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Snapsho
 const SANDBOX_COLUMNS: &str = "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, \
      init_result, disk_enforced, last_active_ms";
 
-fn insert_event(
+pub(crate) fn insert_event(
     tx: &rusqlite::Transaction<'_>,
     id: SandboxId,
     account_id: &str,
@@ -684,7 +687,7 @@ fn parse_state(text: &str) -> Result<SandboxState> {
     text.parse().map_err(|_| corrupt_state(text))
 }
 
-fn corrupt_state(text: &str) -> StoreError {
+pub(crate) fn corrupt_state(text: &str) -> StoreError {
     StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
         0,
         text.to_string(),
@@ -710,6 +713,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("caged.db")).unwrap();
         (dir, store)
+    }
+
+    pub(crate) fn store_with_sandbox() -> (tempfile::TempDir, Store, SandboxId, String) {
+        let (dir, store) = store();
+        store.create_account("acc1", "admin", true, 1).unwrap();
+        let id = SandboxId::random();
+        let config = SandboxConfig::default();
+        store
+            .insert_sandbox(NewSandbox {
+                id,
+                account_id: "acc1",
+                config: &config,
+                disk_enforced: true,
+                at_ms: 10,
+            })
+            .unwrap();
+        (dir, store, id, "acc1".into())
     }
 
     #[test]

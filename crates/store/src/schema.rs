@@ -76,6 +76,22 @@ CREATE TABLE snapshots (
 CREATE INDEX snapshots_by_sandbox ON snapshots (sandbox_id, created_at_ms);
 CREATE INDEX snapshots_by_account ON snapshots (account_id);
 "#,
+    r#"
+CREATE TABLE preview_ports (
+    sandbox_id   TEXT NOT NULL REFERENCES sandboxes(id),
+    port         INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    address      TEXT NOT NULL,
+    opened_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sandbox_id, port)
+) WITHOUT ROWID;
+CREATE TABLE preview_passwords (
+    sandbox_id    TEXT NOT NULL REFERENCES sandboxes(id),
+    port          INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    password_hash TEXT NOT NULL,
+    set_at_ms     INTEGER NOT NULL,
+    PRIMARY KEY (sandbox_id, port)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
