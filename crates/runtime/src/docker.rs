@@ -930,4 +930,42 @@ impl Runtime for DockerRuntime {
             "pid": state.pid,
         }))
     }
+
+    async fn network_namespace(&self, handle: &str) -> Result<caged_netns::NetNs> {
+        // The engine keeps each container's namespace bind-mounted at its "sandbox key"; the
+        // second look makes sure the file opened is still that container's.
+        let key = self.sandbox_key(handle).await?;
+        let ns = caged_netns::NetNs::open(std::path::Path::new(&key)).map_err(|err| {
+            RuntimeError::NetworkUnreachable {
+                reason: format!("cannot open {key} (is the engine on this host?): {err}"),
+            }
+        })?;
+        if self.sandbox_key(handle).await? != key {
+            return Err(RuntimeError::NetworkUnreachable {
+                reason: "the sandbox restarted while its network was being opened".into(),
+            });
+        }
+        Ok(ns)
+    }
+}
+
+impl DockerRuntime {
+    async fn sandbox_key(&self, handle: &str) -> Result<String> {
+        let inspect = self
+            .docker()?
+            .inspect_container(handle, None)
+            .await
+            .map_err(container_error)?;
+        let running = inspect.state.and_then(|state| state.running) == Some(true);
+        let key = inspect
+            .network_settings
+            .and_then(|settings| settings.sandbox_key)
+            .filter(|key| !key.is_empty());
+        match key {
+            Some(key) if running => Ok(key),
+            _ => Err(RuntimeError::NetworkUnreachable {
+                reason: "the sandbox is not running".into(),
+            }),
+        }
+    }
 }

@@ -62,6 +62,8 @@ pub enum RuntimeError {
     KillFailed { reason: String },
     #[error("engine I/O failed")]
     Io(#[from] std::io::Error),
+    #[error("the sandbox's network cannot be reached from this host: {reason}")]
+    NetworkUnreachable { reason: String },
 }
 
 fn list_or_none(known: &[String]) -> String {
@@ -224,4 +226,9 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Driver-specific facts for `inspect`.
     async fn describe(&self, handle: &str) -> Result<Value>;
+
+    /// The running sandbox's network namespace, opened (not looked up by PID) so it stays the
+    /// same namespace for as long as the caller holds it. The preview proxy dials and the port
+    /// detector reads through it.
+    async fn network_namespace(&self, handle: &str) -> Result<caged_netns::NetNs>;
 }
