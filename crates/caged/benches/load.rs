@@ -39,6 +39,8 @@ async fn main() {
         .args([
             "server",
             "--no-gvisor-probe",
+            "--preview-listen",
+            "127.0.0.1:0",
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])

@@ -74,6 +74,9 @@ enum Command {
     /// Capture, list, restore, fork and download snapshots of sandboxes.
     #[command(subcommand)]
     Snapshot(cli::snapshot::Command),
+    /// List a sandbox's preview URLs and protect them with passwords.
+    #[command(subcommand)]
+    Preview(cli::preview::Command),
 }
 
 impl Cli {

@@ -333,6 +333,29 @@ impl Client {
         .await
     }
 
+    /// The sandbox's previews: listening ports with their URLs, and protected ports.
+    pub async fn previews(&self, id: &str) -> Result<Vec<Value>> {
+        let value: Value = self
+            .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/previews")))
+            .await?;
+        Ok(value["previews"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Protects a preview with `password`, or opens it again with `None`.
+    pub async fn protect_preview(
+        &self,
+        id: &str,
+        port: u16,
+        password: Option<&str>,
+    ) -> Result<Value> {
+        let body = json!({ "password": password });
+        self.json(
+            self.request(Method::PUT, &format!("/v1/sandboxes/{id}/previews/{port}"))
+                .json(&body),
+        )
+        .await
+    }
+
     pub async fn snapshots(&self, id: &str) -> Result<Vec<Value>> {
         let value: Value = self
             .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/snapshots")))

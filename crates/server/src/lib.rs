@@ -9,6 +9,7 @@ mod engine;
 mod failpoint;
 mod idle;
 mod paths;
+mod preview;
 mod reconcile;
 mod sandboxes;
 mod snapshots;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 
 pub use caged_runtime::DEFAULT_PIDS_LIMIT;
 pub use engine::EngineStatus;
+pub use preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
 
 /// Name of the file in the data folder that holds the admin's API key.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
@@ -44,6 +46,7 @@ pub struct ServerConfig {
     pub snapshot_quota_bytes: u64,
     /// Check at start-up (with a test sandbox) whether gVisor works, rather than on first use.
     pub probe_gvisor_at_start: bool,
+    pub preview: PreviewConfig,
 }
 
 impl ServerConfig {
@@ -57,6 +60,7 @@ impl ServerConfig {
             max_snapshots_per_sandbox: 20,
             snapshot_quota_bytes: 10_000_000_000,
             probe_gvisor_at_start: true,
+            preview: PreviewConfig::default(),
         }
     }
 }
@@ -71,6 +75,8 @@ pub enum StartError {
     },
     #[error("cannot open the database")]
     Store(#[from] caged_store::StoreError),
+    #[error("preview setup failed: {reason}")]
+    Preview { reason: String },
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -95,6 +101,7 @@ pub(crate) struct AppState {
     pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
     /// Becomes true when the server is stopping; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
+    pub previews: Arc<preview::Previews>,
 }
 
 impl AppState {
@@ -107,6 +114,8 @@ impl AppState {
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where the preview proxy listens.
+    pub preview_addr: SocketAddr,
     pub installation_id: String,
     pub admin_key_path: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -183,6 +192,38 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
 
+    let domain = preview::check_domain(&config.preview.domain)
+        .map_err(|reason| StartError::Preview { reason })?;
+    let tls = preview::tls_acceptor(&config.preview.tls, &data_dir, &domain)
+        .map_err(|reason| StartError::Preview { reason })?;
+    let preview_listener = TcpListener::bind(config.preview.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.preview.listen,
+            source,
+        })?;
+    let preview_addr = preview_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: config.preview.listen,
+            source,
+        })?;
+    let cookie_key = blocking::run({
+        let store = store.clone();
+        move || store.meta_get_or_insert("preview_cookie_key", || caged_domain::random_hex(32))
+    })
+    .await?;
+    let previews = Arc::new(preview::Previews::new(
+        &preview::PreviewConfig {
+            domain: domain.clone(),
+            ..config.preview.clone()
+        },
+        preview_addr.port(),
+        tls.is_some(),
+        &cookie_key,
+    ));
+    preview::warn_if_detection_is_costly();
+
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
@@ -199,11 +240,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         auto_snapshots,
         events: tokio::sync::broadcast::channel(1024).0,
         shutdown: stopping,
+        previews,
     });
     snapshots::remove_orphans(&state).await;
     snapshots::run_auto(state.clone(), paused);
     idle::run(state.clone());
     reconcile::run(state.clone());
+    preview::run(state.clone());
+    tokio::spawn(preview::serve(state.clone(), preview_listener, tls));
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -219,8 +263,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         }
     });
     tracing::info!(%addr, installation = %installation_id, started_at = now_ms(), "caged API listening");
+    tracing::info!(addr = %preview_addr, "previews at cage-<id>-<port>.{domain}");
     Ok(RunningServer {
         addr,
+        preview_addr,
         installation_id,
         admin_key_path,
         shutdown: Some(shutdown_tx),

@@ -223,6 +223,7 @@ async fn fix(
                 transition(from, SandboxState::Destroyed, &reason).await?;
                 return Ok(true);
             }
+            state.previews.forget(id); // a new namespace came with the restart
             let reason = format!(
                 "restarted: its container was {engine_state} (processes were lost, files kept)"
             );

@@ -173,6 +173,7 @@ pub(crate) async fn create(
             return Err(err.into());
         }
     }
+    crate::preview::refresh(state.clone(), id);
     if config.init_script.is_some() && !options.defer_init {
         start_init(state.clone(), account_id.to_string(), id);
     }
@@ -371,6 +372,7 @@ pub(crate) async fn record_transition(
     let event =
         blocking::run(move || store.transition(id, from, to, at, reason.as_deref())).await?;
     state.publish(event);
+    crate::preview::Previews::on_transition(state, id, to);
     if to == SandboxState::Running {
         state.idle.touch(id, at, timeout_seconds);
     } else {

@@ -306,6 +306,7 @@ pub(crate) async fn restore(
     let store = state.store.clone();
     let container = staged.clone();
     blocking::run(move || store.set_container_id(id, &container)).await?;
+    state.previews.forget(id);
     failpoint::hit("restore.after_switch");
     if let Some(old) = record.container_id.as_deref()
         && let Err(err) = state.runtime.destroy(old).await

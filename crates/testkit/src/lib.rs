@@ -2,6 +2,8 @@
 //! container engine, and hands back a client. Everything the server created on the engine is
 //! removed when the [`TestServer`] is dropped, so tests leak nothing even when they fail.
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +25,8 @@ pub struct TestServer {
     config: ServerConfig,
     pub url: String,
     pub addr: SocketAddr,
+    /// Where the preview proxy listens (a new port after a restart).
+    pub preview_addr: SocketAddr,
     pub installation_id: String,
     pub data_dir: tempfile::TempDir,
     pub admin_key: String,
@@ -41,6 +45,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         data_dir.path().to_path_buf(),
         "127.0.0.1:0".parse().expect("loopback address"),
     );
+    config.preview.listen = "127.0.0.1:0".parse().expect("loopback address");
     // Dozens of test servers start per run; gVisor is checked when a test first asks for it.
     config.probe_gvisor_at_start = false;
     adjust(&mut config);
@@ -68,6 +73,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
         config,
         url,
         addr: server.addr,
+        preview_addr: server.preview_addr,
         installation_id: server.installation_id.clone(),
         data_dir,
         admin_key,
@@ -144,10 +150,12 @@ impl TestServer {
         self.shutdown().await;
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().expect("loopback address");
+        config.preview.listen = "127.0.0.1:0".parse().expect("loopback address");
         let mut server = caged_server::start(config).await.expect("server restarts");
         server.engine_status().await;
         self.url = format!("http://{}", server.addr);
         self.addr = server.addr;
+        self.preview_addr = server.preview_addr;
         self.client = Client::new(&self.url, Some(self.admin_key.clone()));
         self.server = Some(server);
     }
@@ -312,3 +320,7 @@ pub mod raw {
         }
     }
 }
+
+/// A small dev server for preview tests and benchmarks (see the file for its routes); run it in
+/// a `base` sandbox with `python3 FILE PORT [BIND]`.
+pub const PREVIEW_SERVER_PY: &str = include_str!("../assets/preview_server.py");

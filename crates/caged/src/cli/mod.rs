@@ -9,6 +9,7 @@ pub mod exec;
 pub mod inspect;
 pub mod lifecycle;
 pub mod ls;
+pub mod preview;
 pub mod server;
 pub mod shell;
 pub mod snapshot;
@@ -39,5 +40,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::System(args) => system::run(cli, args).await,
         Command::Events(args) => events::run(cli, args).await,
         Command::Snapshot(command) => snapshot::run(cli, command).await,
+        Command::Preview(command) => preview::run(cli, command).await,
     }
 }

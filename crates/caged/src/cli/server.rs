@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use caged_server::ServerConfig;
+use std::path::PathBuf;
+
+use caged_server::{PreviewConfig, PreviewTls, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Cli;
@@ -29,6 +31,33 @@ pub struct Args {
     /// Most processes (and threads) one sandbox may have.
     #[arg(long, default_value_t = caged_server::DEFAULT_PIDS_LIMIT)]
     pids_limit: i64,
+    /// Preview proxy listen address.
+    #[arg(long, env = "CAGED_PREVIEW_LISTEN", default_value = "127.0.0.1:7701")]
+    preview_listen: SocketAddr,
+    /// Previews are served at cage-<id>-<port>.<this domain>.
+    #[arg(
+        long,
+        env = "CAGED_PREVIEW_DOMAIN",
+        default_value = "preview.localhost"
+    )]
+    preview_domain: String,
+    /// Serve previews over HTTPS with this certificate chain (PEM, for *.<preview domain>).
+    #[arg(
+        long,
+        requires = "preview_tls_key",
+        conflicts_with = "preview_tls_self_signed"
+    )]
+    preview_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --preview-tls-cert.
+    #[arg(long, requires = "preview_tls_cert")]
+    preview_tls_key: Option<PathBuf>,
+    /// Serve previews over HTTPS with a self-signed wildcard certificate, generated once into
+    /// <data-dir>/preview-tls/ (for local use: trust cert.pem there).
+    #[arg(long)]
+    preview_tls_self_signed: bool,
+    /// Requests a minute per preview URL before 429 (0: no limit).
+    #[arg(long, default_value_t = 100)]
+    preview_rate_limit: u32,
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -44,6 +73,19 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     config.max_upload_bytes = args.max_upload_mb << 20;
     config.pids_limit = args.pids_limit;
     config.probe_gvisor_at_start = !args.no_gvisor_probe;
+    config.preview = PreviewConfig {
+        listen: args.preview_listen,
+        domain: args.preview_domain.clone(),
+        tls: match (&args.preview_tls_cert, &args.preview_tls_key) {
+            (Some(cert), Some(key)) => PreviewTls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ if args.preview_tls_self_signed => PreviewTls::SelfSigned,
+            _ => PreviewTls::Off,
+        },
+        rate_limit_per_minute: args.preview_rate_limit,
+    };
     let mut server = caged_server::start(config)
         .await
         .context("cannot start the server")?;
@@ -52,6 +94,10 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         server.addr,
         cli.data_dir().display(),
         server.admin_key_path.display()
+    );
+    eprintln!(
+        "previews on {} as cage-<id>-<port>.{}",
+        server.preview_addr, args.preview_domain
     );
     let shutdown = server.shutdown_handle();
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

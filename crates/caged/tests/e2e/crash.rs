@@ -25,6 +25,8 @@ impl ServerProcess {
             .args([
                 "server",
                 "--no-gvisor-probe",
+                "--preview-listen",
+                "127.0.0.1:0",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])

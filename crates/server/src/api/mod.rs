@@ -8,6 +8,7 @@ mod events;
 mod exec;
 mod files;
 mod openapi;
+mod previews;
 mod sandboxes;
 mod snapshots;
 mod templates;
@@ -53,6 +54,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             post(snapshots::create).get(snapshots::list),
         )
         .route("/v1/sandboxes/{id}/restore", post(snapshots::restore))
+        .route("/v1/sandboxes/{id}/previews", get(previews::list))
+        .route(
+            "/v1/sandboxes/{id}/previews/{port}",
+            axum::routing::put(previews::protect),
+        )
         .route(
             "/v1/snapshots/{sid}",
             get(snapshots::inspect).delete(snapshots::delete),

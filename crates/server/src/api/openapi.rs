@@ -34,6 +34,8 @@ pub(crate) async fn document() -> Json<Value> {
                 "get": op("Read a file (bytes) or a directory (tar) at ?path="),
                 "put": op("Write a file (body) or extract a tar (Content-Type: application/x-tar) at ?path="),
             },
+            "/v1/sandboxes/{id}/previews": { "get": op("Ports the sandbox listens on, with their preview URLs and whether a password protects them") },
+            "/v1/sandboxes/{id}/previews/{port}": { "put": op("Protect a preview with a password ({password: \"...\"}) or open it again ({password: null})") },
             "/v1/templates": { "get": op("List templates") },
             "/v1/templates/{name}": { "post": op("Import a root filesystem tar (plain or gzip) as a template (admin)") },
             "/v1/accounts": { "post": op("Create an account and its API key (admin)"), "get": op("List accounts (admin)") },

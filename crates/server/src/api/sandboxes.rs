@@ -85,7 +85,9 @@ pub(crate) async fn inspect(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    Ok(Json(view::sandbox(&record)))
+    let mut view = view::sandbox(&record);
+    view["previews"] = crate::preview::list(&state, record.id).await?;
+    Ok(Json(view))
 }
 
 /// The handlers of `DELETE /sandboxes/{id}`, `/pause` and `/resume`: one state change each.
