@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -557,14 +558,46 @@ async fn forward(
     }
     let (mut parts, body) = response.into_parts();
     clean_response_headers(&mut parts.headers, false);
-    // The sandbox stays busy until the whole body has been passed on.
-    let body = body
-        .map_err(move |err| {
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|length| length <= PIPELINE_ABOVE);
+    let body = if small {
+        // The sandbox stays busy until the whole body has been passed on.
+        body.map_err(move |err| {
             let _busy = &busy;
             BoxError::from(err)
         })
-        .boxed();
+        .boxed()
+    } else {
+        pipelined(body, busy)
+    };
     Response::from_parts(parts, body)
+}
+
+/// Bodies larger than this are read ahead of the client (see [`pipelined`]).
+const PIPELINE_ABOVE: u64 = 64 * 1024;
+/// Frames read ahead of the client at most.
+const READ_AHEAD_FRAMES: usize = 8;
+
+/// A body relayed by its own task, which keeps reading from the sandbox while the previous
+/// frames are still being written to the client. Passed through directly, hyper reads the next
+/// frame only once the last one is written, so reading and writing never overlap and a large
+/// response takes twice as long. The read-ahead is bounded, so a slow client still slows the
+/// sandbox down rather than filling memory.
+fn pipelined(mut body: Incoming, busy: crate::idle::Busy) -> Body {
+    let (frames, mut ahead) = tokio::sync::mpsc::channel(READ_AHEAD_FRAMES);
+    tokio::spawn(async move {
+        let _busy = busy; // busy until the last frame has been read
+        while let Some(frame) = body.frame().await {
+            let failed = frame.is_err();
+            if frames.send(frame.map_err(BoxError::from)).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| ahead.poll_recv(cx));
+    http_body_util::StreamBody::new(stream).boxed()
 }
 
 fn wants_upgrade(req: &Request<Incoming>) -> bool {

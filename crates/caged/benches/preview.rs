@@ -1,0 +1,281 @@
+//! Preview benchmark, two parts, each against its raw baseline in the same run.
+//!
+//! 1. Proxy: requests per second and p99 latency through the preview proxy (Host-routed, TLS
+//!    off, rate limit off) against a direct connection to the same server, dialled inside the
+//!    sandbox's namespace the same way, with small and 1 MB responses. The server is the
+//!    python dev server on the `base` template (keep-alive, threaded).
+//! 2. Port detection: one scan of N namespaces (N defaults to 300, one listener each) through
+//!    the detector's reader against plain reads of the same `/proc/net/tcp{,6}` files.
+//!
+//! `cargo bench -p caged --bench preview [-- SECONDS [NAMESPACES]]`; needs root, the engine
+//! and the templates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use caged_netns::NetNs;
+use caged_netns::proc_net::TcpTables;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+#[tokio::main]
+async fn main() {
+    let mut numbers = std::env::args()
+        .skip(1)
+        .filter_map(|arg| arg.parse::<u64>().ok());
+    let seconds = numbers.next().unwrap_or(4);
+    let namespaces = numbers.next().unwrap_or(300) as usize;
+
+    let server = caged_testkit::spawn_with(|config| config.preview.rate_limit_per_minute = 0).await;
+    let client = &server.client;
+    let id = client
+        .create_sandbox(&json!({ "template": "base" }))
+        .await
+        .expect("sandbox")
+        .id;
+    client
+        .write_file(
+            &id,
+            "/srv/server.py",
+            caged_testkit::PREVIEW_SERVER_PY,
+            None,
+        )
+        .await
+        .expect("server script");
+    client
+        .run(
+            &id,
+            &["sh", "-c", "python3 /srv/server.py 8000 >/tmp/log 2>&1 &"],
+        )
+        .await
+        .expect("server started");
+    let started = Instant::now();
+    while !client
+        .previews(&id)
+        .await
+        .expect("previews")
+        .iter()
+        .any(|preview| preview["port"] == 8000)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ns = Arc::new(sandbox_namespace(&server, &id).await);
+    let host = format!("cage-{id}-8000.preview.localhost");
+    let duration = Duration::from_secs(seconds);
+
+    println!("preview proxy vs direct, keep-alive connections, {seconds}s each");
+    println!(
+        "{:<8} {:>5} {:>12} {:>12} {:>7} {:>11} {:>11} {:>7}",
+        "response",
+        "conns",
+        "proxy req/s",
+        "direct req/s",
+        "ratio",
+        "proxy p99",
+        "direct p99",
+        "ratio"
+    );
+    for (label, path, connections) in [
+        ("small", "/", 1),
+        ("small", "/", 8),
+        ("1 MB", "/big", 1),
+        ("1 MB", "/big", 8),
+    ] {
+        let direct = load(
+            Target::Direct(ns.clone()),
+            &host,
+            path,
+            connections,
+            duration,
+        )
+        .await;
+        let proxied = load(
+            Target::Proxy(server.preview_addr),
+            &host,
+            path,
+            connections,
+            duration,
+        )
+        .await;
+        println!(
+            "{label:<8} {connections:>5} {:>12.0} {:>12.0} {:>6.2}x {:>9.2}ms {:>9.2}ms {:>6.2}x",
+            proxied.rate,
+            direct.rate,
+            proxied.rate / direct.rate,
+            ms(proxied.p99),
+            ms(direct.p99),
+            proxied.p99.as_secs_f64() / direct.p99.as_secs_f64(),
+        );
+    }
+    println!("(target: at least 0.70x of direct throughput for small responses, 0.90x for 1 MB)");
+    drop(server);
+
+    detection(namespaces);
+}
+
+enum Target {
+    Proxy(SocketAddr),
+    Direct(Arc<NetNs>),
+}
+
+struct Load {
+    rate: f64,
+    p99: Duration,
+}
+
+/// `connections` clients sending requests back to back for `duration`.
+async fn load(
+    target: Target,
+    host: &str,
+    path: &str,
+    connections: usize,
+    duration: Duration,
+) -> Load {
+    let target = Arc::new(target);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (target, stop, host, path) = (
+            target.clone(),
+            stop.clone(),
+            host.to_string(),
+            path.to_string(),
+        );
+        workers.push(tokio::spawn(async move {
+            let stream = match &*target {
+                Target::Proxy(addr) => tokio::net::TcpStream::connect(addr).await,
+                Target::Direct(ns) => ns.connect(([127, 0, 0, 1], 8000).into()).await,
+            }
+            .expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(connection);
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::get(path.as_str())
+                    .header("host", host.as_str())
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                let started = Instant::now();
+                let response = sender.send_request(request).await.expect("response");
+                assert!(response.status().is_success(), "{}", response.status());
+                response.into_body().collect().await.expect("body");
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.expect("worker"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+    Load {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p99,
+    }
+}
+
+/// The sandbox's namespace, as the server opens it: from the engine's sandbox key.
+async fn sandbox_namespace(server: &caged_testkit::TestServer, id: &str) -> NetNs {
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("engine");
+    let containers = caged_testkit::engine_sandboxes(&server.installation_id).await;
+    let container = containers
+        .iter()
+        .find(|container| container.sandbox_id == id)
+        .expect("the sandbox's container");
+    let key = docker
+        .inspect_container(&container.container_id, None)
+        .await
+        .expect("inspect container")
+        .network_settings
+        .and_then(|settings| settings.sandbox_key)
+        .expect("sandbox key");
+    NetNs::open(std::path::Path::new(&key)).expect("open namespace")
+}
+
+/// One detector scan over `count` namespaces against plain reads of the same files.
+fn detection(count: usize) {
+    let private = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_child_ehash_entries")
+        .map(|value| value.trim().to_string())
+        .unwrap_or_default();
+    println!();
+    println!(
+        "port detection over {count} namespaces (net.ipv4.tcp_child_ehash_entries = {private})"
+    );
+    let mut spaces = Vec::new();
+    for _ in 0..count {
+        let (ns, listener) = std::thread::spawn(|| {
+            // SAFETY: plain syscall on a thread that ends right after.
+            let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(unshared, 0, "needs root");
+            let listener = std::net::TcpListener::bind("0.0.0.0:8000").expect("listen");
+            (NetNs::current().expect("namespace"), listener)
+        })
+        .join()
+        .expect("namespace thread");
+        let tables = TcpTables::open(&ns).expect("tables");
+        spaces.push((ns, listener, tables));
+    }
+    let rounds = 20;
+    let mut raw = Vec::new();
+    let mut detector = Vec::new();
+    for _ in 0..rounds {
+        // Raw: what any reader pays, the kernel walking the tables and formatting them.
+        let started = Instant::now();
+        for (ns, _, _) in &spaces {
+            for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+                let mut bytes = Vec::new();
+                let mut opened = ns
+                    .open_file(std::path::Path::new(file))
+                    .expect("open table");
+                std::io::Read::read_to_end(&mut opened, &mut bytes).expect("read table");
+            }
+        }
+        raw.push(started.elapsed());
+        // The detector: re-reads its open descriptors and parses the listening rows.
+        let started = Instant::now();
+        for (_, _, tables) in &mut spaces {
+            let ports = tables.listening().expect("scan");
+            assert!(ports.contains_key(&8000));
+        }
+        detector.push(started.elapsed());
+    }
+    raw.sort();
+    detector.sort();
+    let (raw, detector) = (raw[rounds / 2], detector[rounds / 2]);
+    println!(
+        "one scan: detector {:.2} ms, raw reads {:.2} ms, ratio {:.2}x; {:.1} µs per namespace; \
+         at one scan every 500 ms that is {:.1}% of one core",
+        ms(detector),
+        ms(raw),
+        detector.as_secs_f64() / raw.as_secs_f64(),
+        detector.as_secs_f64() * 1e6 / count as f64,
+        detector.as_secs_f64() / 0.5 * 100.0,
+    );
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
