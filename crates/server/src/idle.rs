@@ -27,6 +27,8 @@ struct Queue {
     deadline_of: HashMap<SandboxId, i64>,
     /// Work in progress per sandbox; a busy sandbox is never put to sleep.
     busy: HashMap<SandboxId, usize>,
+    /// When each running sandbox was last active.
+    touched: HashMap<SandboxId, i64>,
 }
 
 /// Marks a sandbox busy while alive.
@@ -57,7 +59,18 @@ impl Idle {
     /// The sandbox was active at `at_ms`; it sleeps `timeout_seconds` later unless used again.
     pub(crate) fn touch(&self, id: SandboxId, at_ms: i64, timeout_seconds: u64) {
         let deadline = at_ms.saturating_add(timeout_seconds as i64 * 1000);
+        {
+            let mut queue = self.lock();
+            let touched = queue.touched.entry(id).or_insert(at_ms);
+            *touched = (*touched).max(at_ms);
+        }
         self.schedule(id, deadline);
+    }
+
+    /// Whether the sandbox is busy now or was active at or after `since_ms`.
+    pub(crate) fn lively(&self, id: SandboxId, since_ms: i64) -> bool {
+        let queue = self.lock();
+        queue.busy.contains_key(&id) || queue.touched.get(&id).is_some_and(|at| *at >= since_ms)
     }
 
     fn schedule(&self, id: SandboxId, deadline: i64) {
@@ -73,6 +86,7 @@ impl Idle {
     /// The sandbox no longer runs (paused or destroyed): nothing to time.
     pub(crate) fn forget(&self, id: SandboxId) {
         let mut queue = self.lock();
+        queue.touched.remove(&id);
         if let Some(old) = queue.deadline_of.remove(&id) {
             queue.by_deadline.remove(&(old, id));
         }
@@ -191,6 +205,7 @@ mod tests {
         idle.touch(b, 2_000, 5); // due at 7_000
         idle.touch(c, 0, 100);
         idle.touch(a, 5_000, 10); // activity moves a to 15_000
+        assert!(idle.lively(a, 5_000) && !idle.lively(b, 2_001));
         assert_eq!(idle.next_deadline(), Some(7_000));
         assert_eq!(idle.take_due(10_999), vec![b]);
         assert!(idle.take_due(14_999).is_empty());
