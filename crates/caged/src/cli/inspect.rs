@@ -61,6 +61,23 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             init.get("exit_code").unwrap_or(&serde_json::Value::Null)
         );
     }
+    for preview in value["previews"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {}{}{}",
+            "preview",
+            preview["url"].as_str().unwrap_or("?"),
+            if preview["protected"] == true {
+                " (password)"
+            } else {
+                ""
+            },
+            if preview["listening"] == true {
+                ""
+            } else {
+                " (not listening)"
+            }
+        );
+    }
     if let Some(reason) = value["destroyed_reason"].as_str() {
         println!("{:<16} {reason}", "destroyed");
     }

@@ -143,9 +143,12 @@ async fn ports_are_detected_from_the_host_and_served_by_host_name() {
         (reply.status, reply.header("x-caged-error")),
         (404, Some("no_sandbox"))
     );
+    busybox_httpd(client, &id, "9090", "last").await;
+    wait_for_port(client, &id, 9090, true).await;
     client.destroy(&id).await.unwrap();
-    let reply = get(&server, &host(&id, 8080), "/").await;
+    let reply = get(&server, &host(&id, 9090), "/").await;
     assert_eq!(reply.status, 404);
+    assert!(client.previews(&id).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,7 +18,7 @@ pub(crate) async fn list(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    let previews = preview::list(&state, record.id).await?;
+    let previews = preview::list(&state, &record).await?;
     Ok(Json(json!({ "previews": previews })))
 }
 
@@ -95,7 +95,7 @@ pub(crate) async fn protect(
             set_at_ms: at,
         }),
     );
-    let previews = preview::list(&state, id).await?;
+    let previews = preview::list(&state, &record).await?;
     let this = previews
         .as_array()
         .and_then(|all| all.iter().find(|preview| preview["port"] == port))

@@ -86,7 +86,7 @@ pub(crate) async fn inspect(
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let mut view = view::sandbox(&record);
-    view["previews"] = crate::preview::list(&state, record.id).await?;
+    view["previews"] = crate::preview::list(&state, &record).await?;
     Ok(Json(view))
 }
 

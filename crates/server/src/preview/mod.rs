@@ -242,7 +242,15 @@ pub(crate) fn password_changed(
 }
 
 /// The previews of one sandbox for the API: listening ports and protected ones.
-pub(crate) async fn list(state: &AppState, id: SandboxId) -> Result<Value, crate::api::ApiError> {
+pub(crate) async fn list(
+    state: &AppState,
+    record: &caged_store::SandboxRecord,
+) -> Result<Value, crate::api::ApiError> {
+    if record.state == SandboxState::Destroyed {
+        // Its ports are forgotten as it goes; a crash in between must not bring them back.
+        return Ok(Value::Array(Vec::new()));
+    }
+    let id = record.id;
     let store = state.store.clone();
     let (ports, passwords) = blocking::run(move || {
         Ok::<_, caged_store::StoreError>((store.preview_ports(id)?, store.preview_passwords(id)?))
