@@ -81,7 +81,7 @@ async fn proxy(seconds: u64) {
 
     println!("preview proxy vs direct, keep-alive connections, {seconds}s each");
     println!(
-        "{:<8} {:>5} {:>12} {:>12} {:>7} {:>11} {:>11} {:>7}",
+        "{:<8} {:>5} {:>12} {:>12} {:>7} {:>11} {:>11} {:>7} {:>14}",
         "response",
         "conns",
         "proxy req/s",
@@ -89,7 +89,8 @@ async fn proxy(seconds: u64) {
         "ratio",
         "proxy p99",
         "direct p99",
-        "ratio"
+        "ratio",
+        "proxy CPU/req"
     );
     for (label, path, connections) in [
         ("small", "/", 1),
@@ -114,16 +115,22 @@ async fn proxy(seconds: u64) {
         )
         .await;
         println!(
-            "{label:<8} {connections:>5} {:>12.0} {:>12.0} {:>6.2}x {:>9.2}ms {:>9.2}ms {:>6.2}x",
+            "{label:<8} {connections:>5} {:>12.0} {:>12.0} {:>6.2}x {:>9.2}ms {:>9.2}ms {:>6.2}x {:>12.0}µs",
             proxied.rate,
             direct.rate,
             proxied.rate / direct.rate,
             ms(proxied.p99),
             ms(direct.p99),
             proxied.p99.as_secs_f64() / direct.p99.as_secs_f64(),
+            proxied.server_cpu.as_secs_f64() * 1e6 / proxied.requests as f64,
         );
     }
     println!("(target: at least 0.70x of direct throughput for small responses, 0.90x for 1 MB)");
+    println!(
+        "(the sandbox's server, the proxy and this load generator share the machine's {} cores; \
+         'proxy CPU/req' is what the server process spent per proxied request)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     drop(server);
 }
 
@@ -135,6 +142,55 @@ enum Target {
 struct Load {
     rate: f64,
     p99: Duration,
+    requests: usize,
+    /// CPU the server (everything in this process but the load generator) used meanwhile.
+    server_cpu: Duration,
+}
+
+/// The load generator's own runtime, on threads named apart so their CPU can be told from the
+/// server's.
+static LOAD: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(LOAD_THREAD)
+        .enable_all()
+        .build()
+        .expect("load runtime")
+});
+const LOAD_THREAD: &str = "bench-load";
+
+/// CPU used so far by this process's threads: (all of them, the load generator's).
+fn cpu() -> (Duration, Duration) {
+    // SAFETY: plain libc query.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (mut all, mut load) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks: u64 = fields
+            .get(11..13)
+            .into_iter()
+            .flatten()
+            .filter_map(|field| field.parse::<u64>().ok())
+            .sum();
+        all += ticks;
+        if name.starts_with(LOAD_THREAD) {
+            load += ticks;
+        }
+    }
+    let seconds = |ticks: u64| Duration::from_secs_f64(ticks as f64 / ticks_per_second);
+    (seconds(all), seconds(load))
 }
 
 /// `connections` clients sending requests back to back for `duration`.
@@ -155,7 +211,7 @@ async fn load(
             host.to_string(),
             path.to_string(),
         );
-        workers.push(tokio::spawn(async move {
+        workers.push(LOAD.spawn(async move {
             let stream = match &*target {
                 Target::Proxy(addr) => tokio::net::TcpStream::connect(addr).await,
                 Target::Direct(ns) => ns.connect(([127, 0, 0, 1], 8000).into()).await,
@@ -183,6 +239,7 @@ async fn load(
         }));
     }
     let started = Instant::now();
+    let (all_before, load_before) = cpu();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
@@ -190,11 +247,16 @@ async fn load(
         latencies.extend(worker.await.expect("worker"));
     }
     let elapsed = started.elapsed();
+    let (all_after, load_after) = cpu();
+    let server_cpu = (all_after.saturating_sub(all_before))
+        .saturating_sub(load_after.saturating_sub(load_before));
     latencies.sort();
     let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
     Load {
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p99,
+        requests: latencies.len(),
+        server_cpu,
     }
 }
 
