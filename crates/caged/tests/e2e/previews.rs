@@ -260,6 +260,30 @@ async fn a_loopback_python_server_streams_upgrades_and_speaks_http2() {
         let echoed = socket.next().await.unwrap().unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
+    // The sandbox falls asleep under the open socket; the client speaking wakes it.
+    client.pause(&id).await.unwrap();
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text("after sleep"))
+        .await
+        .unwrap();
+    let echoed = socket.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "after sleep");
+    // The echo proves the engine resumed it; the record of the wake follows.
+    let started = Instant::now();
+    while client.sandbox(&id).await.unwrap().state != "running" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the wake was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = client.events(&id, 0).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| event["payload"]["reason"] == "woken by preview traffic"),
+        "{events:?}"
+    );
     socket.close(None).await.unwrap();
 
     // A request body passes through too.

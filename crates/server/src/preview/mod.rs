@@ -82,6 +82,8 @@ pub(crate) struct Cage {
     running: AtomicBool,
     /// When traffic last reached the database's activity clock.
     last_marked_ms: AtomicI64,
+    /// When traffic on an open connection last asked to wake the sandbox.
+    last_wake_ms: AtomicI64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -219,6 +221,7 @@ pub(crate) async fn attach(
         ),
         running: AtomicBool::new(head.state == SandboxState::Running),
         last_marked_ms: AtomicI64::new(0),
+        last_wake_ms: AtomicI64::new(0),
     });
     lock(&state.previews.cages).insert(id, cage.clone());
     Ok(cage)

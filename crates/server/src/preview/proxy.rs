@@ -718,6 +718,27 @@ fn note_activity(state: &Arc<AppState>, cage: &Cage, port: u16) {
     });
 }
 
+/// A sandbox fell asleep under an open connection (a WebSocket left open) and the client
+/// spoke: wake it in the background, at most once a second.
+fn wake_for_traffic(state: &Arc<AppState>, cage: &Cage) {
+    let now = caged_domain::time::now_ms();
+    let last = cage.last_wake_ms.load(Ordering::Relaxed);
+    if now - last < 1_000
+        || cage
+            .last_wake_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let (state, id, account) = (state.clone(), cage.id, cage.account_id.clone());
+    tokio::spawn(async move {
+        if let Err(err) = sandboxes::active(&state, &account, id, "preview traffic").await {
+            tracing::debug!(sandbox = %id, "could not wake for preview traffic: {}", err.message);
+        }
+    });
+}
+
 fn unreachable_port(route: Route, err: &hyper_util::client::legacy::Error) -> Response<Body> {
     let cause = std::error::Error::source(err)
         .map(ToString::to_string)
@@ -916,6 +937,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             note_activity(&self.state, &self.cage, self.port);
+            if !self.cage.running.load(Ordering::Acquire) {
+                wake_for_traffic(&self.state, &self.cage);
+            }
         }
         polled
     }
