@@ -734,19 +734,8 @@ mod tests {
 
     #[test]
     fn transitions_are_guarded_and_recorded_in_order() {
-        let (dir, store) = store();
-        store.create_account("acc1", "admin", true, 1).unwrap();
-        let id = SandboxId::random();
-        let config = SandboxConfig::default();
-        store
-            .insert_sandbox(NewSandbox {
-                id,
-                account_id: "acc1",
-                config: &config,
-                disk_enforced: true,
-                at_ms: 10,
-            })
-            .unwrap();
+        // Account acc1, sandbox created (pending) at 10.
+        let (dir, store, id, _) = store_with_sandbox();
         store.transition(id, Pending, Running, 20, None).unwrap();
         let err = store
             .transition(id, Pending, Running, 30, None)

@@ -686,15 +686,9 @@ fn clean_response_headers(headers: &mut HeaderMap, upgrade: bool) {
 fn note_activity(state: &Arc<AppState>, cage: &Cage, port: u16) {
     let now = caged_domain::time::now_ms();
     state.idle.touch(cage.id, now, cage.timeout);
-    let last = cage.last_marked_ms.load(Ordering::Relaxed);
-    if now - last < 1_000
-        || cage
-            .last_marked_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
+    let Some(last) = claim_second(&cage.last_marked_ms, now) else {
         return;
-    }
+    };
     let log = now / 60_000 != last / 60_000;
     let (state, id, account) = (state.clone(), cage.id, cage.account_id.clone());
     tokio::spawn(async move {
@@ -718,17 +712,21 @@ fn note_activity(state: &Arc<AppState>, cage: &Cage, port: u16) {
     });
 }
 
+/// For work done at most once a second whoever asks: `Some(previous time)` to the one caller
+/// that moved `last` to `now`, `None` to everyone else.
+fn claim_second(last: &std::sync::atomic::AtomicI64, now: i64) -> Option<i64> {
+    let previous = last.load(Ordering::Relaxed);
+    let due = now - previous >= 1_000;
+    (due && last
+        .compare_exchange(previous, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok())
+    .then_some(previous)
+}
+
 /// A sandbox fell asleep under an open connection (a WebSocket left open) and the client
 /// spoke: wake it in the background, at most once a second.
 fn wake_for_traffic(state: &Arc<AppState>, cage: &Cage) {
-    let now = caged_domain::time::now_ms();
-    let last = cage.last_wake_ms.load(Ordering::Relaxed);
-    if now - last < 1_000
-        || cage
-            .last_wake_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
+    if claim_second(&cage.last_wake_ms, caged_domain::time::now_ms()).is_none() {
         return;
     }
     let (state, id, account) = (state.clone(), cage.id, cage.account_id.clone());
