@@ -618,28 +618,6 @@ async fn a_sandbox_without_network_is_still_previewable() {
     assert_eq!(out.stdout.trim(), "0", "{out:?}");
 }
 
-/// Previews of another tenant's sandbox are reachable only through its URL (they are public
-/// by design, like any preview link) and its settings are its owner's alone.
-#[tokio::test(flavor = "multi_thread")]
-async fn only_the_owner_manages_a_preview() {
-    let server = caged_testkit::spawn().await;
-    let alice = server.new_account("alice").await;
-    let bob = server.new_account("bob").await;
-    let id = alice
-        .create_sandbox(&json!({ "template": "busybox" }))
-        .await
-        .unwrap()
-        .id;
-    let listed = bob.previews(&id).await.unwrap_err();
-    assert_eq!(error_code(listed).0, 404);
-    let protect = bob
-        .protect_preview(&id, 80, Some("long enough"))
-        .await
-        .unwrap_err();
-    assert_eq!(error_code(protect).0, 404);
-    assert!(alice.previews(&id).await.unwrap().is_empty());
-}
-
 /// Under gVisor (with the host network stack this host's runsc needs) the sandbox's sockets
 /// live in its namespace on the host kernel: detected and dialled the same way.
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,10 @@ async fn a_second_account_cannot_see_or_touch_the_first() {
         bob.destroy(&id).await.unwrap_err(),
         bob.read_file(&id, "/etc/passwd").await.err().unwrap(),
         bob.write_file(&id, "/tmp/x", "x", None).await.unwrap_err(),
+        bob.previews(&id).await.unwrap_err(),
+        bob.protect_preview(&id, 80, Some("long enough"))
+            .await
+            .unwrap_err(),
     ] {
         let (status, _, message) = error_code(err);
         assert_eq!((status, message.as_str()), (404, not_found.as_str()));
