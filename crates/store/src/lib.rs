@@ -7,8 +7,10 @@
 
 mod previews;
 mod schema;
+mod sessions;
 
 pub use previews::{PortChange, PreviewPassword, PreviewPort, SandboxHead};
+pub use sessions::{NewSession, SessionRecord};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -86,6 +88,8 @@ pub struct Event {
     pub at_ms: i64,
     pub kind: String,
     pub payload: serde_json::Value,
+    /// The session the event happened in, when it came through one.
+    pub session_id: Option<String>,
 }
 
 /// A stored snapshot's record; its bytes are in the snapshot storage under the same id.
@@ -359,6 +363,21 @@ impl Store {
         payload: &serde_json::Value,
         active: bool,
     ) -> Result<Event> {
+        self.record_event_in(id, account_id, at_ms, kind, payload, active, None)
+    }
+
+    /// [`Store::record_event`] for something that happened in a session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_event_in(
+        &self,
+        id: SandboxId,
+        account_id: &str,
+        at_ms: i64,
+        kind: &str,
+        payload: &serde_json::Value,
+        active: bool,
+        session_id: Option<&str>,
+    ) -> Result<Event> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if active {
@@ -367,7 +386,7 @@ impl Store {
                 params![id.as_str(), at_ms],
             )?;
         }
-        let event = insert_event(&tx, id, account_id, at_ms, kind, payload)?;
+        let event = insert_event_in(&tx, id, account_id, at_ms, kind, payload, session_id)?;
         tx.commit()?;
         Ok(event)
     }
@@ -381,32 +400,15 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Event>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, sandbox_id, account_id, at_ms, kind, payload FROM events
-             WHERE sandbox_id = ?1 AND account_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE sandbox_id = ?1 AND account_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![id.as_str(), account_id, after_seq, limit],
+            event_from_row,
         )?;
-        let rows = stmt.query_map(params![id.as_str(), account_id, after_seq, limit], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, String>(5)?,
-            ))
-        })?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (seq, account_id, at_ms, kind, payload) = row?;
-            events.push(Event {
-                seq,
-                sandbox_id: id,
-                account_id,
-                at_ms,
-                kind,
-                payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
-            });
-        }
-        Ok(events)
+        rows.map(|row| row?).collect()
     }
 
     /// A sandbox as its owner sees it; `None` when it does not exist or belongs to someone else.
@@ -593,6 +595,26 @@ fn snapshot_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Snapsho
 const SANDBOX_COLUMNS: &str = "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, \
      init_result, disk_enforced, last_active_ms";
 
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, sandbox_id, account_id, at_ms, kind, payload, session_id";
+
+pub(crate) fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Event>> {
+    let sandbox: String = row.get(1)?;
+    let Ok(sandbox_id) = sandbox.parse::<SandboxId>() else {
+        return Ok(Err(corrupt_state(&sandbox)));
+    };
+    let payload: String = row.get(5)?;
+    Ok(Ok(Event {
+        seq: row.get(0)?,
+        sandbox_id,
+        account_id: row.get(2)?,
+        at_ms: row.get(3)?,
+        kind: row.get(4)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        session_id: row.get(6)?,
+    }))
+}
+
 pub(crate) fn insert_event(
     tx: &rusqlite::Transaction<'_>,
     id: SandboxId,
@@ -601,9 +623,29 @@ pub(crate) fn insert_event(
     kind: &str,
     payload: &serde_json::Value,
 ) -> Result<Event> {
+    insert_event_in(tx, id, account_id, at_ms, kind, payload, None)
+}
+
+pub(crate) fn insert_event_in(
+    tx: &rusqlite::Transaction<'_>,
+    id: SandboxId,
+    account_id: &str,
+    at_ms: i64,
+    kind: &str,
+    payload: &serde_json::Value,
+    session_id: Option<&str>,
+) -> Result<Event> {
     tx.execute(
-        "INSERT INTO events (sandbox_id, account_id, at_ms, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id.as_str(), account_id, at_ms, kind, payload.to_string()],
+        "INSERT INTO events (sandbox_id, account_id, at_ms, kind, payload, session_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            id.as_str(),
+            account_id,
+            at_ms,
+            kind,
+            payload.to_string(),
+            session_id
+        ],
     )?;
     Ok(Event {
         seq: tx.last_insert_rowid(),
@@ -612,6 +654,7 @@ pub(crate) fn insert_event(
         at_ms,
         kind: kind.to_string(),
         payload: payload.clone(),
+        session_id: session_id.map(str::to_string),
     })
 }
 

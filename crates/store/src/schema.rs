@@ -92,6 +92,26 @@ CREATE TABLE preview_passwords (
     PRIMARY KEY (sandbox_id, port)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE sessions (
+    id            TEXT PRIMARY KEY,
+    sandbox_id    TEXT NOT NULL REFERENCES sandboxes(id),
+    account_id    TEXT NOT NULL,
+    agent_type    TEXT NOT NULL,
+    channel       TEXT NOT NULL CHECK (channel IN ('exec', 'agent')),
+    command       TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms   INTEGER,
+    end_reason    TEXT,
+    tokens_in     INTEGER NOT NULL DEFAULT 0,
+    tokens_out    INTEGER NOT NULL DEFAULT 0,
+    llm_cost_usd  REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_by_sandbox ON sessions (sandbox_id, started_at_ms);
+CREATE INDEX sessions_open ON sessions (ended_at_ms) WHERE ended_at_ms IS NULL;
+ALTER TABLE events ADD COLUMN session_id TEXT;
+CREATE INDEX events_by_session ON events (session_id, seq) WHERE session_id IS NOT NULL;
+"#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
