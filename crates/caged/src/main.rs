@@ -74,6 +74,12 @@ enum Command {
     /// Capture, list, restore, fork and download snapshots of sandboxes.
     #[command(subcommand)]
     Snapshot(cli::snapshot::Command),
+    /// Run an agent in a sandbox on a PTY, as one session.
+    Agent(cli::agent::Args),
+    /// List a sandbox's sessions.
+    Sessions(cli::sessions::ListArgs),
+    /// Show one session and its events.
+    Session(cli::sessions::ShowArgs),
     /// List a sandbox's preview URLs and protect them with passwords.
     #[command(subcommand)]
     Preview(cli::preview::Command),

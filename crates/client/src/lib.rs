@@ -333,6 +333,25 @@ impl Client {
         .await
     }
 
+    pub async fn sessions(&self, id: &str) -> Result<Vec<Value>> {
+        let value: Value = self
+            .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/sessions")))
+            .await?;
+        Ok(value["sessions"].as_array().cloned().unwrap_or_default())
+    }
+
+    pub async fn session(&self, session: &str) -> Result<Value> {
+        self.json(self.request(Method::GET, &format!("/v1/sessions/{session}")))
+            .await
+    }
+
+    pub async fn session_events(&self, session: &str) -> Result<Vec<Value>> {
+        let value: Value = self
+            .json(self.request(Method::GET, &format!("/v1/sessions/{session}/events")))
+            .await?;
+        Ok(value["events"].as_array().cloned().unwrap_or_default())
+    }
+
     /// The sandbox's previews: listening ports with their URLs, and protected ports.
     pub async fn previews(&self, id: &str) -> Result<Vec<Value>> {
         let value: Value = self

@@ -12,6 +12,7 @@ mod paths;
 mod preview;
 mod reconcile;
 mod sandboxes;
+mod sessions;
 mod snapshots;
 
 use std::net::SocketAddr;
@@ -243,6 +244,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         previews,
     });
     snapshots::remove_orphans(&state).await;
+    sessions::end_orphans(&state).await;
     snapshots::run_auto(state.clone(), paused);
     idle::run(state.clone());
     reconcile::run(state.clone());

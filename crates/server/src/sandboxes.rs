@@ -345,10 +345,32 @@ pub(crate) async fn record_activity(
     kind: &'static str,
     payload: serde_json::Value,
 ) {
+    record_activity_in(state, record, kind, payload, None).await
+}
+
+/// [`record_activity`] for work that came through a session.
+pub(crate) async fn record_activity_in(
+    state: &AppState,
+    record: &SandboxRecord,
+    kind: &'static str,
+    payload: serde_json::Value,
+    session: Option<String>,
+) {
     let store = state.store.clone();
     let (id, account_id) = (record.id, record.account_id.clone());
     let at = now_ms();
-    match blocking::run(move || store.record_event(id, &account_id, at, kind, &payload, true)).await
+    match blocking::run(move || {
+        store.record_event_in(
+            id,
+            &account_id,
+            at,
+            kind,
+            &payload,
+            true,
+            session.as_deref(),
+        )
+    })
+    .await
     {
         Ok(event) => {
             state.idle.touch(id, at, record.config.timeout);

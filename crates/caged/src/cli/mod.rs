@@ -1,6 +1,7 @@
 //! One module per verb; `run` dispatches.
 
 pub mod account;
+pub mod agent;
 pub mod config;
 pub mod cp;
 pub mod create;
@@ -11,6 +12,7 @@ pub mod lifecycle;
 pub mod ls;
 pub mod preview;
 pub mod server;
+pub mod sessions;
 pub mod shell;
 pub mod snapshot;
 pub mod system;
@@ -41,5 +43,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(cli, args).await,
         Command::Snapshot(command) => snapshot::run(cli, command).await,
         Command::Preview(command) => preview::run(cli, command).await,
+        Command::Agent(args) => agent::run(cli, args).await,
+        Command::Sessions(args) => sessions::list(cli, args).await,
+        Command::Session(args) => sessions::show(cli, args).await,
     }
 }

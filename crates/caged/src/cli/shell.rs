@@ -20,20 +20,35 @@ pub struct Args {
 const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+    let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), SHELL.to_string()];
+    interactive(cli, &args.id, cmd, None).await
+}
+
+/// Runs `cmd` on a PTY in the sandbox, wired to this terminal, as one session (of `agent` when
+/// given); exits with the command's status.
+pub async fn interactive(
+    cli: &Cli,
+    id: &str,
+    cmd: Vec<String>,
+    agent: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let stdin_fd = std::io::stdin().as_raw_fd();
     let (cols, rows) = terminal::size(std::io::stdout().as_raw_fd()).unwrap_or((80, 24));
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
-    let request = json!({
-        "cmd": ["/bin/sh", "-c", SHELL],
+    let mut request = json!({
+        "cmd": cmd,
         "env": { "TERM": term },
         "tty": true,
         "cols": cols,
         "rows": rows,
     });
+    if let Some(agent) = agent {
+        request["agent"] = json!(agent);
+    }
     let ExecStream {
         mut sink,
         mut output,
-    } = cli.client().exec_stream(&args.id, &request).await?;
+    } = cli.client().exec_stream(id, &request).await?;
     let _raw = if terminal::is_terminal(stdin_fd) {
         Some(terminal::RawMode::enable(stdin_fd).context("cannot put the terminal in raw mode")?)
     } else {
@@ -47,7 +62,9 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         loop {
             tokio::select! {
                 read = stdin.read(&mut buffer) => match read {
-                    Ok(0) | Err(_) => { let _ = sink.eof().await; break; }
+                    // On a terminal, end of input is a ^D the program reads, not a closed
+                    // PTY (which would hang it up and lose what it still writes).
+                    Ok(0) | Err(_) => break,
                     Ok(n) => if sink.stdin(&buffer[..n]).await.is_err() { break },
                 },
                 _ = winch.recv() => {

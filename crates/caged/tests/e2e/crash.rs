@@ -8,13 +8,16 @@ use caged_client::Client;
 use serde_json::json;
 
 /// The `caged` binary as a separate process, so it can really be killed.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl ServerProcess {
-    async fn start(data_dir: &std::path::Path, failpoint: Option<&str>) -> ServerProcess {
+    pub(crate) async fn start(
+        data_dir: &std::path::Path,
+        failpoint: Option<&str>,
+    ) -> ServerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

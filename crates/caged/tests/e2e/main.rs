@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod previews;
 mod security;
+mod sessions;
 mod snapshots;
 mod tenancy;
 

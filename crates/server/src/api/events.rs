@@ -21,14 +21,14 @@ use super::sandboxes::parse_id;
 use crate::auth::Caller;
 use crate::{AppState, blocking, sandboxes};
 
-const MAX_PAGE: i64 = 1000;
+pub(crate) const MAX_PAGE: i64 = 1000;
 
 #[derive(Deserialize)]
 pub(crate) struct EventsQuery {
     #[serde(default)]
-    after: i64,
+    pub(crate) after: i64,
     #[serde(default)]
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     #[serde(default)]
     follow: bool,
 }
@@ -41,6 +41,7 @@ pub(crate) fn view(event: &Event) -> Value {
         "at": rfc3339_from_ms(event.at_ms),
         "kind": event.kind,
         "payload": event.payload,
+        "session_id": event.session_id,
     })
 }
 

@@ -51,6 +51,10 @@ pub(crate) struct ExecRequest {
     cols: Option<u16>,
     #[serde(default)]
     rows: Option<u16>,
+    /// The agent this command is (`claude-code`, `aider`, ...); streaming only. Without it the
+    /// session's agent type is inferred from the program's name.
+    #[serde(default)]
+    agent: Option<String>,
 }
 
 impl ExecRequest {
@@ -85,6 +89,9 @@ impl ExecRequest {
                 ));
             }
         }
+        if let Some(agent) = &request.agent {
+            crate::sessions::check_agent_type(agent)?;
+        }
         if let Some(cwd) = &request.cwd {
             crate::paths::sandbox_path(cwd)
                 .map_err(|err| ApiError::bad_request("invalid_exec", format!("cwd: {err}")))?;
@@ -112,6 +119,12 @@ pub(crate) async fn run(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let request = ExecRequest::parse(json_body(&body)?)?;
+    if request.agent.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_exec",
+            "agent: sessions need a connection that lasts; use the WebSocket exec",
+        ));
+    }
     let (record, _busy) = sandboxes::active(&state, &account.id, id, "exec").await?;
     let started = Instant::now();
     let timeout = request.timeout.map(Duration::from_secs_f64);
@@ -200,6 +213,16 @@ async fn stream_exec(
     if let (true, Some(cols), Some(rows)) = (request.tty, request.cols, request.rows) {
         let _ = state.runtime.exec_resize(&exec.exec_id, cols, rows).await;
     }
+    // The command runs: the agent is connected, its session opens.
+    let (agent_type, channel) = match &request.agent {
+        Some(agent) => (agent.as_str(), "agent"),
+        None => (
+            crate::sessions::infer_agent(&request.cmd, request.tty),
+            "exec",
+        ),
+    };
+    let session = crate::sessions::open(&state, &record, agent_type, channel, &request.cmd).await?;
+    let session_id = Some(session.id.clone());
     let exec_id = exec.exec_id.clone();
     let mut output = exec.output;
     let mut input = Some(exec.input);
@@ -252,7 +275,8 @@ async fn stream_exec(
                     let _ = state.runtime.exec_kill(&handle, &exec_id).await;
                     let payload = json!({ "cmd": request.cmd, "exit_code": null, "disconnected": true,
                                           "duration_ms": started.elapsed().as_millis() as u64 });
-                    sandboxes::record_activity(&state, &record, "exec", payload).await;
+                    sandboxes::record_activity_in(&state, &record, "exec", payload, session_id).await;
+                    session.end("the client disconnected").await;
                     return Ok(());
                 }
                 Some(Ok(_)) => {}
@@ -276,7 +300,13 @@ async fn stream_exec(
     let exit_code = state.runtime.exec_status(&exec_id).await.ok().flatten();
     let payload = json!({ "cmd": request.cmd, "exit_code": exit_code, "timed_out": timed_out, "tty": request.tty,
                           "duration_ms": started.elapsed().as_millis() as u64 });
-    sandboxes::record_activity(&state, &record, "exec", payload).await;
+    sandboxes::record_activity_in(&state, &record, "exec", payload, session_id).await;
+    let reason = match (timed_out, exit_code) {
+        (true, _) => "timed out".to_string(),
+        (false, Some(code)) => format!("exited (status {code})"),
+        (false, None) => "ended".to_string(),
+    };
+    session.end(&reason).await;
     let exit = json!({ "type": "exit", "exit_code": exit_code, "timed_out": timed_out });
     let _ = sink.send(Message::Text(exit.to_string().into())).await;
     let _ = sink.close().await;

@@ -10,6 +10,7 @@ mod files;
 mod openapi;
 mod previews;
 mod sandboxes;
+mod sessions;
 mod snapshots;
 mod templates;
 mod view;
@@ -54,6 +55,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             post(snapshots::create).get(snapshots::list),
         )
         .route("/v1/sandboxes/{id}/restore", post(snapshots::restore))
+        .route("/v1/sandboxes/{id}/sessions", get(sessions::list))
+        .route("/v1/sessions/{sid}", get(sessions::inspect))
+        .route("/v1/sessions/{sid}/events", get(sessions::session_events))
         .route("/v1/sandboxes/{id}/previews", get(previews::list))
         .route(
             "/v1/sandboxes/{id}/previews/{port}",

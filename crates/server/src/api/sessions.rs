@@ -1,0 +1,82 @@
+//! Session routes: a sandbox's sessions, one session, and the events that came through it.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use caged_domain::time::rfc3339_from_ms;
+use caged_store::SessionRecord;
+use serde_json::{Value, json};
+
+use super::events::{EventsQuery, MAX_PAGE};
+use super::sandboxes::parse_id;
+use super::{ApiError, events};
+use crate::auth::Caller;
+use crate::{AppState, blocking, sandboxes};
+
+pub(crate) fn view(session: &SessionRecord) -> Value {
+    let now = caged_domain::time::now_ms();
+    let end = session.ended_at_ms.unwrap_or(now);
+    json!({
+        "id": session.id,
+        "sandbox_id": session.sandbox_id,
+        "agent_type": session.agent_type,
+        "channel": session.channel,
+        "command": session.command,
+        "state": if session.ended_at_ms.is_some() { "ended" } else { "open" },
+        "started_at": rfc3339_from_ms(session.started_at_ms),
+        "ended_at": session.ended_at_ms.map(rfc3339_from_ms),
+        "end_reason": session.end_reason,
+        "duration_seconds": (end - session.started_at_ms).max(0) as f64 / 1000.0,
+        "tokens_in": session.tokens_in,
+        "tokens_out": session.tokens_out,
+        "llm_cost_usd": session.llm_cost_usd,
+    })
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
+    let store = state.store.clone();
+    let sessions = blocking::run(move || store.sessions_of(&record.account_id, record.id)).await?;
+    Ok(Json(
+        json!({ "sessions": sessions.iter().map(view).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn get(state: &AppState, account_id: &str, sid: &str) -> Result<SessionRecord, ApiError> {
+    let store = state.store.clone();
+    let (account, id) = (account_id.to_string(), sid.to_string());
+    blocking::run(move || store.session(&account, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("session {sid:?} not found")))
+}
+
+pub(crate) async fn inspect(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(sid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view(&get(&state, &account.id, &sid).await?)))
+}
+
+pub(crate) async fn session_events(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(sid): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let session = get(&state, &account.id, &sid).await?;
+    let store = state.store.clone();
+    let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let after = query.after;
+    let list =
+        blocking::run(move || store.session_events(&session.account_id, &session.id, after, limit))
+            .await?;
+    Ok(Json(
+        json!({ "events": list.iter().map(events::view).collect::<Vec<_>>() }),
+    ))
+}
