@@ -99,8 +99,7 @@ impl Drop for Session {
         let (state, id) = (self.state.clone(), self.id.clone());
         // Inside the runtime a task finishes it; at shutdown, the next start-up does.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime
-                .spawn(async move { finish(&state, id, "the connection was lost".into()).await });
+            runtime.spawn(async move { finish(&state, id, "the stream failed".into()).await });
         }
     }
 }

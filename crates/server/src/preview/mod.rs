@@ -61,6 +61,10 @@ pub(crate) struct Previews {
     /// Shown in URLs unless it is the scheme's default.
     port: u16,
     cages: Mutex<HashMap<SandboxId, Arc<Cage>>>,
+    /// Containers whose namespace could not be opened, and until when not to try again (an
+    /// engine on another host has no namespace here; asking it every round would cost an
+    /// inspect per sandbox every two seconds).
+    unreachable: Mutex<HashMap<String, i64>>,
     limit: gate::RateLimit,
     cookie_key: gate::CookieKey,
     /// Basic-auth passwords already verified (hash of password → when the password was set),
@@ -104,6 +108,7 @@ impl Previews {
             scheme: if tls { "https" } else { "http" },
             port,
             cages: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
             limit: gate::RateLimit::new(config.rate_limit_per_minute),
             cookie_key: gate::CookieKey::from_hex(cookie_key_hex)
                 .expect("the cookie key is 32 random bytes in hex"),
@@ -160,6 +165,9 @@ impl Previews {
     }
 }
 
+/// How long a sandbox whose namespace could not be opened is left alone.
+const UNREACHABLE_RETRY_MS: i64 = 5_000;
+
 /// (Re-)opens a sandbox's namespace in the background: after it started, restarted or was
 /// restored into a new container.
 pub(crate) fn refresh(state: Arc<AppState>, id: SandboxId) {
@@ -186,7 +194,26 @@ pub(crate) async fn attach(
             format!("sandbox {} has no container yet", head.id),
         ));
     };
-    let ns = state.runtime.network_namespace(&container_id).await?;
+    let now = caged_domain::time::now_ms();
+    if lock(&state.previews.unreachable)
+        .get(&container_id)
+        .is_some_and(|until| *until > now)
+    {
+        return Err(crate::api::ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "network_unreachable",
+            format!("sandbox {}'s network could not be opened recently", head.id),
+        ));
+    }
+    let ns = match state.runtime.network_namespace(&container_id).await {
+        Ok(ns) => ns,
+        Err(err) => {
+            let mut unreachable = lock(&state.previews.unreachable);
+            unreachable.retain(|_, until| *until > now);
+            unreachable.insert(container_id, now + UNREACHABLE_RETRY_MS);
+            return Err(err.into());
+        }
+    };
     let tables = match caged_netns::proc_net::TcpTables::open(&ns) {
         Ok(tables) => Some(tables),
         Err(err) => {
