@@ -38,6 +38,8 @@ type Body = BoxBody<Bytes, BoxError>;
 /// The path on every preview host where the login form posts.
 const LOGIN_PATH: &str = "/__caged/login";
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client connections open at once, at most (each holds a descriptor, and a task).
+const MAX_CONNECTIONS: usize = 10_000;
 
 /// Accepts preview connections until the server stops.
 pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Option<TlsAcceptor>) {
@@ -49,6 +51,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Opti
             previews: state.previews.clone(),
         });
     let mut shutdown = state.shutdown.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -62,9 +65,15 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Opti
             },
             _ = shutdown.changed() => return,
         };
+        // Past the cap a new connection is closed at once rather than starving the others.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "preview connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (state, client, tls) = (state.clone(), client.clone(), tls.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => {
                     let ctx = Arc::new(Ctx {
