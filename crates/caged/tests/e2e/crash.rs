@@ -65,6 +65,16 @@ impl ServerProcess {
         }
     }
 
+    /// The server's installation id, and a guard that removes everything it made on the engine.
+    pub(crate) async fn installation(&self) -> (String, caged_testkit::InstallationGuard) {
+        let installation = self.client.system().await.unwrap()["installation_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let guard = caged_testkit::InstallationGuard(installation.clone());
+        (installation, guard)
+    }
+
     /// Waits for the process to die of the failpoint's SIGKILL.
     fn expect_killed(mut self) {
         use std::os::unix::process::ExitStatusExt;
@@ -126,11 +136,7 @@ async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
     for (point, expected_state, expected_reason) in cases {
         let data = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(data.path(), Some(point)).await;
-        let installation = server.client.system().await.unwrap()["installation_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let _cleanup = caged_testkit::InstallationGuard(installation.clone());
+        let (installation, _cleanup) = server.installation().await;
         let client = server.client.clone();
         let create = json!({ "template": "busybox" });
         let id = if point.starts_with("create") {
@@ -202,11 +208,7 @@ async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
 async fn sigterm_lets_in_flight_work_finish_then_exits() {
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), None).await;
-    let installation = server.client.system().await.unwrap()["installation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let _cleanup = caged_testkit::InstallationGuard(installation);
+    let (_, _cleanup) = server.installation().await;
     let id = server
         .client
         .create_sandbox(&json!({ "template": "busybox" }))
@@ -243,11 +245,7 @@ async fn sigterm_lets_in_flight_work_finish_then_exits() {
 async fn a_crash_mid_snapshot_leaves_no_partial_snapshot() {
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), Some("snapshot.after_blob")).await;
-    let installation = server.client.system().await.unwrap()["installation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let _cleanup = caged_testkit::InstallationGuard(installation);
+    let (_, _cleanup) = server.installation().await;
     let id = server
         .client
         .create_sandbox(&json!({ "template": "busybox" }))
@@ -287,11 +285,7 @@ async fn a_crash_mid_restore_keeps_exactly_one_whole_sandbox() {
     ] {
         let data = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(data.path(), Some(point)).await;
-        let installation = server.client.system().await.unwrap()["installation_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let _cleanup = caged_testkit::InstallationGuard(installation.clone());
+        let (installation, _cleanup) = server.installation().await;
         let id = server
             .client
             .create_sandbox(&json!({ "template": "busybox" }))

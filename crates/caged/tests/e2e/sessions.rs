@@ -139,11 +139,7 @@ async fn a_session_ends_when_its_client_is_killed() {
 async fn sessions_a_killed_server_left_open_end_when_it_restarts() {
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), None).await;
-    let installation = server.client.system().await.unwrap()["installation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let _cleanup = caged_testkit::InstallationGuard(installation);
+    let (_, _cleanup) = server.installation().await;
     let id = server
         .client
         .create_sandbox(&json!({ "template": "busybox" }))
