@@ -399,15 +399,24 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<Event>> {
+        self.events_where("sandbox_id", id.as_str(), account_id, after_seq, limit)
+    }
+
+    /// Events whose `column` (`sandbox_id` or `session_id`) is `key`, oldest first.
+    pub(crate) fn events_where(
+        &self,
+        column: &'static str,
+        key: &str,
+        account_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events
-             WHERE sandbox_id = ?1 AND account_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+             WHERE {column} = ?1 AND account_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
         ))?;
-        let rows = stmt.query_map(
-            params![id.as_str(), account_id, after_seq, limit],
-            event_from_row,
-        )?;
+        let rows = stmt.query_map(params![key, account_id, after_seq, limit], event_from_row)?;
         rows.map(|row| row?).collect()
     }
 

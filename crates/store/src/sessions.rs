@@ -5,7 +5,7 @@
 use caged_domain::SandboxId;
 use rusqlite::{OptionalExtension, params};
 
-use crate::{EVENT_COLUMNS, Event, Result, Store, event_from_row, insert_event_in};
+use crate::{Event, Result, Store, insert_event_in};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionRecord {
@@ -178,13 +178,7 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<Event>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events
-             WHERE session_id = ?1 AND account_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
-        ))?;
-        let rows = stmt.query_map(params![id, account_id, after_seq, limit], event_from_row)?;
-        rows.map(|row| row?).collect()
+        self.events_where("session_id", id, account_id, after_seq, limit)
     }
 }
 

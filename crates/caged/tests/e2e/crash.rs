@@ -75,6 +75,15 @@ impl ServerProcess {
         (installation, guard)
     }
 
+    /// A new running busybox sandbox.
+    pub(crate) async fn busybox(&self) -> String {
+        self.client
+            .create_sandbox(&json!({ "template": "busybox" }))
+            .await
+            .unwrap()
+            .id
+    }
+
     /// Waits for the process to die of the failpoint's SIGKILL.
     fn expect_killed(mut self) {
         use std::os::unix::process::ExitStatusExt;
@@ -209,12 +218,7 @@ async fn sigterm_lets_in_flight_work_finish_then_exits() {
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), None).await;
     let (_, _cleanup) = server.installation().await;
-    let id = server
-        .client
-        .create_sandbox(&json!({ "template": "busybox" }))
-        .await
-        .unwrap()
-        .id;
+    let id = server.busybox().await;
     let client = server.client.clone();
     let exec_id = id.clone();
     let in_flight = tokio::spawn(async move {
@@ -246,12 +250,7 @@ async fn a_crash_mid_snapshot_leaves_no_partial_snapshot() {
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), Some("snapshot.after_blob")).await;
     let (_, _cleanup) = server.installation().await;
-    let id = server
-        .client
-        .create_sandbox(&json!({ "template": "busybox" }))
-        .await
-        .unwrap()
-        .id;
+    let id = server.busybox().await;
     server
         .client
         .run(&id, &["sh", "-c", "echo data > /workspace/f"])
@@ -286,12 +285,7 @@ async fn a_crash_mid_restore_keeps_exactly_one_whole_sandbox() {
         let data = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(data.path(), Some(point)).await;
         let (installation, _cleanup) = server.installation().await;
-        let id = server
-            .client
-            .create_sandbox(&json!({ "template": "busybox" }))
-            .await
-            .unwrap()
-            .id;
+        let id = server.busybox().await;
         server
             .client
             .run(&id, &["sh", "-c", "echo v1 > /workspace/f"])

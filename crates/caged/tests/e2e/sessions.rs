@@ -140,12 +140,7 @@ async fn sessions_a_killed_server_left_open_end_when_it_restarts() {
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), None).await;
     let (_, _cleanup) = server.installation().await;
-    let id = server
-        .client
-        .create_sandbox(&json!({ "template": "busybox" }))
-        .await
-        .unwrap()
-        .id;
+    let id = server.busybox().await;
     let _stream = server
         .client
         .exec_stream(&id, &json!({ "cmd": ["sleep", "1000"], "stdin": true }))
