@@ -25,6 +25,12 @@ pub struct NetNs {
     fd: OwnedFd,
 }
 
+impl AsRawFd for NetNs {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl NetNs {
     /// Opens a namespace file (`/proc/<pid>/ns/net`, or a bind mount of one such as the
     /// engine's `/var/run/docker/netns/<key>`). Anything else is refused.
