@@ -341,7 +341,7 @@ pub fn check_template_name(key: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 /// A host name, optionally with one leading `*.` wildcard label.
-fn check_host_pattern(host: &str) -> Result<(), String> {
+pub fn check_host_pattern(host: &str) -> Result<(), String> {
     let bare = host.strip_prefix("*.").unwrap_or(host);
     let labels_ok = !bare.is_empty()
         && bare.len() <= 253
@@ -356,10 +356,14 @@ fn check_host_pattern(host: &str) -> Result<(), String> {
             "{host:?} is not a host name (e.g. api.openai.com or *.example.com)"
         ));
     }
-    if bare
-        .split('.')
-        .all(|label| label.chars().all(|c| c.is_ascii_digit()))
-    {
+    // Resolver libraries read a last label of digits or 0x-hex as an address
+    // (`2852039166`, `0xa9fea9fe`).
+    let last = bare.rsplit('.').next().unwrap_or_default();
+    let numeric = last.chars().all(|c| c.is_ascii_digit())
+        || last
+            .strip_prefix("0x")
+            .is_some_and(|hex| hex.chars().all(|c| c.is_ascii_hexdigit()));
+    if numeric {
         return Err(format!(
             "{host:?} is an IP address; allowed_hosts takes host names"
         ));

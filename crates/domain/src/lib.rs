@@ -6,6 +6,8 @@ pub mod id;
 pub mod lifecycle;
 pub mod time;
 
-pub use config::{ConfigError, Isolation, NetworkMode, Resources, SandboxConfig};
+pub use config::{
+    ConfigError, Isolation, NetworkMode, Resources, SandboxConfig, check_host_pattern,
+};
 pub use id::{IdError, SandboxId, random_hex};
 pub use lifecycle::{IllegalTransition, SandboxState, Transition, running_millis};

@@ -5,6 +5,7 @@
 //! transition row (both are written in one transaction), and a transition is only written when
 //! the row's current state is the one the caller expected, so two racing writers cannot both win.
 
+mod network;
 mod previews;
 mod schema;
 mod sessions;

@@ -112,6 +112,14 @@ CREATE INDEX sessions_open ON sessions (ended_at_ms) WHERE ended_at_ms IS NULL;
 ALTER TABLE events ADD COLUMN session_id TEXT;
 CREATE INDEX events_by_session ON events (session_id, seq) WHERE session_id IS NOT NULL;
 "#,
+    r#"
+CREATE TABLE link_slots (
+    sandbox_id TEXT PRIMARY KEY REFERENCES sandboxes(id),
+    slot       INTEGER NOT NULL
+);
+CREATE INDEX link_slots_by_slot ON link_slots (slot);
+CREATE INDEX events_by_kind ON events (sandbox_id, kind, seq);
+"#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
