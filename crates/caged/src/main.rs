@@ -80,6 +80,9 @@ enum Command {
     Sessions(cli::sessions::ListArgs),
     /// Show one session and its events.
     Session(cli::sessions::ShowArgs),
+    /// See what a sandbox reached or tried to, and change its allowlist while it runs.
+    #[command(subcommand)]
+    Network(cli::network::Command),
     /// List a sandbox's preview URLs and protect them with passwords.
     #[command(subcommand)]
     Preview(cli::preview::Command),

@@ -375,6 +375,30 @@ impl Client {
         .await
     }
 
+    /// The sandbox's network: mode, link, allowlist and the hosts it tried.
+    pub async fn network(&self, id: &str) -> Result<Value> {
+        self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/network")))
+            .await
+    }
+
+    /// The hosts the sandbox tried, with a ready `allowed_hosts` block.
+    pub async fn network_learn(&self, id: &str) -> Result<Value> {
+        self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/network/learn")))
+            .await
+    }
+
+    /// Replaces a live `allowlist` sandbox's allowed hosts.
+    pub async fn set_allowed_hosts(&self, id: &str, hosts: &[String]) -> Result<Value> {
+        self.json(
+            self.request(
+                Method::PUT,
+                &format!("/v1/sandboxes/{id}/network/allowed-hosts"),
+            )
+            .json(&json!({ "allowed_hosts": hosts })),
+        )
+        .await
+    }
+
     pub async fn snapshots(&self, id: &str) -> Result<Vec<Value>> {
         let value: Value = self
             .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/snapshots")))

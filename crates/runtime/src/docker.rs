@@ -12,15 +12,14 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, ResizeExecOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, ResizeExecOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
-use caged_domain::{Isolation, NetworkMode, SandboxId};
+use caged_domain::{Isolation, SandboxId};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
@@ -167,53 +166,15 @@ impl DockerRuntime {
         Ok(docker)
     }
 
-    pub fn network_name(&self) -> String {
-        format!("caged-{}", self.installation_id)
-    }
-
     fn container_name(&self, id: SandboxId) -> String {
         format!("caged-{}-{id}", self.installation_id)
     }
 
-    async fn ensure_network(&self) -> Result<()> {
-        let name = self.network_name();
-        let filters = HashMap::from([("name".to_string(), vec![name.clone()])]);
-        let existing = self
-            .docker()?
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(engine_error)?;
-        if existing
-            .iter()
-            .any(|network| network.name.as_deref() == Some(name.as_str()))
-        {
-            return Ok(());
-        }
-        let request = NetworkCreateRequest {
-            name: name.clone(),
-            driver: Some("bridge".to_string()),
-            // Sandboxes on the shared bridge must not reach each other.
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.enable_icc".to_string(),
-                "false".to_string(),
-            )])),
-            labels: Some(HashMap::from([(
-                LABEL_INSTALLATION.to_string(),
-                self.installation_id.clone(),
-            )])),
-            ..Default::default()
-        };
-        match self.docker()?.create_network(request).await {
-            Ok(_) => Ok(()),
-            // Another process created it between our look and our create.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(err) => Err(engine_error(err)),
+    /// Earlier versions put sandboxes on a per-installation bridge; links replaced it.
+    async fn remove_old_network(&self) {
+        let name = format!("caged-{}", self.installation_id);
+        if let Ok(docker) = self.docker() {
+            let _ = docker.remove_network(&name).await;
         }
     }
 
@@ -362,12 +323,12 @@ impl DockerRuntime {
             .collect();
         env.push(format!("CAGED_SANDBOX_ID={}", spec.id));
         let memory = (spec.resources.memory as i64) << 20;
-        let network_mode = match spec.network_mode {
-            NetworkMode::Full => self.network_name(),
-            // Until host-side allowlist enforcement exists, an allowlist sandbox gets no network
-            // at all: failing closed is the only honest reading of "only these hosts".
-            NetworkMode::Allowlist | NetworkMode::None => "none".to_string(),
-        };
+        // The engine gives every sandbox a namespace with loopback only; Caged adds the link
+        // itself (see caged_network::link), so the engine's own networking is never involved.
+        let dns = spec
+            .link
+            .as_ref()
+            .map(|link| vec![link.host_addr.to_string()]);
         let host_config = HostConfig {
             init: Some(true),
             cap_drop: Some(vec!["ALL".into()]),
@@ -389,7 +350,8 @@ impl DockerRuntime {
             storage_opt: spec.enforce_disk.then(|| {
                 HashMap::from([("size".to_string(), format!("{}G", spec.resources.disk))])
             }),
-            network_mode: Some(network_mode),
+            network_mode: Some("none".into()),
+            dns,
             runtime: (spec.isolation == Isolation::Gvisor).then(|| GVISOR_RUNTIME.to_string()),
             log_config: Some(bollard::models::HostConfigLogConfig {
                 typ: Some("none".into()),
@@ -473,7 +435,7 @@ impl Runtime for DockerRuntime {
             .map_err(engine_error)?;
         let version = docker.version().await.map_err(engine_error)?;
         let info = docker.info().await.map_err(engine_error)?;
-        self.ensure_network().await?;
+        self.remove_old_network().await;
         let driver = info.driver.clone().unwrap_or_default();
         let backing = info.driver_status.as_ref().and_then(|status| {
             status
@@ -603,7 +565,14 @@ impl Runtime for DockerRuntime {
             }
         }
         let (name, body) = self.container_config(spec);
-        self.create_named(spec, &name, body).await
+        let container_id = self.create_named(spec, &name, body).await?;
+        if let Some(link) = &spec.link
+            && let Err(err) = self.attach_link(&container_id, link).await
+        {
+            let _ = self.remove(&container_id).await;
+            return Err(err);
+        }
+        Ok(container_id)
     }
 
     async fn create_staged(&self, spec: &SandboxSpec) -> Result<String> {
@@ -620,7 +589,11 @@ impl Runtime for DockerRuntime {
         self.docker()?
             .rename_container(staged, options)
             .await
-            .map_err(container_error)
+            .map_err(container_error)?;
+        match &spec.link {
+            Some(link) => self.attach_link(staged, link).await,
+            None => Ok(()),
+        }
     }
 
     async fn changes(&self, handle: &str) -> Result<Vec<FsChange>> {
@@ -946,6 +919,15 @@ impl Runtime for DockerRuntime {
             });
         }
         Ok(ns)
+    }
+
+    async fn attach_link(&self, handle: &str, link: &caged_network::LinkSpec) -> Result<()> {
+        let ns = self.network_namespace(handle).await?;
+        caged_network::link::attach_veth(&ns, link)
+            .await
+            .map_err(|err| RuntimeError::Link {
+                reason: err.to_string(),
+            })
     }
 }
 

@@ -64,6 +64,8 @@ pub enum RuntimeError {
     Io(#[from] std::io::Error),
     #[error("the sandbox's network cannot be reached from this host: {reason}")]
     NetworkUnreachable { reason: String },
+    #[error("cannot give the sandbox its network link: {reason}")]
+    Link { reason: String },
 }
 
 fn list_or_none(known: &[String]) -> String {
@@ -92,6 +94,9 @@ pub struct SandboxSpec {
     /// Apply `resources.disk` as a hard limit (only where the engine can).
     pub enforce_disk: bool,
     pub pids_limit: i64,
+    /// The sandbox's own link (none for `network_mode: none`): the driver creates it when the
+    /// sandbox starts, and points the sandbox's resolver at its host address.
+    pub link: Option<caged_network::LinkSpec>,
 }
 
 /// What the engine can do, found at start-up and reported to operators.
@@ -186,8 +191,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Imports an uncompressed root filesystem tar as template `name`.
     async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo>;
 
-    /// Creates and starts the sandbox; returns the engine's handle for it. On error nothing of
-    /// it is left on the engine.
+    /// Creates and starts the sandbox, with its link; returns the engine's handle for it. On
+    /// error nothing of it is left on the engine.
     async fn create(&self, spec: &SandboxSpec) -> Result<String>;
     /// Starts a sandbox whose processes the engine lost (after an engine restart).
     async fn start(&self, handle: &str) -> Result<()>;
@@ -221,7 +226,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates and starts a sandbox beside an existing one of the same id (for a restore that
     /// must not touch the original until it has succeeded).
     async fn create_staged(&self, spec: &SandboxSpec) -> Result<String>;
-    /// Gives a staged sandbox the sandbox's own name, once the original is gone.
+    /// Gives a staged sandbox the sandbox's own name and link, once the original is gone (a
+    /// staged sandbox has no link: its name is the original's until then).
     async fn promote(&self, staged: &str, spec: &SandboxSpec) -> Result<()>;
 
     /// Driver-specific facts for `inspect`.
@@ -231,4 +237,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// same namespace for as long as the caller holds it. The preview proxy dials and the port
     /// detector reads through it.
     async fn network_namespace(&self, handle: &str) -> Result<caged_netns::NetNs>;
+
+    /// (Re)creates the running sandbox's link: after an engine restart started it again, or when
+    /// its host end went missing.
+    async fn attach_link(&self, handle: &str, link: &caged_network::LinkSpec) -> Result<()>;
 }

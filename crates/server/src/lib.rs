@@ -8,6 +8,7 @@ mod blocking;
 mod engine;
 mod failpoint;
 mod idle;
+mod network;
 mod paths;
 mod preview;
 mod reconcile;
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 
 pub use caged_runtime::DEFAULT_PIDS_LIMIT;
 pub use engine::EngineStatus;
+pub use network::NetworkConfig;
 pub use preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
 
 /// Name of the file in the data folder that holds the admin's API key.
@@ -48,6 +50,7 @@ pub struct ServerConfig {
     /// Check at start-up (with a test sandbox) whether gVisor works, rather than on first use.
     pub probe_gvisor_at_start: bool,
     pub preview: PreviewConfig,
+    pub network: NetworkConfig,
 }
 
 impl ServerConfig {
@@ -62,6 +65,7 @@ impl ServerConfig {
             snapshot_quota_bytes: 10_000_000_000,
             probe_gvisor_at_start: true,
             preview: PreviewConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -78,6 +82,8 @@ pub enum StartError {
     Store(#[from] caged_store::StoreError),
     #[error("preview setup failed: {reason}")]
     Preview { reason: String },
+    #[error("network setup failed: {reason}")]
+    Network { reason: String },
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -103,6 +109,7 @@ pub(crate) struct AppState {
     /// Becomes true when the server is stopping; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
     pub previews: Arc<preview::Previews>,
+    pub network: Arc<network::Network>,
 }
 
 impl AppState {
@@ -225,6 +232,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     ));
     preview::warn_if_detection_is_costly();
 
+    network::check_pool(&config.network.pool, &installation_id)
+        .await
+        .map_err(|reason| StartError::Network { reason })?;
+    let network = Arc::new(network::Network::new(
+        config.network.clone(),
+        &installation_id,
+    ));
+
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
@@ -242,6 +257,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         events: tokio::sync::broadcast::channel(1024).0,
         shutdown: stopping,
         previews,
+        network,
     });
     snapshots::remove_orphans(&state).await;
     sessions::end_orphans(&state).await;
@@ -249,6 +265,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     idle::run(state.clone());
     reconcile::run(state.clone());
     preview::run(state.clone());
+    network::run(state.clone());
     tokio::spawn(preview::serve(state.clone(), preview_listener, tls));
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

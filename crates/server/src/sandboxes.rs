@@ -132,6 +132,22 @@ pub(crate) async fn create(
     };
     state.publish(event);
     failpoint::hit("create.after_insert");
+    let link = match prepare_link(state, id, account_id, &config).await {
+        Ok(link) => link,
+        Err(err) => {
+            let reason = format!("create failed: {}", err.message);
+            record_transition(
+                state,
+                id,
+                SandboxState::Pending,
+                SandboxState::Destroyed,
+                Some(reason),
+                config.timeout,
+            )
+            .await?;
+            return Err(err);
+        }
+    };
     let spec = SandboxSpec {
         id,
         account_id: account_id.to_string(),
@@ -143,6 +159,7 @@ pub(crate) async fn create(
         env: config.env.clone(),
         enforce_disk: disk_enforced,
         pids_limit: state.config.pids_limit,
+        link,
     };
     match state.runtime.create(&spec).await {
         Ok(container_id) => {
@@ -174,10 +191,34 @@ pub(crate) async fn create(
         }
     }
     crate::preview::refresh(state.clone(), id);
+    let record = get(state, account_id, id).await?;
+    if let Err(err) = crate::network::on_started(state, &record).await {
+        // The link is in the firewall (so nothing leaks); its services come when the healer
+        // manages to start them.
+        tracing::error!(sandbox = %id, "its network services did not start: {err}");
+    }
     if config.init_script.is_some() && !options.defer_init {
         start_init(state.clone(), account_id.to_string(), id);
     }
     get(state, account_id, id).await
+}
+
+/// Reserves the sandbox's link and puts it in the firewall before the sandbox exists.
+async fn prepare_link(
+    state: &AppState,
+    id: SandboxId,
+    account_id: &str,
+    config: &SandboxConfig,
+) -> Result<Option<caged_network::LinkSpec>, ApiError> {
+    let Some(spec) = crate::network::prepare(state, id, config.network_mode).await? else {
+        return Ok(None);
+    };
+    crate::network::register(state, id, account_id, config, &spec)
+        .await
+        .map_err(|reason| {
+            ApiError::internal(format!("cannot set up the sandbox's network: {reason}"))
+        })?;
+    Ok(Some(spec))
 }
 
 /// Runs `init_script` in the background, in `/workspace`, recording its output and status.
@@ -395,6 +436,7 @@ pub(crate) async fn record_transition(
         blocking::run(move || store.transition(id, from, to, at, reason.as_deref())).await?;
     state.publish(event);
     crate::preview::Previews::on_transition(state, id, to);
+    crate::network::on_transition(state, id, to);
     if to == SandboxState::Running {
         state.idle.touch(id, at, timeout_seconds);
     } else {

@@ -32,7 +32,11 @@ pub(crate) async fn snapshot(
         .ok_or_else(|| ApiError::not_found(format!("snapshot {id} not found")))
 }
 
-pub(crate) fn spec_for(state: &AppState, record: &SandboxRecord) -> SandboxSpec {
+pub(crate) fn spec_for(
+    state: &AppState,
+    record: &SandboxRecord,
+    link: Option<caged_network::LinkSpec>,
+) -> SandboxSpec {
     let config = &record.config;
     SandboxSpec {
         id: record.id,
@@ -45,6 +49,7 @@ pub(crate) fn spec_for(state: &AppState, record: &SandboxRecord) -> SandboxSpec 
         env: config.env.clone(),
         enforce_disk: record.disk_enforced,
         pids_limit: state.config.pids_limit,
+        link,
     }
 }
 
@@ -294,7 +299,8 @@ pub(crate) async fn restore(
     }
     let limits = limits_for(&record.config);
     let deletions = validate(state, &snapshot, limits).await?;
-    let spec = spec_for(state, &record);
+    let link = crate::network::spec_of(state, id, record.config.network_mode).await?;
+    let spec = spec_for(state, &record, link);
     let staged = state.runtime.create_staged(&spec).await?;
     if let Err(err) = apply(state, &staged, &snapshot, deletions, limits).await {
         let _ = state.runtime.destroy(&staged).await;
@@ -316,6 +322,10 @@ pub(crate) async fn restore(
     // A name is only cosmetic (containers are addressed by id); a failed rename is not fatal.
     if let Err(err) = state.runtime.promote(&staged, &spec).await {
         tracing::warn!(sandbox = %id, "could not rename the restored container: {err}");
+    }
+    let restored = get(state, account_id, id).await?;
+    if let Err(err) = crate::network::on_started(state, &restored).await {
+        tracing::error!(sandbox = %id, "its network services did not restart: {err}");
     }
     let reason = format!("restored from snapshot {}", snapshot.id);
     if record.state == SandboxState::Paused {

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod inspect;
 pub mod lifecycle;
 pub mod ls;
+pub mod network;
 pub mod preview;
 pub mod server;
 pub mod sessions;
@@ -43,6 +44,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(cli, args).await,
         Command::Snapshot(command) => snapshot::run(cli, command).await,
         Command::Preview(command) => preview::run(cli, command).await,
+        Command::Network(command) => network::run(cli, command).await,
         Command::Agent(args) => agent::run(cli, args).await,
         Command::Sessions(args) => sessions::list(cli, args).await,
         Command::Session(args) => sessions::show(cli, args).await,

@@ -58,6 +58,35 @@ pub struct Args {
     /// Requests a minute per preview URL before 429 (0: no limit).
     #[arg(long, default_value_t = 100)]
     preview_rate_limit: u32,
+    /// Sandbox links are numbered from this IPv4 network (a /30 each); it must not overlap any
+    /// network of the host.
+    #[arg(long, env = "CAGED_SANDBOX_NETWORK", default_value = "10.213.0.0/16", value_parser = parse_pool)]
+    sandbox_network: caged_network::Pool,
+    /// Resolver the sandboxes' DNS stub and the egress proxy ask (IP or IP:PORT; repeat for
+    /// more). Default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream", value_parser = parse_resolver)]
+    dns_upstream: Vec<SocketAddr>,
+    /// A range denied by default (private, CGNAT, link-local, ...) that `full` sandboxes may
+    /// reach anyway, e.g. 10.20.0.0/16 for a company network. Repeat for more.
+    #[arg(long = "network-open", value_parser = parse_net)]
+    network_open: Vec<caged_network::ranges::Net4>,
+}
+
+fn parse_pool(text: &str) -> Result<caged_network::Pool, String> {
+    caged_network::Pool::parse(text)
+}
+
+fn parse_net(text: &str) -> Result<caged_network::ranges::Net4, String> {
+    caged_network::ranges::Net4::parse(text)
+}
+
+fn parse_resolver(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
@@ -85,6 +114,12 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             _ => PreviewTls::Off,
         },
         rate_limit_per_minute: args.preview_rate_limit,
+    };
+    config.network = caged_server::NetworkConfig {
+        pool: args.sandbox_network,
+        upstream: (!args.dns_upstream.is_empty()).then(|| args.dns_upstream.clone()),
+        open_ranges: args.network_open.clone(),
+        ..caged_server::NetworkConfig::default()
     };
     let mut server = caged_server::start(config)
         .await

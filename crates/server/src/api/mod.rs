@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod exec;
 mod files;
+mod network;
 mod openapi;
 mod previews;
 mod sandboxes;
@@ -58,6 +59,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sandboxes/{id}/sessions", get(sessions::list))
         .route("/v1/sessions/{sid}", get(sessions::inspect))
         .route("/v1/sessions/{sid}/events", get(sessions::session_events))
+        .route("/v1/sandboxes/{id}/network", get(network::inspect))
+        .route("/v1/sandboxes/{id}/network/learn", get(network::learn))
+        .route(
+            "/v1/sandboxes/{id}/network/allowed-hosts",
+            axum::routing::put(network::set_allowed_hosts),
+        )
         .route("/v1/sandboxes/{id}/previews", get(previews::list))
         .route(
             "/v1/sandboxes/{id}/previews/{port}",

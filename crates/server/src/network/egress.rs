@@ -1,0 +1,372 @@
+//! The egress proxy of an `allowlist` link. The firewall redirects every TCP connection the
+//! sandbox makes (to any address but the host's) here. The proxy reads the name the client asks
+//! for — TLS SNI or the HTTP Host header, without terminating anything — checks it against the
+//! allowlist, resolves it itself and connects to what it resolved: the address the sandbox
+//! dialled is never trusted, so `/etc/hosts` entries, IP literals and SNI spoofing reach nothing.
+//! A connection that carries no name (SSH, a database protocol) goes through only to an address
+//! the DNS stub handed out for an allowed name, while that answer is fresh.
+//!
+//! Refusals are fast and visible: a TLS `access_denied` alert, an HTTP 403 naming the rule, or a
+//! reset; each is a `network` event, as is every connection allowed (host, bytes, duration).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use caged_network::dns::Resolved;
+use caged_network::{http, sni};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::{Ctx, Link, lock, record};
+
+/// How long a client may take to say which host it wants.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a client that may be waiting for the server to speak first.
+const SILENT_CLIENT: Duration = Duration::from_millis(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one sandbox may have open through the proxy.
+const MAX_CONNECTIONS: usize = 1024;
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn serve(
+    ctx: Arc<Ctx>,
+    link: Arc<Link>,
+    listener: tokio::net::TcpListener,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(sandbox = %link.id, "egress accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if lock(&link.connections).len() >= MAX_CONNECTIONS {
+                caged_network::sockets::reset(stream);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+            let (ctx, task_link) = (ctx.clone(), link.clone());
+            let task = tokio::spawn(async move {
+                handle(&ctx, &task_link, stream, number).await;
+                lock(&task_link.connections).remove(&number);
+            });
+            // Registered with no host until one is allowed; an allowlist change closes it then.
+            lock(&link.connections).insert(number, (String::new(), task.abort_handle()));
+        }
+    })
+}
+
+/// What the first bytes of a connection asked for.
+enum Asked {
+    Tls(String),
+    Http(String),
+    /// TLS without a server name, CONNECT, a request with no or contradictory Host.
+    Nameless(&'static str),
+    /// Not TLS, not HTTP.
+    Opaque,
+}
+
+async fn handle(ctx: &Ctx, link: &Link, mut client: TcpStream, number: u64) {
+    let Ok(original) = caged_network::sockets::original_destination(&client) else {
+        caged_network::sockets::reset(client);
+        return;
+    };
+    let mut buf = Vec::with_capacity(4096);
+    let asked = match read_hello(&mut client, &mut buf).await {
+        Some(asked) => asked,
+        None => {
+            caged_network::sockets::reset(client);
+            return;
+        }
+    };
+    let (name, tls) = match asked {
+        Asked::Tls(name) => (name, true),
+        Asked::Http(name) => (name, false),
+        Asked::Nameless(why) => {
+            refuse(ctx, link, client, &buf, None, original, why).await;
+            return;
+        }
+        Asked::Opaque => {
+            // Only to an address handed out for an allowed name, while fresh.
+            let handed = lock(&link.handed_out)
+                .get(original.ip())
+                .filter(|(_, until)| *until > Instant::now())
+                .map(|(name, _)| name.clone());
+            match handed {
+                Some(name) if allows(link, &name) => {
+                    connect(
+                        ctx,
+                        link,
+                        client,
+                        buf,
+                        &name,
+                        original,
+                        vec![*original.ip()],
+                        number,
+                    )
+                    .await;
+                }
+                _ => {
+                    refuse(ctx, link, client, &buf, None, original, "no host name (not TLS or HTTP) and not an address the DNS stub gave for an allowed host").await;
+                }
+            }
+            return;
+        }
+    };
+    let _ = tls;
+    if !caged_network::allow::is_host_name(&name) {
+        refuse(
+            ctx,
+            link,
+            client,
+            &buf,
+            Some(&name),
+            original,
+            "an IP address, not a host name",
+        )
+        .await;
+        return;
+    }
+    if !allows(link, &name) {
+        refuse(
+            ctx,
+            link,
+            client,
+            &buf,
+            Some(&name),
+            original,
+            "not in allowed_hosts",
+        )
+        .await;
+        return;
+    }
+    let addresses = match ctx.network.resolver.resolve(&name).await {
+        Ok(Resolved::Addresses(addrs)) if !addrs.is_empty() => {
+            addrs.into_iter().map(|(ip, _)| ip).collect::<Vec<_>>()
+        }
+        Ok(_) => {
+            refuse(
+                ctx,
+                link,
+                client,
+                &buf,
+                Some(&name),
+                original,
+                "the name does not resolve",
+            )
+            .await;
+            return;
+        }
+        Err(err) => {
+            tracing::debug!(sandbox = %link.id, "lookup of {name} failed: {err}");
+            refuse(
+                ctx,
+                link,
+                client,
+                &buf,
+                Some(&name),
+                original,
+                "the name could not be resolved",
+            )
+            .await;
+            return;
+        }
+    };
+    connect(ctx, link, client, buf, &name, original, addresses, number).await;
+}
+
+fn allows(link: &Link, name: &str) -> bool {
+    link.allowlist
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .allows(name)
+}
+
+async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Asked> {
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let mut chunk = [0u8; 4096];
+    // A client that says nothing at first may be waiting for the server (SSH, SMTP, ...).
+    match tokio::time::timeout(SILENT_CLIENT, client.read(&mut chunk)).await {
+        Err(_) => return Some(Asked::Opaque),
+        Ok(Ok(0)) | Ok(Err(_)) => return None,
+        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+    }
+    loop {
+        match sni::parse(buf) {
+            sni::Hello::ClientHello {
+                server_name: Some(name),
+            } => return Some(Asked::Tls(caged_network::allow::normalize(&name))),
+            sni::Hello::ClientHello { server_name: None } => {
+                return Some(Asked::Nameless("TLS without a server name (SNI)"));
+            }
+            sni::Hello::Malformed => return Some(Asked::Nameless("a malformed TLS hello")),
+            sni::Hello::Incomplete => {}
+            sni::Hello::NotTls => match http::parse(buf) {
+                http::Head::Request { method, .. } if method.eq_ignore_ascii_case("CONNECT") => {
+                    return Some(Asked::Nameless("CONNECT (this is not a forward proxy)"));
+                }
+                http::Head::Request {
+                    host: Some(host), ..
+                } => return Some(Asked::Http(host)),
+                http::Head::Request { host: None, .. } => {
+                    return Some(Asked::Nameless(
+                        "an HTTP request without one consistent Host",
+                    ));
+                }
+                http::Head::NotHttp => return Some(Asked::Opaque),
+                http::Head::Incomplete => {}
+            },
+        }
+        if buf.len() >= sni::MAX_HELLO.max(http::MAX_HEAD) {
+            return Some(Asked::Nameless("no host name in the first 16 KiB"));
+        }
+        let n = tokio::time::timeout_at(deadline, client.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn refuse(
+    ctx: &Ctx,
+    link: &Link,
+    mut client: TcpStream,
+    buf: &[u8],
+    name: Option<&str>,
+    original: SocketAddrV4,
+    why: &str,
+) {
+    let target = name.map_or_else(|| original.ip().to_string(), str::to_string);
+    record(
+        ctx,
+        link,
+        &format!("blocked {target}:{}", original.port()),
+        json!({
+            "action": "blocked",
+            "host": name,
+            "address": original.ip().to_string(),
+            "port": original.port(),
+            "reason": why,
+            "by": "egress proxy",
+        }),
+    );
+    if buf.first() == Some(&0x16) {
+        let _ = client.write_all(&sni::ACCESS_DENIED_ALERT).await;
+        let _ = client.shutdown().await;
+    } else if matches!(http::parse(buf), http::Head::Request { .. }) {
+        let body = format!(
+            "caged: {target} is not reachable from sandbox {}: {why}. Allowed hosts: {}\n",
+            link.id,
+            link.allowlist
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .patterns()
+                .join(", ")
+        );
+        let response = format!(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\nx-caged-error: egress_blocked\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(response.as_bytes()).await;
+        let _ = client.shutdown().await;
+    } else {
+        caged_network::sockets::reset(client);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connect(
+    ctx: &Ctx,
+    link: &Link,
+    client: TcpStream,
+    hello: Vec<u8>,
+    name: &str,
+    original: SocketAddrV4,
+    candidates: Vec<Ipv4Addr>,
+    number: u64,
+) {
+    // The address the sandbox dialled, if the name really has it; otherwise the first one.
+    let mut ordered: Vec<Ipv4Addr> = candidates
+        .iter()
+        .copied()
+        .filter(|ip| ip == original.ip())
+        .collect();
+    ordered.extend(candidates.iter().copied().filter(|ip| ip != original.ip()));
+    // Checked again right before connecting: the answer may have changed since it was cached.
+    let Some(target) = ordered
+        .into_iter()
+        .find(|ip| ctx.network.denied(IpAddr::V4(*ip)).is_none())
+    else {
+        refuse(
+            ctx,
+            link,
+            client,
+            &hello,
+            Some(name),
+            original,
+            "it resolves only to denied addresses",
+        )
+        .await;
+        return;
+    };
+    let target = SocketAddr::from((target, original.port()));
+    let started = Instant::now();
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            record(
+                ctx,
+                link,
+                &format!("unreachable {name}:{}", original.port()),
+                json!({
+                    "action": "unreachable",
+                    "host": name,
+                    "address": target.ip().to_string(),
+                    "port": original.port(),
+                }),
+            );
+            caged_network::sockets::reset(client);
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    if let Some(entry) = lock(&link.connections).get_mut(&number) {
+        entry.0 = name.to_string();
+    }
+    let (mut client, mut upstream) = (client, upstream);
+    let mut sent = hello.len() as u64;
+    let copied = async {
+        upstream.write_all(&hello).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    }
+    .await;
+    let (up, down) = copied.unwrap_or((0, 0));
+    sent += up;
+    record(
+        ctx,
+        link,
+        &format!("connect {number}"),
+        json!({
+            "action": "connect",
+            "host": name,
+            "address": target.ip().to_string(),
+            "port": original.port(),
+            "bytes_out": sent,
+            "bytes_in": down,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }),
+    );
+}

@@ -1,0 +1,710 @@
+//! Network modes, enforced on the host side of each sandbox's own link.
+//!
+//! A sandbox in `full` or `allowlist` mode gets a link (a veth pair, see
+//! [`caged_network::link`]) numbered from the pool; `none` gets none. This module keeps, per
+//! link, Caged's services on its host address (the DNS stub for both modes, the egress proxy for
+//! `allowlist`), writes the installation's firewall table whenever the set of links changes, and
+//! heals: every [`HEAL_EVERY`] it puts back a table someone deleted or changed, host-end
+//! settings a global `ip_forward` toggle reset, links that vanished and services that died.
+
+mod dns;
+mod egress;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use caged_domain::time::now_ms;
+use caged_domain::{NetworkMode, SandboxId, SandboxState};
+use caged_network::firewall::{Firewall, LinkRule, Mode};
+use caged_network::ranges::Net4;
+use caged_network::{Allowlist, LinkSpec, Pool};
+use caged_store::SandboxRecord;
+use serde_json::{Value, json};
+use tokio::task::AbortHandle;
+
+use crate::api::ApiError;
+use crate::{AppState, blocking};
+
+pub(crate) use dns::Resolver;
+
+/// Network settings of the server.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Sandbox links are numbered from this pool.
+    pub pool: Pool,
+    /// Resolvers the DNS stub and the egress proxy ask; `None`: the host's `/etc/resolv.conf`.
+    pub upstream: Option<Vec<SocketAddr>>,
+    /// Denied ranges a `full` sandbox may reach anyway (e.g. a company network).
+    pub open_ranges: Vec<Net4>,
+    /// Port of the egress proxy on each `allowlist` link's host address.
+    pub proxy_port: u16,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            pool: Pool::parse("10.213.0.0/16").expect("a valid default pool"),
+            upstream: None,
+            open_ranges: Vec::new(),
+            proxy_port: 15001,
+        }
+    }
+}
+
+/// How often the firewall, links and services are checked and put back.
+pub(crate) const HEAL_EVERY: Duration = Duration::from_secs(2);
+
+/// The same refusal (or connection) is recorded at most once per this long per sandbox; the
+/// event says how many were folded into it.
+const EVENT_EVERY: Duration = Duration::from_secs(10);
+
+/// What the services on a link need of the server: the registry, and where events go.
+pub(crate) struct Ctx {
+    pub network: Arc<Network>,
+    pub store: Arc<caged_store::Store>,
+    pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
+}
+
+impl Ctx {
+    pub(crate) fn of(state: &AppState) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            network: state.network.clone(),
+            store: state.store.clone(),
+            events: state.events.clone(),
+        })
+    }
+}
+
+/// All links of this server.
+pub(crate) struct Network {
+    pub config: NetworkConfig,
+    firewall: Firewall,
+    links: Mutex<HashMap<SandboxId, Arc<Link>>>,
+    pub resolver: Arc<Resolver>,
+    /// The host's own networks, denied to every sandbox.
+    host_nets: RwLock<Vec<Net4>>,
+    /// The table as listed after Caged last wrote it.
+    written: tokio::sync::Mutex<Option<String>>,
+}
+
+/// One sandbox's link and the services on it.
+pub(crate) struct Link {
+    pub id: SandboxId,
+    pub account_id: String,
+    pub spec: LinkSpec,
+    pub mode: Mode,
+    pub allowlist: RwLock<Allowlist>,
+    /// Addresses the stub handed out, with the name and until when: a connection that carries
+    /// no name (not TLS, not HTTP) may go to one of these while it is fresh.
+    pub handed_out: Mutex<HashMap<Ipv4Addr, (String, Instant)>>,
+    /// Open egress connections, by number, with the host they were allowed for.
+    pub connections: Mutex<HashMap<u64, (String, AbortHandle)>>,
+    services: Mutex<Vec<AbortHandle>>,
+    /// The host end's interface index the services are bound to (0: not bound).
+    bound_ifindex: std::sync::atomic::AtomicU32,
+    /// Last time each event key was recorded, and how many were folded since.
+    recorded: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for task in lock(&self.services).drain(..) {
+            task.abort();
+        }
+        for (_, (_, task)) in lock(&self.connections).drain() {
+            task.abort();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Network {
+    pub(crate) fn new(config: NetworkConfig, installation_id: &str) -> Network {
+        let upstream = caged_network::dns::Upstream {
+            servers: config.upstream.clone().unwrap_or_else(|| {
+                caged_network::dns::Upstream::from_resolv_conf(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                )
+                .servers
+            }),
+            timeout: Duration::from_secs(2),
+        };
+        Network {
+            firewall: Firewall::new(
+                installation_id,
+                config.proxy_port,
+                log_group(installation_id),
+            ),
+            config,
+            links: Mutex::new(HashMap::new()),
+            resolver: Arc::new(Resolver::new(upstream)),
+            host_nets: RwLock::new(Vec::new()),
+            written: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn link(&self, id: SandboxId) -> Option<Arc<Link>> {
+        lock(&self.links).get(&id).cloned()
+    }
+
+    fn links(&self) -> Vec<Arc<Link>> {
+        lock(&self.links).values().cloned().collect()
+    }
+
+    /// What a destination is denied as, for a sandbox (`None`: it may be reached).
+    pub(crate) fn denied(&self, ip: std::net::IpAddr) -> Option<&'static str> {
+        let host_nets = self
+            .host_nets
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        caged_network::ranges::denied(ip, &self.config.open_ranges, &host_nets)
+    }
+
+    /// Writes the firewall table for the links known now, if it differs from what the kernel
+    /// holds (or always, with `force`).
+    async fn write_firewall(&self, force: bool) -> Result<(), String> {
+        let mut written = self.written.lock().await;
+        let rules: Vec<LinkRule> = {
+            let mut links = self.links();
+            links.sort_by_key(|link| link.spec.host_ifname.clone());
+            links
+                .iter()
+                .map(|link| LinkRule {
+                    ifname: link.spec.host_ifname.clone(),
+                    host_addr: link.spec.host_addr,
+                    sandbox_addr: link.spec.sandbox_addr,
+                    mode: link.mode,
+                })
+                .collect()
+        };
+        let denied = self.denied_ranges();
+        let script = self.firewall.script(&rules, &denied);
+        if !force
+            && let Some(expected) = written.as_ref()
+            && self
+                .firewall
+                .listing()
+                .await
+                .map_err(|e| e.to_string())?
+                .as_ref()
+                == Some(expected)
+            && expected.contains(&format!("# script {:016x}", hash(&script)))
+        {
+            return Ok(());
+        }
+        let marked = format!("{}\n# script {:016x}\n", script.trim_end(), hash(&script));
+        self.firewall
+            .apply(&script)
+            .await
+            .map_err(|e| e.to_string())?;
+        let listing = self
+            .firewall
+            .listing()
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        // The listing carries no trace of the script; remember which script made it.
+        *written = Some(format!("{listing}{}", &marked[script.trim_end().len()..]));
+        Ok(())
+    }
+
+    fn denied_ranges(&self) -> Vec<Net4> {
+        let host_nets = self
+            .host_nets
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut denied: Vec<Net4> = caged_network::ranges::DENIED
+            .iter()
+            .map(|(net, _)| *net)
+            .filter(|net| {
+                !self
+                    .config
+                    .open_ranges
+                    .iter()
+                    .any(|open| open.contains(net.addr) && open.prefix_len <= net.prefix_len)
+            })
+            .collect();
+        denied.extend(host_nets);
+        denied
+    }
+}
+
+/// An NFLOG group of this installation's own (1..=65535, from its id).
+fn log_group(installation_id: &str) -> u16 {
+    (hash(installation_id) % 65_535) as u16 + 1
+}
+
+fn hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The link a new sandbox gets (`None` for `network_mode: none`), its slot reserved.
+pub(crate) async fn prepare(
+    state: &AppState,
+    id: SandboxId,
+    mode: NetworkMode,
+) -> Result<Option<LinkSpec>, ApiError> {
+    if mode == NetworkMode::None {
+        return Ok(None);
+    }
+    let store = state.store.clone();
+    let capacity = state.network.config.pool.capacity();
+    let slot = blocking::run(move || store.allocate_link_slot(id, capacity))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "network_full",
+                format!(
+                    "all {capacity} sandbox links of the pool {} are in use; destroy a sandbox or give the server a larger --sandbox-network",
+                    state.network.config.pool
+                ),
+            )
+        })?;
+    Ok(spec_for_slot(state, id, mode, slot))
+}
+
+/// The link of an existing sandbox, from its stored slot.
+pub(crate) async fn spec_of(
+    state: &AppState,
+    id: SandboxId,
+    mode: NetworkMode,
+) -> Result<Option<LinkSpec>, ApiError> {
+    if mode == NetworkMode::None {
+        return Ok(None);
+    }
+    let store = state.store.clone();
+    match blocking::run(move || store.link_slot(id)).await? {
+        Some(slot) => Ok(spec_for_slot(state, id, mode, slot)),
+        None => prepare(state, id, mode).await,
+    }
+}
+
+fn spec_for_slot(
+    state: &AppState,
+    id: SandboxId,
+    mode: NetworkMode,
+    slot: u32,
+) -> Option<LinkSpec> {
+    let (host_addr, sandbox_addr) = state.network.config.pool.addresses(slot)?;
+    Some(LinkSpec {
+        host_ifname: caged_network::host_ifname(&state.installation_id, id.as_str()),
+        host_addr,
+        sandbox_addr,
+        prefix_len: caged_network::LINK_PREFIX_LEN,
+        forwarding: mode == NetworkMode::Full,
+    })
+}
+
+/// Puts a sandbox's link into the registry and the firewall, before the link exists: from the
+/// moment it comes up, what arrives on it is judged by its own rules. Fails (and the sandbox
+/// must not start) when the firewall cannot be written.
+pub(crate) async fn register(
+    state: &AppState,
+    id: SandboxId,
+    account_id: &str,
+    config: &caged_domain::SandboxConfig,
+    spec: &LinkSpec,
+) -> Result<Arc<Link>, String> {
+    let mode = match config.network_mode {
+        NetworkMode::Allowlist => Mode::Allowlist,
+        _ => Mode::Full,
+    };
+    let link = Arc::new(Link {
+        id,
+        account_id: account_id.to_string(),
+        spec: spec.clone(),
+        mode,
+        allowlist: RwLock::new(Allowlist::new(&config.allowed_hosts)),
+        handed_out: Mutex::new(HashMap::new()),
+        connections: Mutex::new(HashMap::new()),
+        services: Mutex::new(Vec::new()),
+        bound_ifindex: std::sync::atomic::AtomicU32::new(0),
+        recorded: Mutex::new(HashMap::new()),
+    });
+    let old = lock(&state.network.links).insert(id, link.clone());
+    drop(old);
+    if let Err(err) = state.network.write_firewall(false).await {
+        lock(&state.network.links).remove(&id);
+        return Err(format!("cannot write the firewall: {err}"));
+    }
+    Ok(link)
+}
+
+/// The link an existing sandbox has (without reserving one).
+pub(crate) async fn spec_of_existing(
+    state: &AppState,
+    record: &SandboxRecord,
+) -> Result<Option<LinkSpec>, ApiError> {
+    if record.config.network_mode == NetworkMode::None {
+        return Ok(None);
+    }
+    let store = state.store.clone();
+    let id = record.id;
+    Ok(blocking::run(move || store.link_slot(id))
+        .await?
+        .and_then(|slot| spec_for_slot(state, id, record.config.network_mode, slot)))
+}
+
+/// Takes charge of a started sandbox's link: its place in the firewall and its services. The
+/// link itself is made by the runtime; if it is missing (the engine restarted the container),
+/// it is made again here.
+pub(crate) async fn on_started(state: &AppState, record: &SandboxRecord) -> Result<(), String> {
+    if record.config.network_mode == NetworkMode::None {
+        return Ok(());
+    }
+    let link = match state.network.link(record.id) {
+        Some(link) => link,
+        None => {
+            let spec = spec_of(state, record.id, record.config.network_mode)
+                .await
+                .map_err(|err| err.message)?
+                .ok_or("the sandbox's link slot is outside the pool")?;
+            register(state, record.id, &record.account_id, &record.config, &spec).await?
+        }
+    };
+    ensure_link(state, record, &link).await
+}
+
+/// Makes sure the host end exists with its settings and the services listen on it (bound to
+/// the interface as it is now: a link made again is a new interface).
+async fn ensure_link(
+    state: &AppState,
+    record: &SandboxRecord,
+    link: &Arc<Link>,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let ifname = &link.spec.host_ifname;
+    let ifindex = match ifindex(ifname) {
+        Some(index) => index,
+        None => {
+            let handle = record
+                .container_id
+                .as_deref()
+                .ok_or("the sandbox has no container")?;
+            tracing::warn!(sandbox = %link.id, link = %ifname, "the sandbox's link is missing; making it again");
+            state
+                .runtime
+                .attach_link(handle, &link.spec)
+                .await
+                .map_err(|e| e.to_string())?;
+            ifindex(ifname).ok_or("the link vanished again")?
+        }
+    };
+    if !caged_network::link::host_sysctls_hold(&link.spec).map_err(|e| e.to_string())? {
+        tracing::warn!(sandbox = %link.id, link = %ifname, "the link's settings were changed; putting them back");
+        caged_network::link::set_host_sysctls(&link.spec).map_err(|e| e.to_string())?;
+    }
+    let services_up = {
+        let services = lock(&link.services);
+        !services.is_empty() && services.iter().all(|task| !task.is_finished())
+    };
+    if !services_up || link.bound_ifindex.load(Ordering::Acquire) != ifindex {
+        start_services(state, link)?;
+        link.bound_ifindex.store(ifindex, Ordering::Release);
+    }
+    Ok(())
+}
+
+fn ifindex(ifname: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn start_services(state: &AppState, link: &Arc<Link>) -> Result<(), String> {
+    let mut services = lock(&link.services);
+    for task in services.drain(..) {
+        task.abort();
+    }
+    let ifname = &link.spec.host_ifname;
+    let dns_addr = SocketAddrV4::new(link.spec.host_addr, 53);
+    let udp = caged_network::sockets::udp_on_link(ifname, dns_addr)
+        .map_err(|err| format!("cannot serve DNS on {dns_addr} ({ifname}): {err}"))?;
+    services.push(dns::serve(Ctx::of(state), link.clone(), udp).abort_handle());
+    if link.mode == Mode::Allowlist {
+        let proxy_addr = SocketAddrV4::new(link.spec.host_addr, state.network.config.proxy_port);
+        let listener = caged_network::sockets::tcp_on_link(ifname, proxy_addr).map_err(|err| {
+            format!("cannot serve the egress proxy on {proxy_addr} ({ifname}): {err}")
+        })?;
+        services.push(egress::serve(Ctx::of(state), link.clone(), listener).abort_handle());
+    }
+    Ok(())
+}
+
+/// Keeps the registry in step with the lifecycle.
+pub(crate) fn on_transition(state: &AppState, id: SandboxId, to: SandboxState) {
+    if to == SandboxState::Destroyed {
+        let removed = lock(&state.network.links).remove(&id);
+        if let Some(link) = removed {
+            let network = state.network.clone();
+            tokio::spawn(async move {
+                let ifname = link.spec.host_ifname.clone();
+                drop(link);
+                let _ = caged_network::link::detach(&ifname).await;
+                if let Err(err) = network.write_firewall(false).await {
+                    tracing::error!("could not update the firewall: {err}");
+                }
+            });
+        }
+    }
+}
+
+/// Changes a live sandbox's allowlist: new connections follow at once; open connections to
+/// hosts no longer allowed are closed at once.
+pub(crate) async fn set_allowed_hosts(
+    state: &AppState,
+    sandbox: &SandboxRecord,
+    hosts: Vec<String>,
+) -> Result<(), ApiError> {
+    let store = state.store.clone();
+    let (id, account) = (sandbox.id, sandbox.account_id.clone());
+    let stored = hosts.clone();
+    let event =
+        blocking::run(move || store.set_allowed_hosts(id, &account, &stored, now_ms())).await?;
+    state.publish(event);
+    if let Some(link) = state.network.link(sandbox.id) {
+        let list = Allowlist::new(&hosts);
+        let cut: Vec<(String, AbortHandle)> = {
+            let mut connections = lock(&link.connections);
+            let gone: Vec<u64> = connections
+                .iter()
+                .filter(|(_, (host, _))| !host.is_empty() && !list.allows(host))
+                .map(|(number, _)| *number)
+                .collect();
+            gone.iter()
+                .filter_map(|number| connections.remove(number))
+                .collect()
+        };
+        *link.allowlist.write().unwrap_or_else(|p| p.into_inner()) = list;
+        lock(&link.handed_out).retain(|_, (name, _)| Allowlist::new(&hosts).allows(name));
+        for (host, task) in cut {
+            task.abort();
+            record(
+                &Ctx::of(state),
+                &link,
+                &format!("closed {host}"),
+                json!({
+                    "action": "closed",
+                    "host": host,
+                    "reason": "no longer in allowed_hosts",
+                }),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Records a network event, at most once per [`EVENT_EVERY`] per `key`; a folded event carries
+/// how many it stands for (`repeats`).
+pub(crate) fn record(ctx: &Ctx, link: &Link, key: &str, mut payload: Value) {
+    let now = Instant::now();
+    let repeats = {
+        let mut recorded = lock(&link.recorded);
+        if recorded.len() > 4096 {
+            recorded.retain(|_, (at, _)| now.duration_since(*at) < EVENT_EVERY);
+        }
+        match recorded.get_mut(key) {
+            Some((at, folded)) if now.duration_since(*at) < EVENT_EVERY => {
+                *folded += 1;
+                return;
+            }
+            Some((at, folded)) => {
+                *at = now;
+                std::mem::take(folded)
+            }
+            None => {
+                recorded.insert(key.to_string(), (now, 0));
+                0
+            }
+        }
+    };
+    if repeats > 0 {
+        payload["repeats"] = json!(repeats);
+    }
+    let store = ctx.store.clone();
+    let (id, account) = (link.id, link.account_id.clone());
+    let events = ctx.events.clone();
+    tokio::spawn(async move {
+        match blocking::run(move || {
+            store.record_event(id, &account, now_ms(), "network", &payload, false)
+        })
+        .await
+        {
+            Ok(event) => {
+                let _ = events.send(Arc::new(event));
+            }
+            Err(err) => tracing::error!(sandbox = %id, "could not record a network event: {err}"),
+        }
+    });
+}
+
+/// Hosts a sandbox tried to reach (allowed or not), for `caged network learn`.
+pub(crate) async fn learned_hosts(state: &AppState, id: SandboxId) -> Result<Vec<Value>, ApiError> {
+    let store = state.store.clone();
+    let payloads = blocking::run(move || store.event_payloads(id, "network", 100_000)).await?;
+    let mut hosts: std::collections::BTreeMap<String, (bool, u64)> = Default::default();
+    for payload in payloads {
+        let Some(host) = payload["host"].as_str() else {
+            continue;
+        };
+        if !caged_network::allow::is_host_name(host) {
+            continue;
+        }
+        let allowed = payload["action"] == "connect";
+        let count = 1 + payload["repeats"].as_u64().unwrap_or(0);
+        let entry = hosts.entry(host.to_string()).or_default();
+        entry.0 |= allowed;
+        entry.1 += count;
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|(host, (allowed, attempts))| json!({ "host": host, "allowed": allowed, "attempts": attempts }))
+        .collect())
+}
+
+/// Starts the healer: at once (taking charge of the links of sandboxes already running), then
+/// every [`HEAL_EVERY`].
+pub(crate) fn run(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            heal_once(&state).await;
+            tokio::select! {
+                _ = tokio::time::sleep(HEAL_EVERY) => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => break,
+            }
+        }
+    });
+}
+
+pub(crate) async fn heal_once(state: &AppState) {
+    if let Ok(nets) = host_networks(&state.network.config.pool).await {
+        *state
+            .network
+            .host_nets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = nets;
+    }
+    let store = state.store.clone();
+    let Ok(Ok(live)) = tokio::task::spawn_blocking(move || store.live_sandboxes()).await else {
+        return;
+    };
+    // Sandboxes running (or paused) whose link this server does not hold yet: after a restart.
+    // No sandbox lock is taken here (the reconciler and idle sleep skip a locked sandbox, and
+    // must not be kept waiting); a sandbox destroyed meanwhile is dropped again below.
+    for record in &live {
+        if record.state == SandboxState::Pending || record.container_id.is_none() {
+            continue;
+        }
+        if record.config.network_mode != NetworkMode::None
+            && state.network.link(record.id).is_none()
+        {
+            if let Err(err) = on_started(state, record).await {
+                tracing::warn!(sandbox = %record.id, "cannot take charge of its link: {err}");
+            }
+            let store = state.store.clone();
+            let id = record.id;
+            let now = blocking::run(move || store.sandbox_by_id(id)).await;
+            if matches!(now, Ok(Some(ref r)) if r.state == SandboxState::Destroyed) {
+                on_transition(state, id, SandboxState::Destroyed);
+            }
+        }
+    }
+    if let Err(err) = state.network.write_firewall(false).await {
+        tracing::error!("cannot write the firewall: {err}");
+    }
+    for record in live
+        .iter()
+        .filter(|record| record.state == SandboxState::Running)
+    {
+        let Some(link) = state.network.link(record.id) else {
+            continue;
+        };
+        if let Err(err) = ensure_link(state, record, &link).await {
+            tracing::warn!(sandbox = %record.id, "cannot restore its link: {err}");
+        }
+    }
+}
+
+/// The host's own IPv4 networks (not sandbox links), from its interface addresses.
+async fn host_networks(pool: &Pool) -> Result<Vec<Net4>, String> {
+    let output = tokio::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .await
+        .map_err(|err| err.to_string())?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let cidr = words
+                .find(|word| *word == "inet")
+                .and_then(|_| words.next())?;
+            let net = Net4::parse(cidr).ok()?;
+            let masked = Net4 {
+                addr: Ipv4Addr::from(
+                    u32::from(net.addr)
+                        & (u32::MAX
+                            .checked_shl(32 - u32::from(net.prefix_len))
+                            .unwrap_or(0)),
+                ),
+                prefix_len: net.prefix_len,
+            };
+            (!pool.contains(net.addr) && net.prefix_len < 32 && !masked.addr.is_loopback())
+                .then_some(masked)
+        })
+        .collect())
+}
+
+/// Refuses a pool that overlaps an address some other interface of the host has (another
+/// installation's links, or a real network): two owners of one address would misroute.
+pub(crate) async fn check_pool(pool: &Pool, installation_id: &str) -> Result<(), String> {
+    let prefix = caged_network::link_prefix(installation_id);
+    let output = tokio::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .await
+        .map_err(|err| format!("cannot run ip (install iproute2): {err}"))?;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let mut words = line.split_whitespace();
+        let ifname = words.nth(1).unwrap_or_default().trim_end_matches(':');
+        let Some(cidr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) else {
+            continue;
+        };
+        let Ok(net) = Net4::parse(cidr) else { continue };
+        let ours = ifname.starts_with(&prefix);
+        let overlaps = pool.contains(net.addr)
+            || Net4 {
+                addr: net.addr,
+                prefix_len: net.prefix_len,
+            }
+            .contains(pool_base(pool));
+        if overlaps && !ours {
+            return Err(format!(
+                "the sandbox network {pool} overlaps {cidr} on {ifname}; give this server another --sandbox-network"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn pool_base(pool: &Pool) -> Ipv4Addr {
+    pool.addresses(0)
+        .map(|(host, _)| Ipv4Addr::from(u32::from(host) - 1))
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
