@@ -43,6 +43,10 @@ async fn main() {
             "127.0.0.1:0",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--sandbox-network",
+            "10.209.0.0/16",
+            "--dns-upstream",
+            "127.0.0.1:9",
         ])
         .env("CAGED_DATA_DIR", data.path())
         .env("CAGED_LOG", "warn")

@@ -3,6 +3,7 @@
 //! removed when the [`TestServer`] is dropped, so tests leak nothing even when they fail.
 
 pub mod http;
+pub mod internet;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,27 @@ pub struct TestServer {
     server: Option<RunningServer>,
 }
 
+/// A sandbox network (`--sandbox-network`) of its own for a test server on `data_dir`: the
+/// same one each time it is asked for the same folder (a restarted server keeps its links'
+/// addresses), and different for every folder of this process, so servers running side by side
+/// never number links alike. /23s of 10.200.0.0/13, 128 sandboxes each.
+pub fn sandbox_network(data_dir: &std::path::Path) -> String {
+    use std::sync::{Mutex, OnceLock};
+    static GIVEN: OnceLock<Mutex<HashMap<PathBuf, u32>>> = OnceLock::new();
+    let mut given = GIVEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Processes start at different places, so two test binaries rarely meet either.
+    let start = (std::process::id() % 16) * 64;
+    let next = given.len() as u32;
+    let index = *given
+        .entry(data_dir.to_path_buf())
+        .or_insert((start + next) % 1024);
+    let base = (10u32 << 24) | (200 << 16) | (index << 9);
+    format!("{}/23", std::net::Ipv4Addr::from(base))
+}
+
 /// A server with default settings.
 pub async fn spawn() -> TestServer {
     spawn_with(|_| {}).await
@@ -48,6 +70,11 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     config.preview.listen = "127.0.0.1:0".parse().expect("loopback address");
     // Dozens of test servers start per run; gVisor is checked when a test first asks for it.
     config.probe_gvisor_at_start = false;
+    config.network.pool =
+        caged_network::Pool::parse(&sandbox_network(data_dir.path())).expect("a test pool");
+    // Nothing beyond this machine: a sandbox's lookups fail fast unless a test brings its own
+    // resolver.
+    config.network.upstream = Some(vec![SocketAddr::from(([127, 0, 0, 1], 9))]);
     adjust(&mut config);
     let expects_engine = config.docker_host.is_none();
     let mut server = caged_server::start(config.clone())
@@ -202,6 +229,12 @@ pub async fn remove_installation(installation: &str) {
     let _ = docker
         .remove_network(&format!("caged-{installation}"))
         .await;
+    // The installation's firewall table (its links went with the containers' namespaces).
+    let _ = tokio::process::Command::new("nft")
+        .args(["delete", "table", "inet", &format!("caged_{installation}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
 }
 
 /// A container of an installation, as the engine itself reports it.
@@ -288,6 +321,8 @@ pub mod raw {
             env: Default::default(),
             enforce_disk: true,
             pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
+            // The raw side has no link: the benchmarks compare the engine's part of the work.
+            link: None,
         };
         caged_runtime::DockerRuntime::connect(None, installation).container_config(&spec)
     }

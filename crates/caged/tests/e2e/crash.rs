@@ -32,6 +32,10 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--sandbox-network",
+                &caged_testkit::sandbox_network(data_dir),
+                "--dns-upstream",
+                "127.0.0.1:9",
             ])
             .env("CAGED_DATA_DIR", data_dir)
             .env_remove("CAGED_FAILPOINTS")

@@ -14,6 +14,7 @@ mod gvisor;
 mod idle;
 mod lifecycle;
 mod limits;
+mod network;
 mod previews;
 mod security;
 mod sessions;
