@@ -49,6 +49,8 @@ pub const LOG_ROUTED: &str = "caged-routed";
 pub const LOG_RANGE: &str = "caged-range";
 pub const LOG_SANDBOX: &str = "caged-sandbox";
 pub const LOG_SPOOF: &str = "caged-spoof";
+/// Not a refusal: the first packet of a connection a `full` sandbox was allowed to make.
+pub const LOG_FLOW: &str = "caged-flow";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -152,9 +154,11 @@ impl Firewall {
         }
         let _ = writeln!(
             out,
-            "  chain prerouting {{\n    type nat hook prerouting priority dstnat - 5; policy accept;\n    iifname @allowlist_links meta nfproto ipv4 meta l4proto tcp fib daddr type != local redirect to :{}\n  }}",
+            "  chain prerouting {{\n    type nat hook prerouting priority dstnat - 5; policy accept;\n    iifname @allowlist_links meta nfproto ipv4 meta l4proto tcp fib daddr type != local redirect to :{}\n    iifname @allowlist_links meta nfproto ipv4 meta l4proto != tcp fib daddr type != local limit rate 200/second burst 400 packets log group {group} prefix \"{LOG_ROUTED}\"\n  }}",
             self.proxy_port
         );
+        // (That log line is for the first packet of each flow: the link's forwarding is off, so
+        // the kernel drops the packet before the forward chain could log it.)
         let _ = writeln!(
             out,
             "  chain input {{\n    type filter hook input priority filter - 5; policy accept;\n    iifname {prefix} jump from_sandbox\n  }}"
@@ -169,7 +173,7 @@ impl Firewall {
         );
         let _ = writeln!(
             out,
-            "  chain from_sandbox_routed {{\n    meta nfproto ipv6 drop\n    iifname . ip saddr != @link_sources drop\n    iifname != @full_links jump refuse_routed\n    oifname {prefix} jump refuse_sandbox\n    ip daddr @denied jump refuse_range\n    accept\n  }}"
+            "  chain from_sandbox_routed {{\n    meta nfproto ipv6 drop\n    iifname . ip saddr != @link_sources drop\n    iifname != @full_links jump refuse_routed\n    oifname {prefix} jump refuse_sandbox\n    ip daddr @denied jump refuse_range\n    ct state new limit rate 200/second burst 400 packets log group {group} prefix \"{LOG_FLOW}\"\n    accept\n  }}"
         );
         let _ = writeln!(
             out,

@@ -10,9 +10,11 @@ pub mod dns;
 pub mod firewall;
 pub mod http;
 pub mod link;
+pub mod nflog;
 pub mod ranges;
 pub mod sni;
 pub mod sockets;
+pub mod splice;
 
 use std::net::Ipv4Addr;
 

@@ -227,6 +227,13 @@ async fn allowlist_holds(isolation: &str) {
         p["action"] == "dns_refused" && p["host"] == "evil.test"
     })
     .await;
+    // The UDP packet to the public resolver, refused by the firewall, from the kernel's log.
+    wait_for_event(&server, &id, |p| {
+        p["by"] == "firewall"
+            && p["address"] == PUBLIC_RESOLVER.to_string()
+            && p["protocol"] == "udp"
+    })
+    .await;
     let connected = wait_for_event(&server, &id, |p| {
         p["action"] == "connect" && p["host"] == "allowed.test"
     })
@@ -328,6 +335,28 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
             "{addr}:{port} hung"
         );
     }
+    // The kernel's log of the refusals, not anything the sandbox said, made these events.
+    let metadata = wait_for_event(&server, &id, |p| {
+        p["action"] == "blocked" && p["by"] == "firewall" && p["address"] == "169.254.169.254"
+    })
+    .await;
+    assert_eq!(metadata["payload"]["port"], 80);
+    assert!(
+        metadata["payload"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("link-local"),
+        "{metadata}"
+    );
+    wait_for_event(&server, &id, |p| {
+        p["by"] == "firewall"
+            && p["address"] == host_addr.as_str()
+            && p["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("the host itself")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -346,11 +346,12 @@ async fn connect(
     if let Some(entry) = lock(&link.connections).get_mut(&number) {
         entry.0 = name.to_string();
     }
-    let (mut client, mut upstream) = (client, upstream);
+    let mut upstream = upstream;
     let mut sent = hello.len() as u64;
+    // The bytes read to find the name first; the rest moves inside the kernel.
     let copied = async {
         upstream.write_all(&hello).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        caged_network::splice::relay(&client, &upstream).await
     }
     .await;
     let (up, down) = copied.unwrap_or((0, 0));

@@ -9,6 +9,7 @@
 
 mod dns;
 mod egress;
+mod refusals;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -80,7 +81,7 @@ impl Ctx {
 /// All links of this server.
 pub(crate) struct Network {
     pub config: NetworkConfig,
-    firewall: Firewall,
+    pub firewall: Firewall,
     links: Mutex<HashMap<SandboxId, Arc<Link>>>,
     pub resolver: Arc<Resolver>,
     /// The host's own networks, denied to every sandbox.
@@ -103,7 +104,7 @@ pub(crate) struct Link {
     pub connections: Mutex<HashMap<u64, (String, AbortHandle)>>,
     services: Mutex<Vec<AbortHandle>>,
     /// The host end's interface index the services are bound to (0: not bound).
-    bound_ifindex: std::sync::atomic::AtomicU32,
+    pub bound_ifindex: std::sync::atomic::AtomicU32,
     /// Last time each event key was recorded, and how many were folded since.
     recorded: Mutex<HashMap<String, (Instant, u64)>>,
 }
@@ -579,6 +580,7 @@ pub(crate) async fn learned_hosts(state: &AppState, id: SandboxId) -> Result<Vec
 /// Starts the healer: at once (taking charge of the links of sandboxes already running), then
 /// every [`HEAL_EVERY`].
 pub(crate) fn run(state: Arc<AppState>) {
+    refusals::run(Ctx::of(&state));
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         loop {
