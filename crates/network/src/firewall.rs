@@ -117,27 +117,34 @@ impl Firewall {
             }
         }
         let denied: Vec<String> = denied.iter().map(Net4::to_string).collect();
-        let _ = writeln!(out, "  set full_links {{ type ifname;{} }}", elements(full));
+        let mut sets = String::new();
         let _ = writeln!(
-            out,
+            sets,
+            "  set full_links {{ type ifname;{} }}",
+            elements(full)
+        );
+        let _ = writeln!(
+            sets,
             "  set allowlist_links {{ type ifname;{} }}",
             elements(allowlist)
         );
         let _ = writeln!(
-            out,
+            sets,
             "  set link_sources {{ type ifname . ipv4_addr;{} }}",
             elements(sources)
         );
         let _ = writeln!(
-            out,
+            sets,
             "  set services {{ type ifname . ipv4_addr . inet_proto . inet_service;{} }}",
             elements(services)
         );
         let _ = writeln!(
-            out,
+            sets,
             "  set denied {{ type ipv4_addr; flags interval; auto-merge;{} }}",
             elements(denied)
         );
+
+        out.push_str(&sets);
 
         // Refusals: logged (rate-limited, so a flood cannot flood the log), then answered at
         // once: a reset for TCP, "administratively prohibited" for the rest.
@@ -180,7 +187,30 @@ impl Firewall {
             "  chain postrouting {{\n    type nat hook postrouting priority srcnat - 5; policy accept;\n    iifname @full_links oifname != {prefix} masquerade\n  }}"
         );
         out.push_str("}\n");
+
+        // The guard: a second table with the same sets that drops (silently, without logging)
+        // what the first refuses. While the first is there it never sees a packet it would act
+        // on; if the first is deleted, nothing reaches the host's services, a denied range or
+        // another sandbox until the healer writes it again.
+        let guard = self.guard_table();
+        let _ = writeln!(out, "table inet {guard} {{}}\ndelete table inet {guard}");
+        let _ = writeln!(out, "table inet {guard} {{");
+        out.push_str(&sets);
+        let _ = writeln!(
+            out,
+            "  chain input {{\n    type filter hook input priority filter + 10; policy accept;\n    iifname {prefix} iifname . ip daddr . meta l4proto . th dport != @services drop\n  }}"
+        );
+        let _ = writeln!(
+            out,
+            "  chain forward {{\n    type filter hook forward priority filter + 10; policy accept;\n    iifname {prefix} meta nfproto ipv6 drop\n    iifname {prefix} iifname != @full_links drop\n    iifname {prefix} ip daddr @denied drop\n    iifname {prefix} oifname {prefix} drop\n    oifname {prefix} ct state != {{ established, related }} drop\n  }}"
+        );
+        out.push_str("}\n");
         out
+    }
+
+    /// The second table (see [`Firewall::script`]).
+    pub fn guard_table(&self) -> String {
+        format!("{}_guard", self.table)
     }
 
     /// Replaces the table with `script` in one transaction.
@@ -198,15 +228,22 @@ impl Firewall {
     /// The table as the kernel holds it now (`None`: it is gone). Compared with the listing
     /// taken after [`Firewall::apply`], it tells whether anyone changed or deleted it.
     pub async fn listing(&self) -> Result<Option<String>, FirewallError> {
-        let output = nft(&["list", "table", "inet", &self.table], None).await?;
-        Ok(output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned()))
+        let mut listing = String::new();
+        for table in [self.table.clone(), self.guard_table()] {
+            let output = nft(&["list", "table", "inet", &table], None).await?;
+            if !output.status.success() {
+                return Ok(None);
+            }
+            listing.push_str(&String::from_utf8_lossy(&output.stdout));
+        }
+        Ok(Some(listing))
     }
 
     pub async fn remove(&self) -> Result<(), FirewallError> {
-        let script = format!("table inet {0} {{}}\ndelete table inet {0}\n", self.table);
+        let mut script = String::new();
+        for table in [self.table.clone(), self.guard_table()] {
+            let _ = writeln!(script, "table inet {table} {{}}\ndelete table inet {table}");
+        }
         self.apply(&script).await
     }
 }

@@ -224,6 +224,9 @@ async fn fix(
                 return Ok(true);
             }
             state.previews.forget(id); // a new namespace came with the restart
+            if let Err(err) = crate::network::relink(state, record).await {
+                tracing::warn!(sandbox = %id, "its link could not be made again yet (the healer retries): {err}");
+            }
             let reason = format!(
                 "restarted: its container was {engine_state} (processes were lost, files kept)"
             );

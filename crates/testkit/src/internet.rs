@@ -7,6 +7,7 @@
 //! | 203.0.113.20 | `evil.test`: the same |
 //! | 203.0.113.53 | the authoritative DNS server for `.test` (the server's `--dns-upstream`) |
 //! | 203.0.113.8 | a "public resolver" that answers nothing and logs every packet |
+//! | 10.99.0.10 | a web server in a private range (TCP 80), routed to the namespace only |
 //!
 //! Every server logs what reached it, so tests assert on the observer's side: a transparent
 //! proxy makes a refused connection look open to the client. Nothing routes beyond it.
@@ -23,6 +24,8 @@ pub const ALLOWED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const EVIL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 pub const AUTHORITY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
 pub const PUBLIC_RESOLVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 8);
+/// A server in a private range (routed to the test namespace only), which no sandbox may reach.
+pub const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
 
 const NAMESPACE: &str = "caged-inet";
 const HOST_END: &str = "cginet0";
@@ -143,7 +146,7 @@ async fn build() -> Arc<Mutex<Vec<Seen>>> {
     ]);
     ip(&["-n", NAMESPACE, "link", "set", "inet0", "up"]);
     ip(&["-n", NAMESPACE, "link", "set", "lo", "up"]);
-    for addr in [ALLOWED, EVIL, AUTHORITY, PUBLIC_RESOLVER] {
+    for addr in [ALLOWED, EVIL, AUTHORITY, PUBLIC_RESOLVER, PRIVATE] {
         ip(&[
             "-n",
             NAMESPACE,
@@ -164,6 +167,13 @@ async fn build() -> Arc<Mutex<Vec<Seen>>> {
         "198.51.100.1",
     ]);
     ip(&["route", "replace", "203.0.113.0/24", "via", "198.51.100.2"]);
+    ip(&[
+        "route",
+        "replace",
+        &format!("{PRIVATE}/32"),
+        "via",
+        "198.51.100.2",
+    ]);
 
     let ns = caged_netns::NetNs::open(std::path::Path::new(&format!("/var/run/netns/{NAMESPACE}")))
         .expect("open the internet's namespace");
@@ -179,6 +189,17 @@ async fn build() -> Arc<Mutex<Vec<Seen>>> {
             tokio::spawn(web_server(listener, server, port, seen.clone()));
         }
     }
+    let private = ns
+        .enter(|| std::net::TcpListener::bind((PRIVATE, 80)))
+        .expect("enter")
+        .expect("bind the private web server");
+    private.set_nonblocking(true).unwrap();
+    tokio::spawn(web_server(
+        tokio::net::TcpListener::from_std(private).unwrap(),
+        PRIVATE,
+        80,
+        seen.clone(),
+    ));
     // Bulk data for benchmarks: `GET /bytes/N` on allowed.test:8080 answers N bytes.
     let bulk = ns
         .enter(|| std::net::TcpListener::bind((ALLOWED, BULK_PORT)))

@@ -230,11 +230,16 @@ pub async fn remove_installation(installation: &str) {
         .remove_network(&format!("caged-{installation}"))
         .await;
     // The installation's firewall table (its links went with the containers' namespaces).
-    let _ = tokio::process::Command::new("nft")
-        .args(["delete", "table", "inet", &format!("caged_{installation}")])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await;
+    for table in [
+        format!("caged_{installation}"),
+        format!("caged_{installation}_guard"),
+    ] {
+        let _ = tokio::process::Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+    }
 }
 
 /// A container of an installation, as the engine itself reports it.

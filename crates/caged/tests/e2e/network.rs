@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use caged_testkit::TestServer;
-use caged_testkit::internet::{self, ALLOWED, EVIL, PUBLIC_RESOLVER};
+use caged_testkit::internet::{self, ALLOWED, EVIL, PRIVATE, PUBLIC_RESOLVER};
 use serde_json::{Value, json};
 
 use crate::{caged, stdout};
@@ -56,6 +56,12 @@ try:
         rcode = data[3] & 0xF
         answers = struct.unpack(">H", data[6:8])[0]
         out("DNS rcode=%d answers=%d" % (rcode, answers))
+    elif cmd == "raw":
+        host, port, data = args[0], int(args[1]), args[2].encode().decode("unicode_escape").encode("latin-1")
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(data)
+        reply = s.recv(4096)
+        out("RAW " + reply.decode(errors="replace").split("\r\n")[0] if reply else "CLOSED")
     elif cmd == "resolve":
         out("RESOLVED " + " ".join(sorted(set(a[4][0] for a in socket.getaddrinfo(args[0], 80, socket.AF_INET)))))
 except Exception as e:
@@ -184,6 +190,27 @@ async fn allowlist_holds(isolation: &str) {
         tls.starts_with("ERROR") && tls.to_lowercase().contains("access"),
         "{tls}"
     );
+    // CONNECT (with an allowed name, then anything could follow): this is not a forward proxy.
+    let connect = net(
+        &server,
+        &id,
+        &[
+            "raw",
+            "203.0.113.10",
+            "443",
+            "CONNECT allowed.test:443 HTTP/1.1\\r\\nHost: allowed.test:443\\r\\n\\r\\n",
+        ],
+    )
+    .await;
+    assert!(connect.starts_with("RAW HTTP/1.1 403"), "{connect}");
+    // DNS over TCP and DNS over TLS to another resolver: no name, not a handed-out address.
+    for port in ["53", "853"] {
+        let reply = net(&server, &id, &["tcp", &PUBLIC_RESOLVER.to_string(), port]).await;
+        assert!(
+            reply.starts_with("ERROR") || reply == "CLOSED",
+            "port {port}: {reply}"
+        );
+    }
     let opaque = net(&server, &id, &["tcp", "203.0.113.20", "22"]).await;
     assert!(!opaque.contains("SSH"), "{opaque}");
     // /etc/hosts pointing allowed.test at evil's address: the proxy resolves the name itself.
@@ -292,6 +319,7 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
     let id = server.sandbox(json!({ "template": "base" })).await;
     let other = server.sandbox(json!({ "template": "busybox" })).await;
     let before = internet.count(ALLOWED);
+    let private_before = internet.count(PRIVATE);
     let reply = net(
         &server,
         &id,
@@ -320,7 +348,7 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
         ("198.51.100.1", "22"),                  // the host, on another of its addresses
         ("169.254.169.254", "80"),               // cloud metadata
         ("2852039166", "80"),                    // the same, spelled as a number
-        ("10.0.0.1", "80"),                      // private
+        ("10.99.0.10", "80"),                    // private (a real server, routed here)
         ("100.64.0.1", "80"),                    // CGNAT
         (other_addr.as_str(), "80"),             // another sandbox
     ] {
@@ -335,6 +363,11 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
             "{addr}:{port} hung"
         );
     }
+    assert_eq!(
+        internet.count(PRIVATE),
+        private_before,
+        "the private server was reached"
+    );
     // The kernel's log of the refusals, not anything the sandbox said, made these events.
     let metadata = wait_for_event(&server, &id, |p| {
         p["action"] == "blocked" && p["by"] == "firewall" && p["address"] == "169.254.169.254"
@@ -416,6 +449,7 @@ async fn a_removed_layer_is_put_back() {
     let server = server_on(&internet).await;
     let id = allowlist_sandbox(&server, "container").await;
     let full = server.sandbox(json!({ "template": "busybox" })).await;
+    let full_base = server.sandbox(json!({ "template": "base" })).await;
     let table = format!("caged_{}", server.installation_id);
     let link = server.client.network(&full).await.unwrap();
     let ifname = link["link"]["host_interface"].as_str().unwrap().to_string();
@@ -424,18 +458,46 @@ async fn a_removed_layer_is_put_back() {
         .unwrap()
         .to_string();
 
-    // The table deleted: an allowlist link still forwards nothing (its forwarding is off)...
+    // A service of the host's own, listening on every address.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    host_service.set_nonblocking(true).unwrap();
+    let service_port = host_service.local_addr().unwrap().port().to_string();
+    let full_host = link["link"]["host_address"].as_str().unwrap().to_string();
+
+    // The main table deleted: the guard table still drops what it refused, and an allowlist
+    // link forwards nothing anyway (its forwarding is off)...
     let deleted = std::process::Command::new("nft")
         .args(["delete", "table", "inet", &table])
         .status()
         .unwrap();
     assert!(deleted.success());
-    let before = internet.count(EVIL);
-    let _ = net(&server, &id, &["tcp", "203.0.113.20", "22"]).await;
+    let (evil_before, private_before) = (internet.count(EVIL), internet.count(PRIVATE));
+    let evil_ssh = ["tcp", "203.0.113.20", "22"];
+    let private_web = ["tcp", "10.99.0.10", "80"];
+    let host_port = ["tcp", full_host.as_str(), service_port.as_str()];
+    let (from_allowlist, from_full, to_host, to_private) = tokio::join!(
+        net(&server, &id, &evil_ssh),
+        net(&server, &full_base, &private_web),
+        net(&server, &full_base, &host_port),
+        net(&server, &id, &host_port),
+    );
+    assert!(!from_allowlist.contains("SSH"), "{from_allowlist}");
+    assert!(!from_full.starts_with("CONNECTED"), "{from_full}");
+    assert!(!to_host.starts_with("CONNECTED"), "{to_host}");
+    assert!(!to_private.starts_with("CONNECTED"), "{to_private}");
     assert_eq!(
         internet.count(EVIL),
-        before,
+        evil_before,
         "evil.test reached without the table"
+    );
+    assert_eq!(
+        internet.count(PRIVATE),
+        private_before,
+        "a private range reached without the table"
+    );
+    assert!(
+        host_service.accept().is_err(),
+        "a host service was reached without the table"
     );
     // ...and the healer writes the table again within seconds.
     wait_until(|| {
@@ -512,4 +574,47 @@ async fn none_mode_has_no_link() {
     assert_eq!(links.stdout.split_whitespace().collect::<Vec<_>>(), ["lo"]);
     let network = server.client.network(&id).await.unwrap();
     assert_eq!(network["link"], Value::Null);
+}
+
+/// What an engine restart does to a sandbox (its processes lost, a new namespace without the
+/// link when it starts again), then a server restart: the reconciler starts the container and
+/// gives it its link and services back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_the_engine_lost_gets_its_link_back() {
+    let internet = internet::internet().await;
+    let mut server = server_on(&internet).await;
+    let id = allowlist_sandbox(&server, "container").await;
+    // The server's only sandbox.
+    let container = server.engine_containers().await.remove(0);
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &container])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    server.restart().await;
+    let started = Instant::now();
+    loop {
+        // Until the reconciler has started the container again, execs are refused.
+        let argv = [
+            "python3",
+            "-c",
+            NET_PY,
+            "http",
+            "allowed.test",
+            "80",
+            "allowed.test",
+        ];
+        let reply = match server.client.run(&id, &argv).await {
+            Ok(result) => result.stdout,
+            Err(err) => err.to_string(),
+        };
+        if reply.contains("hello from 203.0.113.10") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no network after the restart: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -378,6 +378,28 @@ pub(crate) async fn on_started(state: &AppState, record: &SandboxRecord) -> Resu
     ensure_link(state, record, &link).await
 }
 
+/// Gives a sandbox whose container started again (a new namespace) its link at once: the old
+/// link may still exist, in a namespace something still holds.
+pub(crate) async fn relink(state: &AppState, record: &SandboxRecord) -> Result<(), String> {
+    if record.config.network_mode == NetworkMode::None {
+        return Ok(());
+    }
+    let link = match state.network.link(record.id) {
+        Some(link) => link,
+        None => return on_started(state, record).await,
+    };
+    let handle = record
+        .container_id
+        .as_deref()
+        .ok_or("the sandbox has no container")?;
+    state
+        .runtime
+        .attach_link(handle, &link.spec)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure_link(state, record, &link).await
+}
+
 /// Makes sure the host end exists with its settings and the services listen on it (bound to
 /// the interface as it is now: a link made again is a new interface).
 async fn ensure_link(
