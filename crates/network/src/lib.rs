@@ -6,6 +6,7 @@
 //! ([`dns`], [`sni`], [`http`]).
 
 pub mod allow;
+pub mod conntrack;
 pub mod dns;
 pub mod firewall;
 pub mod http;

@@ -101,7 +101,7 @@ async fn wait_for_event(server: &TestServer, id: &str, matches: impl Fn(&Value) 
             return event.clone();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(20),
             "no such network event among {events:#?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -328,6 +328,53 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
     .await;
     assert!(reply.contains("hello from 203.0.113.10"), "{reply}");
     assert_eq!(internet.count(ALLOWED), before + 1);
+    // The connection, from the kernel (its first packet in the firewall's log, its bytes from
+    // connection tracking), named by what the stub answered for the address.
+    wait_for_event(&server, &id, |p| {
+        p["action"] == "connect"
+            && p["by"] == "firewall"
+            && p["host"] == "allowed.test"
+            && p["port"] == 80
+    })
+    .await;
+    // A connection's bytes are reported once the kernel drops its tracking entry (after the
+    // TCP close timeouts and the collector's next pass: up to a minute or two here).
+    let reset = "import socket,struct\ns=socket.create_connection(('allowed.test',80),timeout=5)\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n')\nprint(len(s.recv(4096)))\ns.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\ns.close()";
+    let sent = server
+        .client
+        .run(&id, &["python3", "-c", reset])
+        .await
+        .unwrap();
+    assert_eq!(sent.exit_code, Some(0), "{sent:?}");
+    let started = Instant::now();
+    let traffic = loop {
+        let events = network_events(&server, &id).await;
+        if let Some(event) = events.iter().find(|e| {
+            e["payload"]["action"] == "traffic"
+                && e["payload"]["host"] == "allowed.test"
+                && e["payload"]["port"] == 80
+        }) {
+            break event.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "no traffic event: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        traffic["payload"]["connections"].as_u64().unwrap() >= 1,
+        "{traffic}"
+    );
+    // The response is 100-odd bytes of HTTP plus TCP/IP headers both ways.
+    assert!(
+        traffic["payload"]["bytes_in"].as_u64().unwrap() > 100,
+        "{traffic}"
+    );
+    assert!(
+        traffic["payload"]["bytes_out"].as_u64().unwrap() > 60,
+        "{traffic}"
+    );
     // A name resolved through the stub, any name in full mode.
     assert_eq!(
         net(&server, &id, &["resolve", "evil.test"]).await,

@@ -10,6 +10,7 @@
 mod dns;
 mod egress;
 mod refusals;
+mod traffic;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -105,6 +106,8 @@ pub(crate) struct Link {
     services: Mutex<Vec<AbortHandle>>,
     /// The host end's interface index the services are bound to (0: not bound).
     pub bound_ifindex: std::sync::atomic::AtomicU32,
+    /// Ended connections since the last `traffic` events (`full` mode).
+    pub traffic: Mutex<traffic::Totals>,
     /// Last time each event key was recorded, and how many were folded since.
     recorded: Mutex<HashMap<String, (Instant, u64)>>,
 }
@@ -332,6 +335,7 @@ pub(crate) async fn register(
         connections: Mutex::new(HashMap::new()),
         services: Mutex::new(Vec::new()),
         bound_ifindex: std::sync::atomic::AtomicU32::new(0),
+        traffic: Mutex::new(HashMap::new()),
         recorded: Mutex::new(HashMap::new()),
     });
     let old = lock(&state.network.links).insert(id, link.clone());
@@ -587,8 +591,11 @@ pub(crate) async fn learned_hosts(state: &AppState, id: SandboxId) -> Result<Vec
         if !caged_network::allow::is_host_name(host) {
             continue;
         }
-        let allowed = payload["action"] == "connect";
-        let count = 1 + payload["repeats"].as_u64().unwrap_or(0);
+        let allowed = payload["action"] == "connect" || payload["action"] == "traffic";
+        let count = match payload["connections"].as_u64() {
+            Some(connections) => connections,
+            None => 1 + payload["repeats"].as_u64().unwrap_or(0),
+        };
         let entry = hosts.entry(host.to_string()).or_default();
         entry.0 |= allowed;
         entry.1 += count;
@@ -603,6 +610,7 @@ pub(crate) async fn learned_hosts(state: &AppState, id: SandboxId) -> Result<Vec
 /// every [`HEAL_EVERY`].
 pub(crate) fn run(state: Arc<AppState>) {
     refusals::run(Ctx::of(&state));
+    traffic::run(Ctx::of(&state));
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         loop {

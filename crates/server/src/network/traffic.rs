@@ -1,0 +1,121 @@
+//! What `full` sandboxes' connections carried, from the kernel's connection tracking: each
+//! ended connection is added to its sandbox's totals per destination, and every
+//! [`FLUSH_EVERY`] the totals become `traffic` events (`host`, `address`, `port`, `protocol`,
+//! `connections`, `bytes_out`, `bytes_in`). `allowlist` connections are the egress proxy's to
+//! report. The sandbox is found by the connection's source address, which its link guarantees
+//! (strict reverse-path filtering and the firewall's source check).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use caged_domain::time::now_ms;
+use caged_network::conntrack::{Ended, Listener};
+use caged_network::firewall::Mode;
+use serde_json::json;
+
+use super::{Ctx, Link, lock};
+use crate::blocking;
+
+const FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// Per destination: connections, bytes out, bytes in.
+pub(crate) type Totals = HashMap<(Ipv4Addr, Option<u16>, u8), (u64, u64, u64)>;
+
+pub(crate) fn run(ctx: Arc<Ctx>) {
+    let mut listener = match Listener::bind() {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(
+                "cannot follow connection tracking: {err}; full-mode traffic will not be events"
+            );
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                batch = listener.next() => match batch {
+                    Ok(ended) => add(&ctx, &ended),
+                    Err(err) => {
+                        tracing::error!("following connection tracking failed: {err}");
+                        return;
+                    }
+                },
+                _ = flush.tick() => report(&ctx),
+            }
+        }
+    });
+}
+
+fn add(ctx: &Ctx, ended: &[Ended]) {
+    let links: Vec<Arc<Link>> = lock(&ctx.network.links).values().cloned().collect();
+    for connection in ended {
+        if !ctx.network.config.pool.contains(connection.source) {
+            continue;
+        }
+        let Some(link) = links
+            .iter()
+            .find(|link| link.spec.sandbox_addr == connection.source && link.mode == Mode::Full)
+        else {
+            continue;
+        };
+        let mut totals = lock(&link.traffic);
+        let entry = totals
+            .entry((connection.destination, connection.port, connection.protocol))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += connection.bytes_out;
+        entry.2 += connection.bytes_in;
+    }
+}
+
+fn report(ctx: &Ctx) {
+    let links: Vec<Arc<Link>> = lock(&ctx.network.links).values().cloned().collect();
+    for link in links {
+        let totals = std::mem::take(&mut *lock(&link.traffic));
+        if totals.is_empty() {
+            continue;
+        }
+        let payloads: Vec<serde_json::Value> = totals
+            .into_iter()
+            .map(|((address, port, protocol), (connections, bytes_out, bytes_in))| {
+                let host = lock(&link.handed_out)
+                    .get(&address)
+                    .map(|(name, _)| name.clone());
+                json!({
+                    "action": "traffic",
+                    "host": host,
+                    "address": address.to_string(),
+                    "port": port,
+                    "protocol": match protocol { 6 => "tcp".to_string(), 17 => "udp".to_string(), 1 => "icmp".to_string(), n => n.to_string() },
+                    "connections": connections,
+                    "bytes_out": bytes_out,
+                    "bytes_in": bytes_in,
+                    "by": "conntrack",
+                })
+            })
+            .collect();
+        let store = ctx.store.clone();
+        let events = ctx.events.clone();
+        let (id, account) = (link.id, link.account_id.clone());
+        tokio::spawn(async move {
+            for payload in payloads {
+                let store = store.clone();
+                let account = account.clone();
+                match blocking::run(move || {
+                    store.record_event(id, &account, now_ms(), "network", &payload, false)
+                })
+                .await
+                {
+                    Ok(event) => {
+                        let _ = events.send(Arc::new(event));
+                    }
+                    Err(err) => tracing::error!(sandbox = %id, "could not record traffic: {err}"),
+                }
+            }
+        });
+    }
+}
