@@ -87,8 +87,14 @@ pub(crate) struct Network {
     pub resolver: Arc<Resolver>,
     /// The host's own networks, denied to every sandbox.
     host_nets: RwLock<Vec<Net4>>,
-    /// The table as listed after Caged last wrote it.
-    written: tokio::sync::Mutex<Option<String>>,
+    /// What Caged last wrote, and the tables as the kernel listed them after.
+    written: tokio::sync::Mutex<Option<Written>>,
+}
+
+struct Written {
+    script_hash: u64,
+    /// `None` until the healer's first look after the write.
+    listing: Option<String>,
 }
 
 /// One sandbox's link and the services on it.
@@ -190,32 +196,33 @@ impl Network {
         };
         let denied = self.denied_ranges();
         let script = self.firewall.script(&rules, &denied);
+        let script_hash = hash(&script);
         if !force
-            && let Some(expected) = written.as_ref()
-            && self
-                .firewall
-                .listing()
-                .await
-                .map_err(|e| e.to_string())?
-                .as_ref()
-                == Some(expected)
-            && expected.contains(&format!("# script {:016x}", hash(&script)))
+            && let Some(last) = written.as_mut()
+            && last.script_hash == script_hash
         {
-            return Ok(());
+            let current = self.firewall.listing().await.map_err(|e| e.to_string())?;
+            match (&last.listing, current) {
+                // The first look after a write: this is what the kernel made of the script.
+                (None, Some(current)) => {
+                    last.listing = Some(current);
+                    return Ok(());
+                }
+                (Some(expected), Some(current)) if *expected == current => return Ok(()),
+                _ => tracing::warn!(
+                    table = %self.firewall.table,
+                    "the firewall was deleted or changed; writing it again"
+                ),
+            }
         }
-        let marked = format!("{}\n# script {:016x}\n", script.trim_end(), hash(&script));
         self.firewall
             .apply(&script)
             .await
             .map_err(|e| e.to_string())?;
-        let listing = self
-            .firewall
-            .listing()
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        // The listing carries no trace of the script; remember which script made it.
-        *written = Some(format!("{listing}{}", &marked[script.trim_end().len()..]));
+        *written = Some(Written {
+            script_hash,
+            listing: None,
+        });
         Ok(())
     }
 
