@@ -4,11 +4,9 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
-use tokio::io::unix::AsyncFd;
-
-const NETLINK_NETFILTER: libc::c_int = 12;
+use crate::nfnetlink::{self, Receiver, attrs, messages};
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
@@ -36,45 +34,17 @@ pub struct Ended {
 }
 
 pub struct Listener {
-    fd: AsyncFd<OwnedFd>,
-    buf: Vec<u8>,
+    receiver: Receiver,
 }
 
 impl Listener {
     pub fn bind() -> io::Result<Listener> {
         // Without accounting the counters are absent; turning it on is host-wide and cheap.
         let _ = std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1");
-        // SAFETY: plain socket creation; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain old data.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = 1 << (NFNLGRP_CONNTRACK_DESTROY - 1);
-        // SAFETY: bind with a valid address of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = nfnetlink::socket(1 << (NFNLGRP_CONNTRACK_DESTROY - 1))?;
         // A busy host ends many connections; a large buffer loses fewer events.
         let size: libc::c_int = 4 << 20;
-        // SAFETY: setsockopt with a valid int.
+        // SAFETY: setsockopt on an open socket with a valid int.
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -84,53 +54,15 @@ impl Listener {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
-        // SAFETY: the descriptor is an open socket this value owns for its whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|err| io::Error::other(err.to_string()))?;
         Ok(Listener {
-            fd,
-            buf: vec![0u8; 256 * 1024],
+            receiver: Receiver::new(fd, 256 * 1024)?,
         })
     }
 
     /// The next batch of ended connections (IPv4 only).
     pub async fn next(&mut self) -> io::Result<Vec<Ended>> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let buf = &mut self.buf;
-            match guard.try_io(|fd| {
-                // SAFETY: recv into a buffer we own, of its length.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
-                Ok(Ok(n)) => return Ok(parse_datagram(&self.buf[..n])),
-                Ok(Err(err)) if err.raw_os_error() == Some(libc::ENOBUFS) => continue,
-                Ok(Err(err)) => return Err(err),
-                Err(_would_block) => continue,
-            }
-        }
+        Ok(parse_datagram(self.receiver.recv().await?))
     }
-}
-
-/// (kind, value) pairs of a netlink attribute list.
-fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while data.len() >= 4 {
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
-        if len < 4 || len > data.len() {
-            break;
-        }
-        out.push((kind, &data[4..len]));
-        let aligned = (len + 3) & !3;
-        data = &data[aligned.min(data.len())..];
-    }
-    out
 }
 
 fn find(list: &[(u16, &[u8])], kind: u16) -> Option<Vec<(u16, Vec<u8>)>> {
@@ -148,23 +80,12 @@ fn value(list: &[(u16, Vec<u8>)], kind: u16) -> Option<&[u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-pub fn parse_datagram(mut data: &[u8]) -> Vec<Ended> {
-    let mut out = Vec::new();
-    while data.len() >= 20 {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < 20 || len > data.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
-            && let Some(ended) = parse_entry(&data[20..len])
-        {
-            out.push(ended);
-        }
-        let aligned = (len + 3) & !3;
-        data = &data[aligned.min(data.len())..];
-    }
-    out
+pub fn parse_datagram(data: &[u8]) -> Vec<Ended> {
+    messages(data)
+        .into_iter()
+        .filter(|(kind, _)| *kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE)
+        .filter_map(|(_, body)| parse_entry(body))
+        .collect()
 }
 
 fn parse_entry(data: &[u8]) -> Option<Ended> {
@@ -210,12 +131,7 @@ mod tests {
 
     fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(payload);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
+        crate::nfnetlink::push_attr(&mut out, kind, payload);
         out
     }
 

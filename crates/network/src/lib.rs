@@ -12,6 +12,7 @@ pub mod firewall;
 pub mod http;
 pub mod link;
 pub mod nflog;
+mod nfnetlink;
 pub mod ranges;
 pub mod sni;
 pub mod sockets;

@@ -4,11 +4,9 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use tokio::io::unix::AsyncFd;
-
-const NETLINK_NETFILTER: libc::c_int = 12;
+use crate::nfnetlink::{self, Receiver, attrs, messages, push_attr};
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
 const NFULNL_MSG_CONFIG: u16 = 1;
@@ -36,90 +34,29 @@ pub struct Refusal {
 
 /// A subscription to one NFLOG group.
 pub struct Listener {
-    fd: AsyncFd<OwnedFd>,
-    buf: Vec<u8>,
+    receiver: Receiver,
 }
 
 impl Listener {
     /// Binds NFLOG group `group` (only one listener per group on a host).
     pub fn bind(group: u16) -> io::Result<Listener> {
-        // SAFETY: plain socket creation; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain old data.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: bind with a valid address of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = nfnetlink::socket(0)?;
         let mut bind = Vec::new();
-        attr(&mut bind, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
+        push_attr(&mut bind, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
         config(&fd, group, &bind)?;
         let mut mode = Vec::new();
         let mut value = COPY_RANGE.to_be_bytes().to_vec();
         value.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
-        attr(&mut mode, NFULA_CFG_MODE, &value);
+        push_attr(&mut mode, NFULA_CFG_MODE, &value);
         config(&fd, group, &mode)?;
-        // SAFETY: the descriptor is an open socket this value owns for its whole life; nothing
-        // else reads from or closes it.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|err| io::Error::other(err.to_string()))?;
         Ok(Listener {
-            fd,
-            buf: vec![0u8; 64 * 1024],
+            receiver: Receiver::new(fd, 64 * 1024)?,
         })
     }
 
     /// The next batch of refusals (a datagram may carry several).
     pub async fn next(&mut self) -> io::Result<Vec<Refusal>> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let buf = &mut self.buf;
-            match guard.try_io(|fd| {
-                // SAFETY: recv into a buffer we own, of its length.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
-                Ok(Ok(n)) => return Ok(parse_datagram(&self.buf[..n])),
-                // ENOBUFS: the kernel dropped messages we were too slow for; go on.
-                Ok(Err(err)) if err.raw_os_error() == Some(libc::ENOBUFS) => continue,
-                Ok(Err(err)) => return Err(err),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    while out.len() % 4 != 0 {
-        out.push(0);
+        Ok(parse_datagram(self.receiver.recv().await?))
     }
 }
 
@@ -171,34 +108,17 @@ fn config(fd: &OwnedFd, group: u16, attrs: &[u8]) -> io::Result<()> {
 }
 
 /// Refusals in one datagram of NFLOG messages.
-pub fn parse_datagram(mut data: &[u8]) -> Vec<Refusal> {
-    let mut out = Vec::new();
-    while data.len() >= 16 {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < 16 || len > data.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET && len >= 20 {
-            if let Some(refusal) = parse_packet(&data[20..len]) {
-                out.push(refusal);
-            }
-        }
-        let aligned = (len + 3) & !3;
-        data = &data[aligned.min(data.len())..];
-    }
-    out
+pub fn parse_datagram(data: &[u8]) -> Vec<Refusal> {
+    messages(data)
+        .into_iter()
+        .filter(|(kind, _)| *kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)
+        .filter_map(|(_, body)| parse_packet(body))
+        .collect()
 }
 
-fn parse_packet(mut attrs: &[u8]) -> Option<Refusal> {
+fn parse_packet(body: &[u8]) -> Option<Refusal> {
     let (mut ifindex, mut prefix, mut payload) = (None, String::new(), None);
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x7fff;
-        if len < 4 || len > attrs.len() {
-            break;
-        }
-        let value = &attrs[4..len];
+    for (kind, value) in attrs(body) {
         match kind {
             NFULA_IFINDEX_INDEV if value.len() == 4 => {
                 ifindex = Some(u32::from_be_bytes([value[0], value[1], value[2], value[3]]));
@@ -211,8 +131,6 @@ fn parse_packet(mut attrs: &[u8]) -> Option<Refusal> {
             NFULA_PAYLOAD => payload = Some(value),
             _ => {}
         }
-        let aligned = (len + 3) & !3;
-        attrs = &attrs[aligned.min(attrs.len())..];
     }
     let packet = payload?;
     if packet.len() < 20 || packet[0] >> 4 != 4 {
@@ -251,9 +169,9 @@ mod tests {
         ];
         ip.extend_from_slice(&[0x30, 0x39, 0, 80]); // ports 12345 → 80
         let mut attrs = Vec::new();
-        attr(&mut attrs, NFULA_PREFIX, b"caged-range\0");
-        attr(&mut attrs, NFULA_IFINDEX_INDEV, &7u32.to_be_bytes());
-        attr(&mut attrs, NFULA_PAYLOAD, &ip);
+        push_attr(&mut attrs, NFULA_PREFIX, b"caged-range\0");
+        push_attr(&mut attrs, NFULA_IFINDEX_INDEV, &7u32.to_be_bytes());
+        push_attr(&mut attrs, NFULA_PAYLOAD, &ip);
         let len = 20 + attrs.len();
         let mut msg = Vec::new();
         msg.extend_from_slice(&(len as u32).to_ne_bytes());

@@ -577,20 +577,33 @@ async fn a_removed_layer_is_put_back() {
         .args(["link", "del", &allow_if])
         .status();
     wait_until(|| std::path::Path::new(&format!("/sys/class/net/{allow_if}")).exists()).await;
+    reaches_allowed_test(&server, &id, "not healed").await;
+}
+
+/// Waits until the sandbox reaches allowed.test (an exec refused meanwhile, e.g. while the
+/// reconciler restarts the container, counts as not yet).
+async fn reaches_allowed_test(server: &TestServer, id: &str, what: &str) {
+    let argv = [
+        "python3",
+        "-c",
+        NET_PY,
+        "http",
+        "allowed.test",
+        "80",
+        "allowed.test",
+    ];
     let started = Instant::now();
     loop {
-        let reply = net(
-            &server,
-            &id,
-            &["http", "allowed.test", "80", "allowed.test"],
-        )
-        .await;
+        let reply = match server.client.run(id, &argv).await {
+            Ok(result) => result.stdout,
+            Err(err) => err.to_string(),
+        };
         if reply.contains("hello from 203.0.113.10") {
-            break;
+            return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "not healed: {reply}"
+            started.elapsed() < Duration::from_secs(20),
+            "{what}: {reply}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -639,29 +652,41 @@ async fn a_sandbox_the_engine_lost_gets_its_link_back() {
         .unwrap();
     assert!(killed.status.success(), "{killed:?}");
     server.restart().await;
-    let started = Instant::now();
-    loop {
-        // Until the reconciler has started the container again, execs are refused.
-        let argv = [
-            "python3",
-            "-c",
-            NET_PY,
-            "http",
-            "allowed.test",
-            "80",
-            "allowed.test",
-        ];
-        let reply = match server.client.run(&id, &argv).await {
-            Ok(result) => result.stdout,
-            Err(err) => err.to_string(),
-        };
-        if reply.contains("hello from 203.0.113.10") {
-            break;
-        }
+    reaches_allowed_test(&server, &id, "no network after the restart").await;
+}
+
+/// `full` under gVisor: the same host-side rules, since this host's runsc sends the sandbox's
+/// traffic through the same link.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_mode_holds_under_gvisor() {
+    let internet = internet::internet().await;
+    let server = server_on(&internet).await;
+    let id = server
+        .sandbox(json!({ "template": "base", "isolation": "gvisor" }))
+        .await;
+    let (allowed_before, private_before) = (internet.count(ALLOWED), internet.count(PRIVATE));
+    let reply = net(
+        &server,
+        &id,
+        &["http", "allowed.test", "80", "allowed.test"],
+    )
+    .await;
+    assert!(reply.contains("hello from 203.0.113.10"), "{reply}");
+    assert_eq!(internet.count(ALLOWED), allowed_before + 1);
+    for (addr, port) in [("10.99.0.10", "80"), ("169.254.169.254", "80")] {
+        let reply = net(&server, &id, &["tcp", addr, port]).await;
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no network after the restart: {reply}"
+            reply.contains("ConnectionRefused"),
+            "{addr}:{port}: {reply}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert_eq!(
+        internet.count(PRIVATE),
+        private_before,
+        "the private server was reached"
+    );
+    wait_for_event(&server, &id, |p| {
+        p["by"] == "firewall" && p["address"] == "10.99.0.10" && p["action"] == "blocked"
+    })
+    .await;
 }

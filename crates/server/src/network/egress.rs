@@ -81,107 +81,60 @@ async fn handle(ctx: &Ctx, link: &Link, mut client: TcpStream, number: u64) {
         return;
     };
     let mut buf = Vec::with_capacity(4096);
-    let asked = match read_hello(&mut client, &mut buf).await {
-        Some(asked) => asked,
-        None => {
-            caged_network::sockets::reset(client);
-            return;
-        }
+    let Some(asked) = read_hello(&mut client, &mut buf).await else {
+        caged_network::sockets::reset(client);
+        return;
     };
-    let (name, tls) = match asked {
-        Asked::Tls(name) => (name, true),
-        Asked::Http(name) => (name, false),
-        Asked::Nameless(why) => {
-            refuse(ctx, link, client, &buf, None, original, why).await;
-            return;
+    match decide(ctx, link, asked, original).await {
+        Ok((name, addresses)) => {
+            connect(ctx, link, client, buf, &name, original, addresses, number).await
         }
+        Err((name, why)) => refuse(ctx, link, client, &buf, name.as_deref(), original, why).await,
+    }
+}
+
+/// The name a connection may go to and the addresses to try, or the name it asked for (if any)
+/// and why it may not.
+async fn decide(
+    ctx: &Ctx,
+    link: &Link,
+    asked: Asked,
+    original: SocketAddrV4,
+) -> Result<(String, Vec<Ipv4Addr>), (Option<String>, &'static str)> {
+    let name = match asked {
+        Asked::Tls(name) | Asked::Http(name) => name,
+        Asked::Nameless(why) => return Err((None, why)),
         Asked::Opaque => {
             // Only to an address handed out for an allowed name, while fresh.
             let handed = lock(&link.handed_out)
                 .get(original.ip())
                 .filter(|(_, until)| *until > Instant::now())
                 .map(|(name, _)| name.clone());
-            match handed {
-                Some(name) if allows(link, &name) => {
-                    connect(
-                        ctx,
-                        link,
-                        client,
-                        buf,
-                        &name,
-                        original,
-                        vec![*original.ip()],
-                        number,
-                    )
-                    .await;
-                }
-                _ => {
-                    refuse(ctx, link, client, &buf, None, original, "no host name (not TLS or HTTP) and not an address the DNS stub gave for an allowed host").await;
-                }
-            }
-            return;
+            return match handed {
+                Some(name) if allows(link, &name) => Ok((name, vec![*original.ip()])),
+                _ => Err((
+                    None,
+                    "no host name (not TLS or HTTP) and not an address the DNS stub gave for an allowed host",
+                )),
+            };
         }
     };
-    let _ = tls;
     if !caged_network::allow::is_host_name(&name) {
-        refuse(
-            ctx,
-            link,
-            client,
-            &buf,
-            Some(&name),
-            original,
-            "an IP address, not a host name",
-        )
-        .await;
-        return;
+        return Err((Some(name), "an IP address, not a host name"));
     }
     if !allows(link, &name) {
-        refuse(
-            ctx,
-            link,
-            client,
-            &buf,
-            Some(&name),
-            original,
-            "not in allowed_hosts",
-        )
-        .await;
-        return;
+        return Err((Some(name), "not in allowed_hosts"));
     }
-    let addresses = match ctx.network.resolver.resolve(&name).await {
+    match ctx.network.resolver.resolve(&name).await {
         Ok(Resolved::Addresses(addrs)) if !addrs.is_empty() => {
-            addrs.into_iter().map(|(ip, _)| ip).collect::<Vec<_>>()
+            Ok((name, addrs.into_iter().map(|(ip, _)| ip).collect()))
         }
-        Ok(_) => {
-            refuse(
-                ctx,
-                link,
-                client,
-                &buf,
-                Some(&name),
-                original,
-                "the name does not resolve",
-            )
-            .await;
-            return;
-        }
+        Ok(_) => Err((Some(name), "the name does not resolve")),
         Err(err) => {
             tracing::debug!(sandbox = %link.id, "lookup of {name} failed: {err}");
-            refuse(
-                ctx,
-                link,
-                client,
-                &buf,
-                Some(&name),
-                original,
-                "the name could not be resolved",
-            )
-            .await;
-            return;
+            Err((Some(name), "the name could not be resolved"))
         }
-    };
-    connect(ctx, link, client, buf, &name, original, addresses, number).await;
+    }
 }
 
 fn allows(link: &Link, name: &str) -> bool {
