@@ -135,16 +135,7 @@ pub(crate) async fn create(
     let link = match prepare_link(state, id, account_id, &config).await {
         Ok(link) => link,
         Err(err) => {
-            let reason = format!("create failed: {}", err.message);
-            record_transition(
-                state,
-                id,
-                SandboxState::Pending,
-                SandboxState::Destroyed,
-                Some(reason),
-                config.timeout,
-            )
-            .await?;
+            give_up_create(state, id, &err.message).await?;
             return Err(err);
         }
     };
@@ -177,16 +168,7 @@ pub(crate) async fn create(
             .await?;
         }
         Err(err) => {
-            let reason = format!("create failed: {err}");
-            record_transition(
-                state,
-                id,
-                SandboxState::Pending,
-                SandboxState::Destroyed,
-                Some(reason),
-                config.timeout,
-            )
-            .await?;
+            give_up_create(state, id, &err.to_string()).await?;
             return Err(err.into());
         }
     }
@@ -201,6 +183,20 @@ pub(crate) async fn create(
         start_init(state.clone(), account_id.to_string(), id);
     }
     get(state, account_id, id).await
+}
+
+/// Records a create that failed: the sandbox ends destroyed, with the reason.
+async fn give_up_create(state: &AppState, id: SandboxId, why: &str) -> Result<(), ApiError> {
+    let reason = format!("create failed: {why}");
+    record_transition(
+        state,
+        id,
+        SandboxState::Pending,
+        SandboxState::Destroyed,
+        Some(reason),
+        0,
+    )
+    .await
 }
 
 /// Reserves the sandbox's link and puts it in the firewall before the sandbox exists.

@@ -457,6 +457,7 @@ async fn allowlist_changes_apply_to_a_running_sandbox() {
     assert!(reply.contains("hello from 203.0.113.20"), "{reply}");
     assert_eq!(internet.count(EVIL), before + 1);
 
+    let opened = internet.count(EVIL);
     // An open connection to a host taken off the list is closed at once.
     let held = {
         let client = server.client.clone();
@@ -466,7 +467,8 @@ async fn allowlist_changes_apply_to_a_running_sandbox() {
             client.run(&id, &["python3", "-c", script]).await.unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Revoked once the connection is open (evil.test's server saw it).
+    wait_until(|| internet.count(EVIL) > opened).await;
     let revoked = caged(&server, &["network", "revoke", &id, "evil.test"]);
     assert!(revoked.status.success(), "{revoked:?}");
     let held = held.await.unwrap();
