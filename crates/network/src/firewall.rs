@@ -238,14 +238,6 @@ impl Firewall {
         }
         Ok(Some(listing))
     }
-
-    pub async fn remove(&self) -> Result<(), FirewallError> {
-        let mut script = String::new();
-        for table in [self.table.clone(), self.guard_table()] {
-            let _ = writeln!(script, "table inet {table} {{}}\ndelete table inet {table}");
-        }
-        self.apply(&script).await
-    }
 }
 
 async fn nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, FirewallError> {

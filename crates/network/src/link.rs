@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 
 use caged_netns::NetNs;
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The name of the sandbox's end, inside its namespace.
@@ -212,19 +212,4 @@ pub async fn detach(host_ifname: &str) -> Result<(), LinkError> {
         }
     }
     Ok(())
-}
-
-/// Names of the host's links that start with `prefix` (one installation's host ends).
-pub async fn host_links(prefix: &str) -> Result<Vec<String>, LinkError> {
-    let host = connect(None)?;
-    let links: Vec<LinkMessage> = host.link().get().execute().try_collect().await?;
-    Ok(links
-        .into_iter()
-        .filter_map(|link| {
-            link.attributes.into_iter().find_map(|attr| match attr {
-                LinkAttribute::IfName(name) if name.starts_with(prefix) => Some(name),
-                _ => None,
-            })
-        })
-        .collect())
 }

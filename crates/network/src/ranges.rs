@@ -19,13 +19,22 @@ impl Net4 {
         }
     }
 
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix_len)
-        };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+
+    /// The network itself, host bits cleared (`192.0.2.2/24` → `192.0.2.0/24`).
+    pub fn network(&self) -> Net4 {
+        Net4 {
+            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            prefix_len: self.prefix_len,
+        }
     }
 
     pub fn parse(text: &str) -> Result<Net4, String> {
@@ -106,6 +115,10 @@ mod tests {
         assert_eq!(denied(ip("2001:db8::1"), &[], &[]), Some("IPv6"));
         let opened = [Net4::parse("10.1.0.0/16").unwrap()];
         assert_eq!(denied(ip("10.1.2.3"), &opened, &[]), None);
+        assert_eq!(
+            Net4::parse("192.0.2.2/24").unwrap().network(),
+            Net4::parse("192.0.2.0/24").unwrap()
+        );
         let host = [Net4::parse("203.0.113.0/24").unwrap()];
         assert_eq!(
             denied(ip("203.0.113.10"), &[], &host),

@@ -680,33 +680,32 @@ pub(crate) async fn heal_once(state: &AppState) {
 }
 
 /// The host's own IPv4 networks (not sandbox links), from its interface addresses.
-async fn host_networks(pool: &Pool) -> Result<Vec<Net4>, String> {
+/// The host's IPv4 addresses, with the interface each is on (`ip -4 -o addr show`).
+async fn host_addresses() -> Result<Vec<(String, Net4)>, String> {
     let output = tokio::process::Command::new("ip")
         .args(["-4", "-o", "addr", "show"])
         .output()
         .await
-        .map_err(|err| err.to_string())?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text
+        .map_err(|err| format!("cannot run ip (install iproute2): {err}"))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
-            let cidr = words
-                .find(|word| *word == "inet")
-                .and_then(|_| words.next())?;
-            let net = Net4::parse(cidr).ok()?;
-            let masked = Net4 {
-                addr: Ipv4Addr::from(
-                    u32::from(net.addr)
-                        & (u32::MAX
-                            .checked_shl(32 - u32::from(net.prefix_len))
-                            .unwrap_or(0)),
-                ),
-                prefix_len: net.prefix_len,
-            };
-            (!pool.contains(net.addr) && net.prefix_len < 32 && !masked.addr.is_loopback())
-                .then_some(masked)
+            let ifname = words.nth(1)?.trim_end_matches(':').to_string();
+            let cidr = words.skip_while(|word| *word != "inet").nth(1)?;
+            Some((ifname, Net4::parse(cidr).ok()?))
         })
+        .collect())
+}
+
+/// The host's own IPv4 networks (not sandbox links, not loopback).
+async fn host_networks(pool: &Pool) -> Result<Vec<Net4>, String> {
+    Ok(host_addresses()
+        .await?
+        .into_iter()
+        .map(|(_, net)| net)
+        .filter(|net| !pool.contains(net.addr) && net.prefix_len < 32 && !net.addr.is_loopback())
+        .map(|net| net.network())
         .collect())
 }
 
@@ -714,36 +713,16 @@ async fn host_networks(pool: &Pool) -> Result<Vec<Net4>, String> {
 /// installation's links, or a real network): two owners of one address would misroute.
 pub(crate) async fn check_pool(pool: &Pool, installation_id: &str) -> Result<(), String> {
     let prefix = caged_network::link_prefix(installation_id);
-    let output = tokio::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .await
-        .map_err(|err| format!("cannot run ip (install iproute2): {err}"))?;
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let mut words = line.split_whitespace();
-        let ifname = words.nth(1).unwrap_or_default().trim_end_matches(':');
-        let Some(cidr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) else {
-            continue;
-        };
-        let Ok(net) = Net4::parse(cidr) else { continue };
-        let ours = ifname.starts_with(&prefix);
-        let overlaps = pool.contains(net.addr)
-            || Net4 {
-                addr: net.addr,
-                prefix_len: net.prefix_len,
-            }
-            .contains(pool_base(pool));
-        if overlaps && !ours {
+    let first = pool
+        .addresses(0)
+        .map_or(Ipv4Addr::UNSPECIFIED, |(host, _)| host);
+    for (ifname, net) in host_addresses().await? {
+        let overlaps = pool.contains(net.addr) || net.contains(first);
+        if overlaps && !ifname.starts_with(&prefix) {
             return Err(format!(
-                "the sandbox network {pool} overlaps {cidr} on {ifname}; give this server another --sandbox-network"
+                "the sandbox network {pool} overlaps {net} on {ifname}; give this server another --sandbox-network"
             ));
         }
     }
     Ok(())
-}
-
-fn pool_base(pool: &Pool) -> Ipv4Addr {
-    pool.addresses(0)
-        .map(|(host, _)| Ipv4Addr::from(u32::from(host) - 1))
-        .unwrap_or(Ipv4Addr::UNSPECIFIED)
 }
