@@ -653,6 +653,14 @@ async fn a_sandbox_the_engine_lost_gets_its_link_back() {
         .output()
         .unwrap();
     assert!(killed.status.success(), "{killed:?}");
+    // The restarted server must find the container stopped, not about to be.
+    wait_until(|| {
+        std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", &container])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "false")
+    })
+    .await;
     server.restart().await;
     reaches_allowed_test(&server, &id, "no network after the restart").await;
 }
