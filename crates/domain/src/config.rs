@@ -404,6 +404,32 @@ pub fn json_schema() -> Value {
     })
 }
 
+/// Reads any strict YAML document (the trust policy, ...) into `T`, with the same key and line
+/// errors as `.caged.yaml`. An empty document is an empty mapping.
+pub fn from_yaml_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES * 4 {
+        return Err(ConfigError::at(
+            "",
+            format!("larger than {} bytes", MAX_CONFIG_BYTES * 4),
+        ));
+    }
+    let (value, lines) = yaml_to_json(text)?;
+    let value = if value.is_null() {
+        Value::Object(Map::new())
+    } else {
+        value
+    };
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let key = err.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        ConfigError {
+            line: line_for(&lines, &key),
+            key,
+            message: err.into_inner().to_string(),
+        }
+    })
+}
+
 fn line_for(lines: &HashMap<String, usize>, key: &str) -> Option<usize> {
     // A missing path (an unknown key's error names its parent) falls back to the nearest parent.
     let mut key = key;
