@@ -340,8 +340,9 @@ impl Client {
         Ok(value["sessions"].as_array().cloned().unwrap_or_default())
     }
 
+    /// A session with its trust score, once what the host saw until now is scored.
     pub async fn session(&self, session: &str) -> Result<Value> {
-        self.json(self.request(Method::GET, &format!("/v1/sessions/{session}")))
+        self.json(self.request(Method::GET, &format!("/v1/sessions/{session}?settle=true")))
             .await
     }
 

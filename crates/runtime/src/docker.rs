@@ -447,7 +447,13 @@ impl Runtime for DockerRuntime {
             available: false,
             detail: "not checked yet".into(),
         });
+        let sandbox_filesystems = info
+            .docker_root_dir
+            .as_deref()
+            .map(std::path::PathBuf::from)
+            .filter(|root| crate::layout::watchable(&driver, root));
         Ok(EngineInfo {
+            sandbox_filesystems,
             version: version.version.unwrap_or_default(),
             api_version: docker.client_version().to_string(),
             disk_limits: self.disk_limit_support(&driver, backing.as_deref()).await,
@@ -779,6 +785,26 @@ impl Runtime for DockerRuntime {
             tokio::time::sleep(Duration::from_millis(2 + attempt * 2)).await;
         }
         Ok(None)
+    }
+
+    async fn exec_pid(&self, exec_id: &str) -> Result<Option<i32>> {
+        if self
+            .gvisor_execs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(exec_id)
+        {
+            return Ok(None);
+        }
+        let inspect = self
+            .docker()?
+            .inspect_exec(exec_id)
+            .await
+            .map_err(engine_error)?;
+        Ok(inspect
+            .pid
+            .and_then(|pid| i32::try_from(pid).ok())
+            .filter(|pid| *pid > 0))
     }
 
     async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()> {

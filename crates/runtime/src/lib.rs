@@ -3,6 +3,7 @@
 //! [`docker`].
 
 pub mod docker;
+pub mod layout;
 mod proctree;
 mod seccomp;
 mod syscalls;
@@ -109,6 +110,9 @@ pub struct EngineInfo {
     pub disk_limits: Support,
     /// Whether `isolation: gvisor` works here, and its limits.
     pub gvisor: Support,
+    /// Where this host keeps sandboxes' root filesystems, when it can watch them (a local engine
+    /// whose storage layout [`layout`] knows); `None` otherwise.
+    pub sandbox_filesystems: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -206,6 +210,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec(&self, handle: &str, spec: &ExecSpec) -> Result<ExecHandle>;
     /// Exit status once the command ended; `None` while it runs.
     async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>>;
+    /// The host pid of the command's first process, when the host can see it (not under gVisor).
+    async fn exec_pid(&self, exec_id: &str) -> Result<Option<i32>>;
     async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()>;
     /// Kills the command and everything it started.
     async fn exec_kill(&self, handle: &str, exec_id: &str) -> Result<()>;

@@ -9,6 +9,7 @@ mod engine;
 mod failpoint;
 mod idle;
 mod network;
+mod observe;
 mod paths;
 mod preview;
 mod reconcile;
@@ -51,6 +52,10 @@ pub struct ServerConfig {
     pub probe_gvisor_at_start: bool,
     pub preview: PreviewConfig,
     pub network: NetworkConfig,
+    /// Watch sandboxes from the host (process events, file changes) and score sessions.
+    pub observe: bool,
+    /// What risky behaviour costs; the product's rules by default.
+    pub trust_policy: caged_trust::Policy,
 }
 
 impl ServerConfig {
@@ -66,6 +71,8 @@ impl ServerConfig {
             probe_gvisor_at_start: true,
             preview: PreviewConfig::default(),
             network: NetworkConfig::default(),
+            observe: true,
+            trust_policy: caged_trust::Policy::default(),
         }
     }
 }
@@ -110,6 +117,7 @@ pub(crate) struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub previews: Arc<preview::Previews>,
     pub network: Arc<network::Network>,
+    pub observer: Arc<observe::Observer>,
 }
 
 impl AppState {
@@ -244,6 +252,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
     let (stopping_tx, stopping) = watch::channel(false);
+    let observer = Arc::new(observe::Observer::new(
+        config.trust_policy.clone(),
+        config.observe,
+    ));
     let state = Arc::new(AppState {
         store,
         runtime,
@@ -258,6 +270,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         shutdown: stopping,
         previews,
         network,
+        observer,
     });
     snapshots::remove_orphans(&state).await;
     sessions::end_orphans(&state).await;
@@ -266,6 +279,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     reconcile::run(state.clone());
     preview::run(state.clone());
     network::run(state.clone());
+    observe::run(state.clone());
     tokio::spawn(preview::serve(state.clone(), preview_listener, tls));
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

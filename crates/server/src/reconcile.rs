@@ -224,6 +224,7 @@ async fn fix(
                 return Ok(true);
             }
             state.previews.forget(id); // a new namespace came with the restart
+            state.observer.watch(record);
             if let Err(err) = crate::network::relink(state, record).await {
                 tracing::warn!(sandbox = %id, "its link could not be made again yet (the healer retries): {err}");
             }

@@ -174,6 +174,7 @@ pub(crate) async fn create(
     }
     crate::preview::refresh(state.clone(), id);
     let record = get(state, account_id, id).await?;
+    state.observer.watch(&record);
     if let Err(err) = crate::network::on_started(state, &record).await {
         // The link is in the firewall (so nothing leaks); its services come when the healer
         // manages to start them.

@@ -324,6 +324,7 @@ pub(crate) async fn restore(
         tracing::warn!(sandbox = %id, "could not rename the restored container: {err}");
     }
     let restored = get(state, account_id, id).await?;
+    state.observer.watch(&restored);
     if let Err(err) = crate::network::on_started(state, &restored).await {
         tracing::error!(sandbox = %id, "its network services did not restart: {err}");
     }

@@ -9,9 +9,11 @@ mod network;
 mod previews;
 mod schema;
 mod sessions;
+mod trust;
 
 pub use previews::{PortChange, PreviewPassword, PreviewPort, SandboxHead};
 pub use sessions::{NewSession, SessionRecord};
+pub use trust::{Charged, NewEvent, NewPenalty, PenaltyRecord};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -473,6 +475,22 @@ impl Store {
         let raws = stmt.query_map([], RawSandbox::from_row)?;
         let raws: Vec<RawSandbox> = raws.collect::<Result<_, _>>()?;
         raws.into_iter().map(|raw| raw.into_record(&conn)).collect()
+    }
+
+    /// The live sandbox whose container is `container_id` (for attributing what the host sees).
+    pub fn sandbox_by_container(&self, container_id: &str) -> Result<Option<SandboxRecord>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT {SANDBOX_COLUMNS} FROM sandboxes
+                     WHERE container_id = ?1 AND state != 'destroyed'"
+                ),
+                params![container_id],
+                RawSandbox::from_row,
+            )
+            .optional()?;
+        row.map(|raw| raw.into_record(&conn)).transpose()
     }
 
     /// Whether a live sandbox of this account already uses `name`.

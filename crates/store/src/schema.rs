@@ -120,6 +120,26 @@ CREATE TABLE link_slots (
 CREATE INDEX link_slots_by_slot ON link_slots (slot);
 CREATE INDEX events_by_kind ON events (sandbox_id, kind, seq);
 "#,
+    r#"
+CREATE TABLE penalties (
+    id         INTEGER PRIMARY KEY,
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(id),
+    account_id TEXT NOT NULL,
+    -- NULL: activity outside any session (API execs, the sandbox's own processes).
+    session_id TEXT,
+    rule       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    points     INTEGER NOT NULL CHECK (points >= 0),
+    reason     TEXT NOT NULL,
+    evidence   TEXT NOT NULL,
+    -- The `trust` event that announced it.
+    event_seq  INTEGER NOT NULL,
+    at_ms      INTEGER NOT NULL
+);
+-- Each behaviour is charged once per distinct key per session.
+CREATE INDEX events_kind_seq ON events (kind, seq);
+CREATE UNIQUE INDEX penalties_once ON penalties (sandbox_id, COALESCE(session_id, ''), rule, key);
+"#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -70,6 +70,14 @@ pub struct Args {
     /// reach anyway, e.g. 10.20.0.0/16 for a company network. Repeat for more.
     #[arg(long = "network-open", value_parser = parse_net)]
     network_open: Vec<caged_network::ranges::Net4>,
+    /// Trust policy (YAML): what each risky behaviour costs and which hosts and packages are
+    /// known. Default: the product's rules (see docs/trust.md).
+    #[arg(long, env = "CAGED_TRUST_POLICY")]
+    trust_policy: Option<PathBuf>,
+    /// Watch sandboxes from the host (process events, file changes, sensitive opens) and score
+    /// sessions; `off` stops observing (scores then stay at 100).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    observe: String,
 }
 
 fn parse_pool(text: &str) -> Result<caged_network::Pool, String> {
@@ -121,6 +129,13 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         open_ranges: args.network_open.clone(),
         ..caged_server::NetworkConfig::default()
     };
+    if let Some(path) = &args.trust_policy {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the trust policy {}", path.display()))?;
+        config.trust_policy = caged_trust::Policy::from_yaml(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+    }
+    config.observe = args.observe == "on";
     let mut server = caged_server::start(config)
         .await
         .context("cannot start the server")?;

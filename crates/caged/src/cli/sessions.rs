@@ -35,6 +35,11 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
                 text(&session["state"]),
                 text(&session["started_at"]),
                 output::duration(session["duration_seconds"].as_f64().unwrap_or(0.0)),
+                format!(
+                    "{} {}",
+                    text(&session["trust_score"]),
+                    text(&session["trust_rating"])
+                ),
                 text(&session["end_reason"]),
             ]
         })
@@ -46,6 +51,7 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
             "STATE",
             "STARTED",
             "DURATION",
+            "TRUST",
             "ENDED BECAUSE",
         ],
         &rows,
@@ -82,6 +88,20 @@ pub async fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         "events",
         session["events"].as_array().map_or(0, Vec::len)
     );
+    println!(
+        "{:<14} {} ({})",
+        "trust",
+        text(&session["trust_score"]),
+        text(&session["trust_rating"])
+    );
+    for penalty in session["penalties"].as_array().into_iter().flatten() {
+        println!(
+            "  -{:<3} {:<16} {}",
+            penalty["points"].as_u64().unwrap_or(0),
+            text(&penalty["rule"]),
+            text(&penalty["reason"])
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,7 @@ mod security;
 mod sessions;
 mod snapshots;
 mod tenancy;
+mod trust;
 
 use std::process::Output;
 

@@ -77,9 +77,19 @@ async fn an_agent_session_lasts_as_long_as_its_command() {
         .iter()
         .map(|event| (event["kind"].as_str().unwrap(), &event["session_id"]))
         .collect();
-    let kinds: Vec<&str> = events.iter().map(|(kind, _)| *kind).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(kind, _)| *kind)
+        .filter(|kind| *kind != "process")
+        .collect();
     assert_eq!(kinds, vec!["session", "exec", "session"]);
     assert!(events.iter().all(|(_, session)| *session == sid));
+    // The host saw the command's process, and knew whose it was.
+    let seen = shown["events"].as_array().unwrap().iter().any(|event| {
+        event["kind"] == "process"
+            && event["payload"]["argv"] == json!(["sh", "-c", "echo working; exit 3"])
+    });
+    assert!(seen, "{:#}", shown["events"]);
 
     // A plain streaming exec is a session too, its agent inferred; a one-shot exec is not.
     server.client.run(&id, &["true"]).await.unwrap();

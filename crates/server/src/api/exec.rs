@@ -223,6 +223,10 @@ async fn stream_exec(
     };
     let session = crate::sessions::open(&state, &record, agent_type, channel, &request.cmd).await?;
     let session_id = Some(session.id.clone());
+    // What the command's processes do is the session's (the observer holds it until told).
+    if let Ok(Some(pid)) = state.runtime.exec_pid(&exec.exec_id).await {
+        state.observer.bind(pid, session_id.clone());
+    }
     let exec_id = exec.exec_id.clone();
     let mut output = exec.output;
     let mut input = Some(exec.input);

@@ -87,6 +87,9 @@ pub(crate) async fn inspect(
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let mut view = view::sandbox(&record);
     view["previews"] = crate::preview::list(&state, &record).await?;
+    let trust = crate::observe::sandbox_trust(&state, record.id).await?;
+    view["trust_score"] = trust["score"].clone();
+    view["trust"] = trust;
     Ok(Json(view))
 }
 
@@ -168,5 +171,6 @@ pub(crate) async fn system(State(state): State<Arc<AppState>>, Caller(_): Caller
         "version": env!("CARGO_PKG_VERSION"),
         "installation_id": state.installation_id,
         "engine": engine,
+        "observation": state.observer.status(),
     }))
 }

@@ -41,10 +41,29 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let store = state.store.clone();
-    let sessions = blocking::run(move || store.sessions_of(&record.account_id, record.id)).await?;
-    Ok(Json(
-        json!({ "sessions": sessions.iter().map(view).collect::<Vec<_>>() }),
-    ))
+    let id = record.id;
+    let (sessions, charged) = blocking::run(move || {
+        Ok::<_, caged_store::StoreError>((
+            store.sessions_of(&record.account_id, id)?,
+            store.charged_by_session(id)?,
+        ))
+    })
+    .await?;
+    let views = sessions
+        .iter()
+        .map(|session| {
+            let points = charged
+                .iter()
+                .find(|c| c.session_id.as_deref() == Some(session.id.as_str()))
+                .map_or(0, |c| c.points);
+            let score = caged_trust::score(points);
+            let mut view = view(session);
+            view["trust_score"] = json!(score);
+            view["trust_rating"] = json!(caged_trust::Rating::of(score).as_str());
+            view
+        })
+        .collect::<Vec<_>>();
+    Ok(Json(json!({ "sessions": views })))
 }
 
 async fn get(state: &AppState, account_id: &str, sid: &str) -> Result<SessionRecord, ApiError> {
@@ -55,12 +74,32 @@ async fn get(state: &AppState, account_id: &str, sid: &str) -> Result<SessionRec
         .ok_or_else(|| ApiError::not_found(format!("session {sid:?} not found")))
 }
 
+#[derive(serde::Deserialize)]
+pub(crate) struct InspectQuery {
+    /// Wait (briefly) until what the host saw so far is recorded and scored.
+    #[serde(default)]
+    settle: bool,
+}
+
 pub(crate) async fn inspect(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(sid): Path<String>,
+    Query(query): Query<InspectQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(view(&get(&state, &account.id, &sid).await?)))
+    let session = get(&state, &account.id, &sid).await?;
+    if query.settle {
+        state
+            .observer
+            .settle(std::time::Duration::from_secs(5))
+            .await;
+    }
+    let mut view = view(&session);
+    let trust = crate::observe::session_trust(&state, &session.account_id, &session.id).await?;
+    view["trust_score"] = trust["score"].clone();
+    view["trust_rating"] = trust["rating"].clone();
+    view["penalties"] = trust["penalties"].clone();
+    Ok(Json(view))
 }
 
 pub(crate) async fn session_events(
