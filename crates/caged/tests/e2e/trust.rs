@@ -87,6 +87,7 @@ async fn a_benign_coding_session_scores_100() {
         sed -i 's/return/return 1 +/' mod_1.py mod_2.py
         python3 -c 'import sys; sys.path.insert(0, "."); import mod_1; assert mod_1.f1() == 2'
         git add -A && git commit -qm init && git status --short
+        git clone -q /work/app /work/app-copy && git -C /work/app-copy log --oneline >/dev/null
         mkdir -p node_modules/pkg && for i in $(seq 1 200); do echo x > node_modules/pkg/f$i.js; done
         rm -rf node_modules
         id >/dev/null && ls -l /etc >/dev/null && whoami >/dev/null

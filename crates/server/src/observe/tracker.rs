@@ -776,17 +776,14 @@ impl Tracker {
                 (Some(proc.root), proc.package_manager)
             }
             _ => {
-                // Not a process the tree knows: gVisor's file proxy, or a process that ended
-                // before it could be placed (both the sandbox's), or the engine itself writing
-                // through the files API (alive, and outside the sandbox's cgroup: not charged).
-                let container = procfs::container_of(pid);
-                if container.as_ref().is_some_and(|c| *c != watched.container)
-                    || (container.is_none() && live(pid))
-                {
+                // Not a process the tree knows: gVisor's file proxy (in the sandbox's cgroup),
+                // or a command's first process that ended before it was read (known by the pid
+                // the API reported for it). Anything else is the engine's own work, such as
+                // the files API extracting an upload: recorded by the API, not charged here.
+                let ours = procfs::container_of(pid).as_deref() == Some(watched.container.as_str());
+                if !ours && !self.roots.contains_key(&pid) {
                     return;
                 }
-                // A command's first process that ended before it was read is still known by the
-                // pid the API reported for it.
                 (self.roots.contains_key(&pid).then_some(pid), false)
             }
         };
