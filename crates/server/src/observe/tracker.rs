@@ -239,9 +239,16 @@ impl Tracker {
             if !fs_wait.is_zero() {
                 timeout = timeout.min(fs_wait.as_millis() as i32 + 1);
             }
-            if caged_observe::poll_readable(&fds, timeout).is_err() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let ready = match caged_observe::poll_readable(&fds, timeout) {
+                Ok(ready) => ready,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    vec![true; fds.len()]
+                }
+            };
+            // Sensitive opens are second in the set when watched; read them only when there are
+            // some (each read is a syscall on the path of every process start).
+            let opens_ready = self.opens.is_some() && ready.get(1).copied().unwrap_or(false);
             drop(fds);
             // Processes first (a file event's writer is then already known), forks before
             // starts (a child's fork happened before its exec).
@@ -268,7 +275,7 @@ impl Tracker {
                 self.fs = Some(fs);
                 last_fs_drain = Instant::now();
             }
-            if let Some(mut opens) = self.opens.take() {
+            if opens_ready && let Some(mut opens) = self.opens.take() {
                 if let Ok(overflows) = opens.read(&mut opens_held)
                     && overflows > 0
                 {
