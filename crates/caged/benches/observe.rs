@@ -230,7 +230,7 @@ async fn main() {
     let rounds: usize = std::env::args()
         .skip(1)
         .find_map(|arg| arg.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(7);
     let docker = Docker::connect_with_local_defaults().expect("docker");
     let mut server = caged_testkit::spawn().await;
     let id = server.sandbox(json!({ "template": "base" })).await;

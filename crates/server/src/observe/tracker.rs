@@ -298,21 +298,25 @@ impl Tracker {
         self.flush_pending(true);
     }
 
+    /// Reads process starts, then forks and exits, and applies them forks first. In that order,
+    /// every start read has its fork read too (the kernel queued the fork before the start),
+    /// even when it happened while the starts were being read.
     fn read_processes(
         &mut self,
         lineage: &mut ProcConnector,
         execs: &mut ProcConnector,
         events: &mut Vec<ProcEvent>,
     ) {
-        for connector in [lineage, execs] {
-            if let Err(err) = connector.read(events) {
+        let mut starts = Vec::new();
+        for (connector, into) in [(execs, &mut starts), (lineage, &mut *events)] {
+            if let Err(err) = connector.read(into) {
                 tracing::warn!("reading process events: {err}");
                 // Never spin at real-time priority on a broken socket.
                 std::thread::sleep(Duration::from_millis(100));
             }
-            for event in events.drain(..) {
-                self.on_proc_event(event);
-            }
+        }
+        for event in events.drain(..).chain(starts) {
+            self.on_proc_event(event);
         }
     }
 
