@@ -333,9 +333,14 @@ impl Client {
         .await
     }
 
+    /// A sandbox's sessions with their trust scores, once what the host saw until now is
+    /// scored.
     pub async fn sessions(&self, id: &str) -> Result<Vec<Value>> {
         let value: Value = self
-            .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/sessions")))
+            .json(self.request(
+                Method::GET,
+                &format!("/v1/sandboxes/{id}/sessions?settle=true"),
+            ))
             .await?;
         Ok(value["sessions"].as_array().cloned().unwrap_or_default())
     }

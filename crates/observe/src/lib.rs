@@ -37,3 +37,37 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<
         .map(|p| p.revents & (libc::POLLIN | libc::POLLERR) != 0)
         .collect())
 }
+
+/// Wakes a thread that waits in [`poll_readable`] (an eventfd in its set).
+pub struct Waker(std::os::fd::OwnedFd);
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd takes flags only; the result is checked.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        Ok(Waker(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }))
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes we own to an eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Clears pending wakes.
+    pub fn drain(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reading 8 bytes into a u64 we own from a non-blocking eventfd.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+}
+
+impl std::os::fd::AsFd for Waker {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

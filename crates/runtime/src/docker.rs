@@ -796,15 +796,24 @@ impl Runtime for DockerRuntime {
         {
             return Ok(None);
         }
-        let inspect = self
-            .docker()?
-            .inspect_exec(exec_id)
-            .await
-            .map_err(engine_error)?;
-        Ok(inspect
-            .pid
-            .and_then(|pid| i32::try_from(pid).ok())
-            .filter(|pid| *pid > 0))
+        // The engine records the pid a moment after the exec starts; a fast command may have
+        // finished by then, and its pid is still recorded.
+        for attempt in 0..40u64 {
+            let inspect = self
+                .docker()?
+                .inspect_exec(exec_id)
+                .await
+                .map_err(engine_error)?;
+            if let Some(pid) = inspect
+                .pid
+                .and_then(|pid| i32::try_from(pid).ok())
+                .filter(|pid| *pid > 0)
+            {
+                return Ok(Some(pid));
+            }
+            tokio::time::sleep(Duration::from_millis(1 + attempt)).await;
+        }
+        Ok(None)
     }
 
     async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()> {

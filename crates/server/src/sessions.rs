@@ -59,6 +59,9 @@ pub(crate) async fn open(
     agent_type: &str,
     channel: &'static str,
     command: &[String],
+    // When the channel was asked for (before its command started: what the command does from
+    // its first instant is the session's).
+    started_at_ms: i64,
 ) -> Result<Session, ApiError> {
     let id = format!("ses_{}", caged_domain::random_hex(8));
     let store = state.store.clone();
@@ -72,7 +75,7 @@ pub(crate) async fn open(
             agent_type: &agent_type,
             channel,
             command: &command,
-            at_ms: now_ms(),
+            at_ms: started_at_ms,
         })
     })
     .await?;

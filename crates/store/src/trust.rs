@@ -216,8 +216,8 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Sessions of a sandbox that were open at `at_ms`, or ended at most `grace_ms` before it
-    /// (what is seen is read a moment after it happened).
+    /// Sessions of a sandbox open within `grace_ms` of `at_ms` (what is seen is read a moment
+    /// after it happened, and a session's row is written a moment after its command started).
     pub fn sessions_open_at(
         &self,
         id: SandboxId,
@@ -226,7 +226,7 @@ impl Store {
     ) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id FROM sessions WHERE sandbox_id = ?1 AND started_at_ms <= ?2
+            "SELECT id FROM sessions WHERE sandbox_id = ?1 AND started_at_ms <= ?2 + ?3
                AND (ended_at_ms IS NULL OR ended_at_ms >= ?2 - ?3) ORDER BY started_at_ms",
         )?;
         let rows = stmt.query_map(params![id.as_str(), at_ms, grace_ms], |row| row.get(0))?;

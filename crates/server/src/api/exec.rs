@@ -201,6 +201,7 @@ async fn stream_exec(
         Err(err) => return send_error(socket, err).await,
     };
     let started = Instant::now();
+    let started_at_ms = caged_domain::time::now_ms();
     let handle = container_of(&record)?.to_string();
     let exec = match state
         .runtime
@@ -221,11 +222,25 @@ async fn stream_exec(
             "exec",
         ),
     };
-    let session = crate::sessions::open(&state, &record, agent_type, channel, &request.cmd).await?;
+    let session = crate::sessions::open(
+        &state,
+        &record,
+        agent_type,
+        channel,
+        &request.cmd,
+        started_at_ms,
+    )
+    .await?;
     let session_id = Some(session.id.clone());
-    // What the command's processes do is the session's (the observer holds it until told).
-    if let Ok(Some(pid)) = state.runtime.exec_pid(&exec.exec_id).await {
-        state.observer.bind(pid, session_id.clone());
+    // What the command's processes do is the session's (the observer holds it until told);
+    // asked aside, so the command's output is not kept waiting for the engine's answer.
+    {
+        let (state, exec_id, session) = (state.clone(), exec.exec_id.clone(), session_id.clone());
+        tokio::spawn(async move {
+            if let Ok(Some(pid)) = state.runtime.exec_pid(&exec_id).await {
+                state.observer.bind(pid, session);
+            }
+        });
     }
     let exec_id = exec.exec_id.clone();
     let mut output = exec.output;

@@ -38,8 +38,15 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
+    Query(query): Query<InspectQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
+    if query.settle {
+        state
+            .observer
+            .settle(std::time::Duration::from_secs(5))
+            .await;
+    }
     let store = state.store.clone();
     let id = record.id;
     let (sessions, charged) = blocking::run(move || {

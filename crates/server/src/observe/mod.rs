@@ -37,7 +37,7 @@ const LEDGER_IDLE: Duration = Duration::from_secs(600);
 pub(crate) struct Observer {
     pub policy: Arc<Policy>,
     enabled: bool,
-    commands: Arc<Mutex<Vec<Command>>>,
+    commands: Arc<tracker::Commands>,
     stats: Arc<Mutex<Stats>>,
     out: UnboundedSender<Out>,
     incoming: Mutex<Option<UnboundedReceiver<Out>>>,
@@ -51,7 +51,7 @@ impl Observer {
         Observer {
             policy: Arc::new(policy),
             enabled,
-            commands: Arc::default(),
+            commands: Arc::new(tracker::Commands::new()),
             stats: Arc::default(),
             out,
             incoming: Mutex::new(Some(incoming)),
@@ -60,10 +60,7 @@ impl Observer {
     }
 
     fn command(&self, command: Command) {
-        self.commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(command);
+        self.commands.push(command);
     }
 
     /// The command whose first process is `pid` belongs to `session` (or to none).

@@ -86,6 +86,38 @@ pub(crate) enum Out {
     Settled(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Commands from the async side, and the eventfd that wakes the tracker for them.
+pub(crate) struct Commands {
+    queue: Mutex<Vec<Command>>,
+    waker: Option<caged_observe::Waker>,
+}
+
+impl Commands {
+    pub(crate) fn new() -> Commands {
+        Commands {
+            queue: Mutex::new(Vec::new()),
+            waker: caged_observe::Waker::new().ok(),
+        }
+    }
+
+    pub(crate) fn push(&self, command: Command) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(command);
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
+    }
+
+    fn take(&self) -> Vec<Command> {
+        if let Some(waker) = &self.waker {
+            waker.drain();
+        }
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// Counters for `caged system` and the benchmark.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub(crate) struct Stats {
@@ -132,7 +164,7 @@ struct Pending {
 pub(crate) struct Tracker {
     store: Arc<Store>,
     out: tokio::sync::mpsc::UnboundedSender<Out>,
-    commands: Arc<Mutex<Vec<Command>>>,
+    commands: Arc<Commands>,
     stats: Arc<Mutex<Stats>>,
     /// Our own mount namespace: a process in a sandbox's cgroup that is still in it is the
     /// runtime's helper on its way in, not the sandbox's.
@@ -160,7 +192,7 @@ impl Tracker {
     pub(crate) fn new(
         store: Arc<Store>,
         out: tokio::sync::mpsc::UnboundedSender<Out>,
-        commands: Arc<Mutex<Vec<Command>>>,
+        commands: Arc<Commands>,
         stats: Arc<Mutex<Stats>>,
         sensitive_paths: Vec<(String, bool)>,
     ) -> Tracker {
@@ -226,9 +258,13 @@ impl Tracker {
             } else {
                 Duration::ZERO
             };
+            let commands = self.commands.clone();
             let mut fds = vec![execs.as_fd()];
             if let Some(opens) = &self.opens {
                 fds.push(opens.as_fd());
+            }
+            if let Some(waker) = &commands.waker {
+                fds.push(waker.as_fd());
             }
             if let Some(fs) = &self.fs
                 && fs_wait.is_zero()
@@ -238,6 +274,9 @@ impl Tracker {
             let mut timeout = if self.pending.is_empty() { 200 } else { 50 };
             if !fs_wait.is_zero() {
                 timeout = timeout.min(fs_wait.as_millis() as i32 + 1);
+            }
+            if !settles.is_empty() {
+                timeout = 0; // someone waits: read what is queued and answer
             }
             let ready = match caged_observe::poll_readable(&fds, timeout) {
                 Ok(ready) => ready,
@@ -322,8 +361,7 @@ impl Tracker {
 
     /// Applies the commands queued; returns the settle requests among them.
     fn take_commands(&mut self) -> Vec<tokio::sync::oneshot::Sender<()>> {
-        let commands =
-            std::mem::take(&mut *self.commands.lock().unwrap_or_else(|p| p.into_inner()));
+        let commands = self.commands.take();
         let mut settles = Vec::new();
         for command in commands {
             match command {
@@ -787,11 +825,13 @@ impl Tracker {
                 (Some(proc.root), proc.package_manager)
             }
             _ => {
-                // Not a process the tree knows: gVisor's file proxy (in the sandbox's cgroup),
-                // or a command's first process that ended before it was read (known by the pid
-                // the API reported for it). Anything else is the engine's own work, such as
-                // the files API extracting an upload: recorded by the API, not charged here.
-                let ours = procfs::container_of(pid).as_deref() == Some(watched.container.as_str());
+                // Not a process the tree knows. Under gVisor every write comes from gVisor's own
+                // host processes (some short-lived): the sandbox's. Under runc: a command's first
+                // process that ended before it was read (known by the pid the API reported), or
+                // the engine's own work, such as the files API extracting an upload (recorded by
+                // the API, not charged here).
+                let ours = watched.isolation == Isolation::Gvisor
+                    || procfs::container_of(pid).as_deref() == Some(watched.container.as_str());
                 if !ours && !self.roots.contains_key(&pid) {
                     return;
                 }
