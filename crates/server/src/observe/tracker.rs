@@ -660,12 +660,17 @@ impl Tracker {
             payload,
             observation,
         };
-        self.attribute(root, observed);
+        self.attribute(Some(root), observed);
     }
 
     /// Sends an observation of the command rooted at `root`, or holds it until the API says
     /// which session that command is.
-    fn attribute(&mut self, root: i32, mut observed: Observed) {
+    fn attribute(&mut self, root: Option<i32>, mut observed: Observed) {
+        let Some(root) = root else {
+            // Not placed by a process: its attribution stands as made.
+            self.send(observed);
+            return;
+        };
         match self.roots.get(&root) {
             Some((Some(session), _)) => {
                 observed.attribution = Attribution::Session(session.clone());
@@ -762,7 +767,7 @@ impl Tracker {
                 pid: shell_pid,
             }),
         };
-        self.attribute(root, observed);
+        self.attribute(Some(root), observed);
     }
 
     fn on_fs_event(&mut self, event: FsEvent) {
@@ -854,12 +859,7 @@ impl Tracker {
                 by_package_manager: package_manager,
             }),
         };
-        match root {
-            Some(root) => self.attribute(root, observed),
-            None => {
-                self.send(observed);
-            }
-        }
+        self.attribute(root, observed);
     }
 
     /// A sensitive file opened; the opener waits (until `opened` is dropped) while it is read.
@@ -904,10 +904,7 @@ impl Tracker {
                 named,
             }),
         };
-        match root {
-            Some(root) => self.attribute(root, observed),
-            None => self.send(observed),
-        }
+        self.attribute(root, observed);
     }
 
     /// Drops what is no longer needed: roots without processes, old pipes, foreign caches.
