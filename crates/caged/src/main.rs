@@ -86,6 +86,13 @@ enum Command {
     /// List a sandbox's preview URLs and protect them with passwords.
     #[command(subcommand)]
     Preview(cli::preview::Command),
+    /// Show what a sandbox spent: running time, compute, tokens, LLM cost, budget.
+    Usage(cli::usage::UsageArgs),
+    /// Set, raise or remove a live sandbox's budget (USD).
+    Budget(cli::usage::BudgetArgs),
+    /// Set where the account's budget alerts are sent (a signed POST).
+    #[command(subcommand)]
+    Webhook(cli::usage::WebhookCommand),
 }
 
 impl Cli {

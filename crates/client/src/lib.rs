@@ -405,6 +405,41 @@ impl Client {
         .await
     }
 
+    /// What a sandbox spent: running time, compute, tokens, LLM cost, budget, per session.
+    pub async fn usage(&self, id: &str) -> Result<Value> {
+        self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/usage")))
+            .await
+    }
+
+    /// Sets (or with `None` removes) a live sandbox's budget.
+    pub async fn set_budget(&self, id: &str, budget_usd: Option<f64>) -> Result<Value> {
+        self.json(
+            self.request(Method::PUT, &format!("/v1/sandboxes/{id}/budget"))
+                .json(&json!({ "budget_usd": budget_usd })),
+        )
+        .await
+    }
+
+    /// The account's webhook (URL, signing secret) and its latest deliveries.
+    pub async fn webhook(&self) -> Result<Value> {
+        self.json(self.request(Method::GET, "/v1/account/webhook"))
+            .await
+    }
+
+    /// Sets the account's webhook; the answer holds the new signing secret.
+    pub async fn set_webhook(&self, url: &str) -> Result<Value> {
+        self.json(
+            self.request(Method::PUT, "/v1/account/webhook")
+                .json(&json!({ "url": url })),
+        )
+        .await
+    }
+
+    pub async fn delete_webhook(&self) -> Result<Value> {
+        self.json(self.request(Method::DELETE, "/v1/account/webhook"))
+            .await
+    }
+
     pub async fn snapshots(&self, id: &str) -> Result<Vec<Value>> {
         let value: Value = self
             .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/snapshots")))

@@ -176,6 +176,12 @@ impl ConfigError {
 }
 
 impl SandboxConfig {
+    /// The budget in micro-dollars, to the nearest one (money is integer everywhere past the
+    /// file).
+    pub fn budget_micros(&self) -> Option<i64> {
+        self.budget.map(|usd| (usd * 1e6).round() as i64)
+    }
+
     /// Parses and validates a `.caged.yaml` document.
     pub fn from_yaml(text: &str) -> Result<SandboxConfig, ConfigError> {
         if text.len() > MAX_CONFIG_BYTES {
@@ -245,11 +251,11 @@ impl SandboxConfig {
             ));
         }
         if let Some(budget) = self.budget
-            && !(budget.is_finite() && budget > 0.0 && budget <= 1_000_000.0)
+            && !(budget.is_finite() && (0.000_001..=1_000_000.0).contains(&budget))
         {
             return Err(ConfigError::at(
                 "budget",
-                format!("must be more than 0 and at most 1000000 USD (got {budget})"),
+                format!("must be at least 0.000001 and at most 1000000 USD (got {budget})"),
             ));
         }
         if let Some(script) = &self.init_script {
@@ -393,7 +399,7 @@ pub fn json_schema() -> Value {
             },
             "timeout": { "type": "integer", "minimum": 1, "maximum": 2592000, "default": DEFAULT_TIMEOUT_SECONDS,
                          "description": "seconds of inactivity before the sandbox sleeps" },
-            "budget": { "type": "number", "exclusiveMinimum": 0, "maximum": 1000000, "description": "USD" },
+            "budget": { "type": "number", "minimum": 0.000001, "maximum": 1000000, "description": "USD" },
             "init_script": { "type": "string", "minLength": 1 },
             "network_mode": { "enum": ["full", "allowlist", "none"], "default": "full" },
             "allowed_hosts": { "type": "array", "items": { "type": "string" } },
@@ -744,7 +750,7 @@ allowed_hosts:
             ),
             (
                 "budget: 0\n",
-                "line 1: budget: must be more than 0 and at most 1000000 USD (got 0)",
+                "line 1: budget: must be at least 0.000001 and at most 1000000 USD (got 0)",
             ),
             (
                 "env:\n  1BAD: x\n",

@@ -10,4 +10,6 @@ pub use config::{
     ConfigError, Isolation, NetworkMode, Resources, SandboxConfig, check_host_pattern,
 };
 pub use id::{IdError, SandboxId, random_hex};
-pub use lifecycle::{IllegalTransition, SandboxState, Transition, running_millis};
+pub use lifecycle::{
+    IllegalTransition, SandboxState, Transition, running_millis, running_millis_between,
+};

@@ -100,10 +100,46 @@ pub fn running_millis(transitions: &[Transition], now_ms: i64) -> i64 {
     total
 }
 
+/// Milliseconds spent running within `[from_ms, to_ms)` (a session's share of its sandbox's
+/// running time).
+pub fn running_millis_between(transitions: &[Transition], from_ms: i64, to_ms: i64) -> i64 {
+    let mut total = 0;
+    let mut running_since: Option<i64> = None;
+    let overlap = |start: i64, end: i64| (end.min(to_ms) - start.max(from_ms)).max(0);
+    for transition in transitions {
+        if let Some(since) = running_since.take() {
+            total += overlap(since, transition.at_ms);
+        }
+        if transition.state == SandboxState::Running {
+            running_since = Some(transition.at_ms);
+        }
+    }
+    if let Some(since) = running_since {
+        total += overlap(since, to_ms);
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::SandboxState::*;
     use super::*;
+
+    #[test]
+    fn a_window_gets_the_running_time_inside_it() {
+        let at = |state, at_ms| Transition { state, at_ms };
+        let transitions = [
+            at(Pending, 0),
+            at(Running, 10),
+            at(Paused, 110),
+            at(Running, 210),
+        ];
+        assert_eq!(running_millis(&transitions, 260), 150);
+        assert_eq!(running_millis_between(&transitions, 0, 260), 150);
+        assert_eq!(running_millis_between(&transitions, 60, 230), 50 + 20);
+        assert_eq!(running_millis_between(&transitions, 120, 200), 0);
+        assert_eq!(running_millis_between(&transitions, 300, 400), 100);
+    }
 
     #[test]
     fn only_the_documented_transitions_are_legal() {

@@ -29,6 +29,57 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Reads what [`rfc3339_from_ms`] writes (`YYYY-MM-DDTHH:MM:SS.mmmZ`) back into Unix
+/// milliseconds; `None` for anything else.
+pub fn ms_from_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 24
+        || &text[4..5] != "-"
+        || &text[7..8] != "-"
+        || &text[10..11] != "T"
+        || &text[13..14] != ":"
+        || &text[16..17] != ":"
+        || &text[19..20] != "."
+        || &text[23..] != "Z"
+    {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second, millis) = (
+        number(11..13)?,
+        number(14..16)?,
+        number(17..19)?,
+        number(20..23)?,
+    );
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month as u32, day as u32);
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
+}
+
+/// Howard Hinnant's civil-to-days algorithm, the inverse of [`civil_from_days`].
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -48,5 +99,15 @@ mod tests {
             rfc3339_from_ms(1_795_651_199_999),
             "2026-11-25T23:59:59.999Z"
         );
+    }
+
+    #[test]
+    fn reads_back_what_it_writes() {
+        for ms in [0, 951_782_400_123, 1_795_651_199_999, 4_102_444_800_000] {
+            assert_eq!(ms_from_rfc3339(&rfc3339_from_ms(ms)), Some(ms));
+        }
+        assert_eq!(ms_from_rfc3339("2026-13-01T00:00:00.000Z"), None);
+        assert_eq!(ms_from_rfc3339("2026-01-01 00:00:00.000Z"), None);
+        assert_eq!(ms_from_rfc3339("2026-01-01T00:00:00Z"), None);
     }
 }

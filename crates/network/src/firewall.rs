@@ -40,6 +40,8 @@ pub struct Firewall {
     pub link_prefix: String,
     pub dns_port: u16,
     pub proxy_port: u16,
+    /// The LLM gateway's port, open on every link's host address.
+    pub gateway_port: u16,
     pub log_group: u16,
 }
 
@@ -61,12 +63,18 @@ pub enum FirewallError {
 }
 
 impl Firewall {
-    pub fn new(installation_id: &str, proxy_port: u16, log_group: u16) -> Firewall {
+    pub fn new(
+        installation_id: &str,
+        proxy_port: u16,
+        gateway_port: u16,
+        log_group: u16,
+    ) -> Firewall {
         Firewall {
             table: format!("caged_{installation_id}"),
             link_prefix: crate::link_prefix(installation_id),
             dns_port: 53,
             proxy_port,
+            gateway_port,
             log_group,
         }
     }
@@ -108,6 +116,10 @@ impl Firewall {
             services.push(format!(
                 "\"{}\" . {} . udp . {}",
                 link.ifname, link.host_addr, self.dns_port
+            ));
+            services.push(format!(
+                "\"{}\" . {} . tcp . {}",
+                link.ifname, link.host_addr, self.gateway_port
             ));
             if link.mode == Mode::Allowlist {
                 services.push(format!(
@@ -268,7 +280,7 @@ mod tests {
 
     #[test]
     fn script_names_each_link_in_its_sets() {
-        let firewall = Firewall::new("a1b2c3", 15001, 7);
+        let firewall = Firewall::new("a1b2c3", 15001, 15002, 7);
         let links = [
             LinkRule {
                 ifname: "ca1b2c300000001".into(),

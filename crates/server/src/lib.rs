@@ -5,6 +5,7 @@
 mod api;
 mod auth;
 mod blocking;
+mod cost;
 mod engine;
 mod failpoint;
 mod idle;
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use caged_runtime::DEFAULT_PIDS_LIMIT;
+pub use cost::{CostConfig, Upstream};
 pub use engine::EngineStatus;
 pub use network::NetworkConfig;
 pub use preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
@@ -56,6 +58,8 @@ pub struct ServerConfig {
     pub observe: bool,
     /// What risky behaviour costs; the product's rules by default.
     pub trust_policy: caged_trust::Policy,
+    /// Prices, the LLM gateway's providers, webhooks.
+    pub cost: CostConfig,
 }
 
 impl ServerConfig {
@@ -73,6 +77,7 @@ impl ServerConfig {
             network: NetworkConfig::default(),
             observe: true,
             trust_policy: caged_trust::Policy::default(),
+            cost: CostConfig::default(),
         }
     }
 }
@@ -91,6 +96,8 @@ pub enum StartError {
     Preview { reason: String },
     #[error("network setup failed: {reason}")]
     Network { reason: String },
+    #[error("LLM gateway setup failed: {reason}")]
+    Gateway { reason: String },
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -118,6 +125,7 @@ pub(crate) struct AppState {
     pub previews: Arc<preview::Previews>,
     pub network: Arc<network::Network>,
     pub observer: Arc<observe::Observer>,
+    pub costs: Arc<cost::Costs>,
 }
 
 impl AppState {
@@ -248,6 +256,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         &installation_id,
     ));
 
+    let gateway_key = blocking::run({
+        let store = store.clone();
+        move || store.meta_get_or_insert("llm_gateway_key", || caged_domain::random_hex(32))
+    })
+    .await?;
+    let costs = Arc::new(
+        cost::Costs::new(
+            config.cost.clone(),
+            config.network.gateway_port,
+            &gateway_key,
+        )
+        .map_err(|reason| StartError::Gateway { reason })?,
+    );
+
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
@@ -271,6 +293,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         previews,
         network,
         observer,
+        costs,
     });
     snapshots::remove_orphans(&state).await;
     sessions::end_orphans(&state).await;
@@ -280,6 +303,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     preview::run(state.clone());
     network::run(state.clone());
     observe::run(state.clone());
+    cost::run(state.clone());
     tokio::spawn(preview::serve(state.clone(), preview_listener, tls));
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

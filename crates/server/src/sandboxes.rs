@@ -147,7 +147,7 @@ pub(crate) async fn create(
         isolation: config.isolation,
         resources: config.resources,
         network_mode: config.network_mode,
-        env: config.env.clone(),
+        env: crate::cost::environment(state, id, &config, link.as_ref()),
         enforce_disk: disk_enforced,
         pids_limit: state.config.pids_limit,
         link,

@@ -53,8 +53,14 @@ pub(crate) fn check_agent_type(agent: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A new session's id.
+pub(crate) fn new_id() -> String {
+    format!("ses_{}", caged_domain::random_hex(8))
+}
+
 pub(crate) async fn open(
     state: &Arc<AppState>,
+    id: String,
     record: &SandboxRecord,
     agent_type: &str,
     channel: &'static str,
@@ -63,7 +69,6 @@ pub(crate) async fn open(
     // its first instant is the session's).
     started_at_ms: i64,
 ) -> Result<Session, ApiError> {
-    let id = format!("ses_{}", caged_domain::random_hex(8));
     let store = state.store.clone();
     let (session_id, sandbox, account) = (id.clone(), record.id, record.account_id.clone());
     let (agent_type, command) = (agent_type.to_string(), command.to_vec());

@@ -46,7 +46,7 @@ pub(crate) fn spec_for(
         isolation: config.isolation,
         resources: config.resources,
         network_mode: config.network_mode,
-        env: config.env.clone(),
+        env: crate::cost::environment(state, record.id, config, link.as_ref()),
         enforce_disk: record.disk_enforced,
         pids_limit: state.config.pids_limit,
         link,
@@ -72,6 +72,19 @@ pub(crate) async fn create(
     engine_ready(state)?;
     let _guard = state.locks.lock(id).await;
     let record = get(state, account_id, id).await?;
+    create_locked(state, &record, name, true).await
+}
+
+/// [`create`] for a caller that holds the sandbox's lock. `count_limit: false` is for the final
+/// snapshot of a sandbox about to be destroyed (its work must not be lost to the per-sandbox
+/// limit; the account's byte quota still holds).
+pub(crate) async fn create_locked(
+    state: &AppState,
+    record: &SandboxRecord,
+    name: Option<String>,
+    count_limit: bool,
+) -> Result<SnapshotRecord, ApiError> {
+    let (id, account_id) = (record.id, record.account_id.as_str());
     if !matches!(record.state, SandboxState::Running | SandboxState::Paused) {
         return Err(ApiError::conflict(
             "illegal_state",
@@ -91,7 +104,7 @@ pub(crate) async fn create(
     })
     .await?;
     let max = state.config.max_snapshots_per_sandbox;
-    if count >= max {
+    if count_limit && count >= max {
         return Err(ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "snapshot_limit",
@@ -100,7 +113,7 @@ pub(crate) async fn create(
             ),
         ));
     }
-    let handle = container_of(&record)?.to_string();
+    let handle = container_of(record)?.to_string();
     let frozen = record.state == SandboxState::Running;
     if frozen {
         state.runtime.pause(&handle).await?;
@@ -145,7 +158,7 @@ pub(crate) async fn create(
     blocking::run(move || store.insert_snapshot(&stored)).await?;
     let payload = json!({ "op": "create", "snapshot_id": snapshot.id, "size_bytes": size, "entries": captured.entries,
                           "deletions": captured.deletions });
-    sandboxes::record_activity(state, &record, "snapshot", payload).await;
+    sandboxes::record_activity(state, record, "snapshot", payload).await;
     Ok(snapshot)
 }
 

@@ -5,12 +5,14 @@
 //! transition row (both are written in one transaction), and a transition is only written when
 //! the row's current state is the one the caller expected, so two racing writers cannot both win.
 
+mod cost;
 mod network;
 mod previews;
 mod schema;
 mod sessions;
 mod trust;
 
+pub use cost::{NewAlert, NewLlmCall, WebhookDelivery, WebhookTarget};
 pub use previews::{PortChange, PreviewPassword, PreviewPort, SandboxHead};
 pub use sessions::{NewSession, SessionRecord};
 pub use trust::{Charged, NewEvent, NewPenalty, PenaltyRecord};
@@ -79,6 +81,18 @@ pub struct SandboxRecord {
     /// Last time anything was done with the sandbox (idle sleep counts from here).
     pub last_active_ms: i64,
     pub transitions: Vec<Transition>,
+    /// The budget now (micro-dollars; `None`: no limit). Starts as the config's, can be changed.
+    pub budget_micros: Option<i64>,
+    /// Running totals of its LLM calls.
+    pub llm: LlmTotals,
+}
+
+/// What a sandbox's (or a session's) LLM calls added up to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LlmTotals {
+    pub cost_micros: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
 }
 
 /// One row of the event log: something that happened to a sandbox, with a JSON payload.
@@ -262,14 +276,15 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO sandboxes (id, account_id, state, config, created_at_ms, disk_enforced, last_active_ms)
-             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?4)",
+            "INSERT INTO sandboxes (id, account_id, state, config, created_at_ms, disk_enforced, last_active_ms, budget_micros)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?4, ?6)",
             params![
                 new.id.as_str(),
                 new.account_id,
                 config,
                 new.at_ms,
-                new.disk_enforced
+                new.disk_enforced,
+                new.config.budget_micros()
             ],
         )?;
         tx.execute(
@@ -468,9 +483,13 @@ impl Store {
 
     /// Every sandbox not yet destroyed, across accounts (for the server's own bookkeeping).
     pub fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        self.sandboxes_where("state != 'destroyed'")
+    }
+
+    pub(crate) fn sandboxes_where(&self, condition: &str) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state != 'destroyed' ORDER BY id"
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE {condition} ORDER BY id"
         ))?;
         let raws = stmt.query_map([], RawSandbox::from_row)?;
         let raws: Vec<RawSandbox> = raws.collect::<Result<_, _>>()?;
@@ -621,7 +640,7 @@ fn snapshot_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Snapsho
 }
 
 const SANDBOX_COLUMNS: &str = "id, account_id, state, config, container_id, created_at_ms, destroyed_reason, \
-     init_result, disk_enforced, last_active_ms";
+     init_result, disk_enforced, last_active_ms, budget_micros, llm_cost_micros, tokens_in, tokens_out";
 
 pub(crate) const EVENT_COLUMNS: &str =
     "seq, sandbox_id, account_id, at_ms, kind, payload, session_id";
@@ -697,6 +716,8 @@ struct RawSandbox {
     init_result: Option<String>,
     disk_enforced: bool,
     last_active_ms: Option<i64>,
+    budget_micros: Option<i64>,
+    llm: LlmTotals,
 }
 
 impl RawSandbox {
@@ -712,6 +733,12 @@ impl RawSandbox {
             init_result: row.get(7)?,
             disk_enforced: row.get(8)?,
             last_active_ms: row.get(9)?,
+            budget_micros: row.get(10)?,
+            llm: LlmTotals {
+                cost_micros: row.get(11)?,
+                tokens_in: row.get(12)?,
+                tokens_out: row.get(13)?,
+            },
         })
     }
 
@@ -750,6 +777,8 @@ impl RawSandbox {
             disk_enforced: self.disk_enforced,
             last_active_ms: self.last_active_ms.unwrap_or(self.created_at_ms),
             transitions,
+            budget_micros: self.budget_micros,
+            llm: self.llm,
         })
     }
 }

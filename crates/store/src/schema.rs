@@ -140,6 +140,60 @@ CREATE TABLE penalties (
 CREATE INDEX events_kind_seq ON events (kind, seq);
 CREATE UNIQUE INDEX penalties_once ON penalties (sandbox_id, COALESCE(session_id, ''), rule, key);
 "#,
+    r#"
+-- Money is integer micro-dollars.
+ALTER TABLE sessions DROP COLUMN llm_cost_usd;
+ALTER TABLE sessions ADD COLUMN llm_cost_micros INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN budget_micros INTEGER CHECK (budget_micros > 0);
+UPDATE sandboxes SET budget_micros = CAST(ROUND(json_extract(config, '$.budget') * 1000000) AS INTEGER)
+    WHERE json_extract(config, '$.budget') > 0;
+-- Running totals of the sandbox's LLM calls (the guard reads them every second).
+ALTER TABLE sandboxes ADD COLUMN llm_cost_micros INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN tokens_in INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN tokens_out INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN webhook_url TEXT;
+ALTER TABLE accounts ADD COLUMN webhook_secret TEXT;
+CREATE TABLE llm_calls (
+    id          INTEGER PRIMARY KEY,
+    sandbox_id  TEXT NOT NULL REFERENCES sandboxes(id),
+    account_id  TEXT NOT NULL,
+    session_id  TEXT,
+    at_ms       INTEGER NOT NULL,
+    provider    TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    tokens_in   INTEGER NOT NULL CHECK (tokens_in >= 0),
+    tokens_out  INTEGER NOT NULL CHECK (tokens_out >= 0),
+    cost_micros INTEGER NOT NULL CHECK (cost_micros >= 0),
+    status      INTEGER NOT NULL,
+    event_seq   INTEGER NOT NULL
+);
+CREATE INDEX llm_calls_by_sandbox ON llm_calls (sandbox_id, id);
+-- Each level fires once per budget amount (a raised budget has levels of its own).
+CREATE TABLE budget_alerts (
+    sandbox_id    TEXT NOT NULL REFERENCES sandboxes(id),
+    level         INTEGER NOT NULL CHECK (level IN (80, 95, 100)),
+    budget_micros INTEGER NOT NULL,
+    spend_micros  INTEGER NOT NULL,
+    at_ms         INTEGER NOT NULL,
+    event_seq     INTEGER NOT NULL,
+    PRIMARY KEY (sandbox_id, level, budget_micros)
+) WITHOUT ROWID;
+-- Webhooks waiting to be delivered (or given up on), kept across restarts.
+CREATE TABLE webhook_deliveries (
+    id              INTEGER PRIMARY KEY,
+    account_id      TEXT NOT NULL REFERENCES accounts(id),
+    url             TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_at_ms      INTEGER,
+    delivered_at_ms INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at_ms) WHERE next_at_ms IS NOT NULL;
+CREATE INDEX webhook_deliveries_by_account ON webhook_deliveries (account_id, id);
+"#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {

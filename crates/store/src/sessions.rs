@@ -21,7 +21,7 @@ pub struct SessionRecord {
     pub end_reason: Option<String>,
     pub tokens_in: i64,
     pub tokens_out: i64,
-    pub llm_cost_usd: f64,
+    pub llm_cost_micros: i64,
 }
 
 pub struct NewSession<'a> {
@@ -35,7 +35,7 @@ pub struct NewSession<'a> {
 }
 
 const SESSION_COLUMNS: &str = "id, sandbox_id, account_id, agent_type, channel, command, \
-     started_at_ms, ended_at_ms, end_reason, tokens_in, tokens_out, llm_cost_usd";
+     started_at_ms, ended_at_ms, end_reason, tokens_in, tokens_out, llm_cost_micros";
 
 fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SessionRecord>> {
     let sandbox: String = row.get(1)?;
@@ -55,7 +55,7 @@ fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SessionR
         end_reason: row.get(8)?,
         tokens_in: row.get(9)?,
         tokens_out: row.get(10)?,
-        llm_cost_usd: row.get(11)?,
+        llm_cost_micros: row.get(11)?,
     }))
 }
 

@@ -4,6 +4,8 @@
 
 pub mod http;
 pub mod internet;
+pub mod llm;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

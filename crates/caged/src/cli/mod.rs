@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod system;
 pub mod template;
 pub mod up;
+pub mod usage;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(command) => snapshot::run(cli, command).await,
         Command::Preview(command) => preview::run(cli, command).await,
         Command::Network(command) => network::run(cli, command).await,
+        Command::Usage(args) => usage::usage(cli, args).await,
+        Command::Budget(args) => usage::budget(cli, args).await,
+        Command::Webhook(command) => usage::webhook(cli, command).await,
         Command::Agent(args) => agent::run(cli, args).await,
         Command::Sessions(args) => sessions::list(cli, args).await,
         Command::Session(args) => sessions::show(cli, args).await,

@@ -78,6 +78,49 @@ pub struct Args {
     /// sessions; `off` stops observing (scores then stay at 100).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     observe: String,
+    /// Price table (YAML): compute per vCPU-hour and GiB-hour, tokens per model. Default: the
+    /// prices in docs/cost.md.
+    #[arg(long, env = "CAGED_PRICES")]
+    prices: Option<PathBuf>,
+    /// Where the LLM gateway sends OpenAI-format calls.
+    #[arg(
+        long,
+        env = "CAGED_OPENAI_UPSTREAM",
+        default_value = "https://api.openai.com"
+    )]
+    openai_upstream: String,
+    /// The OpenAI key the gateway adds to forwarded calls (prefer the environment variable:
+    /// a flag shows in the process list). Never enters a sandbox.
+    #[arg(long, env = "CAGED_OPENAI_API_KEY", hide_env_values = true)]
+    openai_api_key: Option<String>,
+    /// Where the LLM gateway sends Anthropic-format calls.
+    #[arg(
+        long,
+        env = "CAGED_ANTHROPIC_UPSTREAM",
+        default_value = "https://api.anthropic.com"
+    )]
+    anthropic_upstream: String,
+    /// The Anthropic key the gateway adds to forwarded calls (prefer the environment variable).
+    #[arg(long, env = "CAGED_ANTHROPIC_API_KEY", hide_env_values = true)]
+    anthropic_api_key: Option<String>,
+    /// Port of the LLM gateway on each sandbox link's host address.
+    #[arg(long, default_value_t = 15002)]
+    gateway_port: u16,
+    /// Let account webhooks go to loopback and private addresses (a receiver on this host or
+    /// network); refused by default so a webhook cannot reach the server's own neighbours.
+    #[arg(long)]
+    webhook_allow_private: bool,
+}
+
+fn parse_upstream(name: &str, url: &str) -> anyhow::Result<String> {
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("--{name}: {url:?} is not a URL"))?;
+    match (parsed.scheme(), parsed.host_str()) {
+        ("http" | "https", Some(_)) if parsed.query().is_none() => {
+            Ok(url.trim_end_matches('/').to_string())
+        }
+        _ => anyhow::bail!("--{name}: {url:?} must be an http:// or https:// URL with a host"),
+    }
 }
 
 fn parse_pool(text: &str) -> Result<caged_network::Pool, String> {
@@ -136,6 +179,25 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("in {}", path.display()))?;
     }
     config.observe = args.observe == "on";
+    let mut cost = caged_server::CostConfig::default();
+    if let Some(path) = &args.prices {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the price table {}", path.display()))?;
+        cost.prices = caged_cost::Prices::from_yaml(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+    }
+    let key = |key: &Option<String>| key.clone().filter(|key| !key.trim().is_empty());
+    cost.openai = caged_server::Upstream {
+        base_url: parse_upstream("openai-upstream", &args.openai_upstream)?,
+        api_key: key(&args.openai_api_key),
+    };
+    cost.anthropic = caged_server::Upstream {
+        base_url: parse_upstream("anthropic-upstream", &args.anthropic_upstream)?,
+        api_key: key(&args.anthropic_api_key),
+    };
+    cost.webhooks_to_private = args.webhook_allow_private;
+    config.cost = cost;
+    config.network.gateway_port = args.gateway_port;
     let mut server = caged_server::start(config)
         .await
         .context("cannot start the server")?;

@@ -5,6 +5,7 @@
 mod cli;
 mod concurrency;
 mod config;
+mod cost;
 mod crash;
 mod engine_down;
 mod events;

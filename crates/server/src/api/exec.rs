@@ -203,11 +203,16 @@ async fn stream_exec(
     let started = Instant::now();
     let started_at_ms = caged_domain::time::now_ms();
     let handle = container_of(&record)?.to_string();
-    let exec = match state
-        .runtime
-        .exec(&handle, &request.spec(record.config.isolation))
-        .await
-    {
+    // The session's id is drawn first: its LLM calls carry it in their gateway key.
+    let session_id = crate::sessions::new_id();
+    let mut spec = request.spec(record.config.isolation);
+    if record.config.network_mode != caged_domain::NetworkMode::None {
+        let credential = state.costs.credential(record.id, Some(&session_id));
+        for (name, value) in crate::cost::key_env(&credential) {
+            spec.env.entry(name.to_string()).or_insert(value);
+        }
+    }
+    let exec = match state.runtime.exec(&handle, &spec).await {
         Ok(exec) => exec,
         Err(err) => return send_error(socket, err.into()).await,
     };
@@ -224,6 +229,7 @@ async fn stream_exec(
     };
     let session = crate::sessions::open(
         &state,
+        session_id,
         &record,
         agent_type,
         channel,

@@ -14,6 +14,7 @@ mod sandboxes;
 mod sessions;
 mod snapshots;
 mod templates;
+mod usage;
 mod view;
 
 use std::sync::Arc;
@@ -80,6 +81,17 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/templates/{name}",
             post(templates::import).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/sandboxes/{id}/usage", get(usage::usage))
+        .route(
+            "/v1/sandboxes/{id}/budget",
+            axum::routing::put(usage::set_budget),
+        )
+        .route(
+            "/v1/account/webhook",
+            get(usage::get_webhook)
+                .put(usage::set_webhook)
+                .delete(usage::delete_webhook),
         )
         .route("/v1/accounts", post(accounts::create).get(accounts::list))
         .fallback(|| async { ApiError::not_found("no such route") })

@@ -58,7 +58,7 @@ pub(crate) async fn create(
         .map_err(|err| ApiError::bad_request("invalid_config", err.to_string()))?;
     let record =
         sandboxes::create(&state, &account.id, config, CreateOptions { defer_init }).await?;
-    Ok((StatusCode::CREATED, Json(view::sandbox(&record))))
+    Ok((StatusCode::CREATED, Json(view::sandbox(&state, &record))))
 }
 
 #[derive(Deserialize)]
@@ -75,7 +75,7 @@ pub(crate) async fn list(
     let store = state.store.clone();
     let records = blocking::run(move || store.list_sandboxes(&account.id, query.all)).await?;
     Ok(Json(
-        json!({ "sandboxes": records.iter().map(view::sandbox).collect::<Vec<_>>() }),
+        json!({ "sandboxes": records.iter().map(|record| view::sandbox(&state, record)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -85,7 +85,7 @@ pub(crate) async fn inspect(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    let mut view = view::sandbox(&record);
+    let mut view = view::sandbox(&state, &record);
     view["previews"] = crate::preview::list(&state, &record).await?;
     let trust = crate::observe::sandbox_trust(&state, record.id).await?;
     view["trust_score"] = trust["score"].clone();
@@ -102,7 +102,7 @@ async fn change(
     reason: &str,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::change_state(state, account_id, parse_id(id)?, to, reason).await?;
-    Ok(Json(view::sandbox(&record)))
+    Ok(Json(view::sandbox(state, &record)))
 }
 
 pub(crate) async fn destroy(
@@ -157,7 +157,7 @@ pub(crate) async fn init(
         ));
     }
     sandboxes::start_init(state.clone(), account.id.clone(), id);
-    Ok((StatusCode::ACCEPTED, Json(view::sandbox(&record))))
+    Ok((StatusCode::ACCEPTED, Json(view::sandbox(&state, &record))))
 }
 
 /// What this server and its engine can do.

@@ -30,7 +30,7 @@ pub(crate) fn view(session: &SessionRecord) -> Value {
         "duration_seconds": (end - session.started_at_ms).max(0) as f64 / 1000.0,
         "tokens_in": session.tokens_in,
         "tokens_out": session.tokens_out,
-        "llm_cost_usd": session.llm_cost_usd,
+        "llm_cost_micros": session.llm_cost_micros,
     })
 }
 

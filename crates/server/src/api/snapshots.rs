@@ -95,7 +95,7 @@ pub(crate) async fn restore(
         ApiError::bad_request("invalid_restore", "snapshot_id: required, a string")
     })?;
     let record = snapshots::restore(&state, &account.id, id, snapshot_id).await?;
-    Ok(Json(view::sandbox(&record)))
+    Ok(Json(view::sandbox(&state, &record)))
 }
 
 pub(crate) async fn fork(
@@ -110,7 +110,7 @@ pub(crate) async fn fork(
         json_body(&body)?
     };
     let record = snapshots::fork(&state, &account.id, &sid, overrides).await?;
-    Ok((StatusCode::CREATED, Json(view::sandbox(&record))))
+    Ok((StatusCode::CREATED, Json(view::sandbox(&state, &record))))
 }
 
 pub(crate) async fn delete(

@@ -1,23 +1,15 @@
 //! The API's JSON shapes, converted explicitly from the store's records so that a change to one
 //! is a decision about the other.
 
-use caged_domain::time::{now_ms, rfc3339_from_ms};
-use caged_domain::{SandboxState, running_millis};
+use caged_domain::running_millis;
+use caged_domain::time::rfc3339_from_ms;
 use caged_store::SandboxRecord;
 use serde_json::{Value, json};
 
-pub(crate) fn sandbox(record: &SandboxRecord) -> Value {
+pub(crate) fn sandbox(state: &crate::AppState, record: &SandboxRecord) -> Value {
     let config = &record.config;
     // A destroyed sandbox's clock stopped at its last transition.
-    let now = if record.state == SandboxState::Destroyed {
-        record
-            .transitions
-            .last()
-            .map_or(record.created_at_ms, |last| last.at_ms)
-    } else {
-        now_ms()
-    };
-    let running_ms = running_millis(&record.transitions, now);
+    let running_ms = running_millis(&record.transitions, crate::cost::clock_ms(record));
     json!({
         "id": record.id,
         "name": config.name,
@@ -33,7 +25,9 @@ pub(crate) fn sandbox(record: &SandboxRecord) -> Value {
         "timeout_seconds": config.timeout,
         "network_mode": config.network_mode,
         "allowed_hosts": config.allowed_hosts,
-        "budget_usd": config.budget,
+        // The budget now (it may have been changed since the config).
+        "budget_usd": record.budget_micros.map(|b| caged_cost::Micros(b).as_usd()),
+        "cost": super::usage::cost_view(state, record),
         "env": config.env,
         "init_script": config.init_script,
         "init": record.init_result,

@@ -42,6 +42,8 @@ pub struct NetworkConfig {
     pub open_ranges: Vec<Net4>,
     /// Port of the egress proxy on each `allowlist` link's host address.
     pub proxy_port: u16,
+    /// Port of the LLM gateway on each link's host address.
+    pub gateway_port: u16,
 }
 
 impl Default for NetworkConfig {
@@ -51,6 +53,7 @@ impl Default for NetworkConfig {
             upstream: None,
             open_ranges: Vec::new(),
             proxy_port: 15001,
+            gateway_port: 15002,
         }
     }
 }
@@ -150,6 +153,7 @@ impl Network {
             firewall: Firewall::new(
                 installation_id,
                 config.proxy_port,
+                config.gateway_port,
                 log_group(installation_id),
             ),
             config,
@@ -469,6 +473,14 @@ fn start_services(state: &AppState, link: &Arc<Link>) -> Result<(), String> {
     let udp = caged_network::sockets::udp_on_link(ifname, dns_addr)
         .map_err(|err| format!("cannot serve DNS on {dns_addr} ({ifname}): {err}"))?;
     services.push(dns::serve(Ctx::of(state), link.clone(), udp).abort_handle());
+    let gateway_addr = SocketAddrV4::new(link.spec.host_addr, state.network.config.gateway_port);
+    let listener = caged_network::sockets::tcp_on_link(ifname, gateway_addr).map_err(|err| {
+        format!("cannot serve the LLM gateway on {gateway_addr} ({ifname}): {err}")
+    })?;
+    services.push(
+        crate::cost::gateway::serve(crate::cost::gateway::Ctx::of(state), link.clone(), listener)
+            .abort_handle(),
+    );
     if link.mode == Mode::Allowlist {
         let proxy_addr = SocketAddrV4::new(link.spec.host_addr, state.network.config.proxy_port);
         let listener = caged_network::sockets::tcp_on_link(ifname, proxy_addr).map_err(|err| {

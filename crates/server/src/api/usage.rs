@@ -1,0 +1,264 @@
+//! Cost routes: a sandbox's usage (`caged usage`), its budget (raised or removed live), and the
+//! account's webhook for budget alerts. Money is integer micro-dollars (`*_micros`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use caged_cost::Micros;
+use caged_domain::SandboxState;
+use caged_domain::time::{now_ms, rfc3339_from_ms};
+use caged_store::{SandboxRecord, SessionRecord, WebhookTarget};
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::sandboxes::{json_body, parse_id};
+use crate::auth::Caller;
+use crate::cost::{self, guard::format_percent};
+use crate::{AppState, blocking, sandboxes};
+
+/// What a sandbox spent, for `inspect` (`cost`) and `usage`.
+pub(crate) fn cost_view(state: &AppState, record: &SandboxRecord) -> Value {
+    let spend = cost::spend(&state.costs.config.prices, record);
+    let budget = record.budget_micros.map(Micros);
+    json!({
+        "compute_micros": spend.compute.0,
+        "llm_micros": spend.llm.0,
+        "total_micros": spend.total().0,
+        "budget_micros": budget.map(|b| b.0),
+        "budget_percent": budget.map(|b| format_percent(spend.total(), b).parse::<f64>().unwrap_or(0.0)),
+    })
+}
+
+pub(crate) async fn usage(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
+    let store = state.store.clone();
+    let (account_id, id) = (account.id.clone(), record.id);
+    let (sessions, alerts) = blocking::run(move || -> Result<_, caged_store::StoreError> {
+        Ok((
+            store.sessions_of(&account_id, id)?,
+            store.budget_alerts(id)?,
+        ))
+    })
+    .await?;
+    Ok(Json(usage_view(&state, &record, &sessions, &alerts)))
+}
+
+fn usage_view(
+    state: &AppState,
+    record: &SandboxRecord,
+    sessions: &[SessionRecord],
+    alerts: &[(i64, i64, i64, i64)],
+) -> Value {
+    let prices = &state.costs.config.prices;
+    let spend = cost::spend(prices, record);
+    let resources = &record.config.resources;
+    let sessions: Vec<Value> = sessions
+        .iter()
+        .map(|session| {
+            let running_ms = cost::session_running_ms(record, session);
+            let compute = cost::compute_cost(prices, record, running_ms);
+            json!({
+                "id": session.id,
+                "agent_type": session.agent_type,
+                "started_at": rfc3339_from_ms(session.started_at_ms),
+                "ended_at": session.ended_at_ms.map(rfc3339_from_ms),
+                "running_seconds": running_ms as f64 / 1000.0,
+                "compute_micros": compute.0,
+                "tokens_in": session.tokens_in,
+                "tokens_out": session.tokens_out,
+                "llm_micros": session.llm_cost_micros,
+                "total_micros": compute.0 + session.llm_cost_micros,
+            })
+        })
+        .collect();
+    json!({
+        "sandbox_id": record.id,
+        "state": record.state,
+        "running_seconds": spend.running_ms as f64 / 1000.0,
+        "running_ms": spend.running_ms,
+        "resources": { "cpu": resources.cpu, "memory_mb": resources.memory },
+        "prices": {
+            "vcpu_hour_micros": prices.compute.vcpu_hour.0,
+            "gib_hour_micros": prices.compute.gib_hour.0,
+        },
+        "tokens_in": record.llm.tokens_in,
+        "tokens_out": record.llm.tokens_out,
+        "cost": cost_view(state, record),
+        "budget_usd": record.budget_micros.map(|b| Micros(b).as_usd()),
+        "alerts": alerts.iter().map(|(level, budget, spend, at)| json!({
+            "level": caged_cost::Level::from_percent(*level).map(|l| l.as_str()),
+            "percent": level,
+            "budget_micros": budget,
+            "spend_micros": spend,
+            "at": rfc3339_from_ms(*at),
+        })).collect::<Vec<_>>(),
+        "sessions": sessions,
+    })
+}
+
+/// Body: `{"budget_usd": 10.0}` sets the budget of a live sandbox; `null` removes it.
+pub(crate) async fn set_budget(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let body = json_body(&body)?;
+    let invalid = |message: String| ApiError::bad_request("invalid_budget", message);
+    if let Some(unknown) = body
+        .as_object()
+        .and_then(|fields| fields.keys().find(|key| *key != "budget_usd"))
+    {
+        return Err(invalid(format!(
+            "{unknown}: unknown field (only budget_usd is accepted)"
+        )));
+    }
+    let budget = match body.get("budget_usd") {
+        Some(Value::Null) => None,
+        Some(Value::Number(number)) => {
+            let usd = number.as_f64().unwrap_or(f64::NAN);
+            match Micros::from_usd(usd) {
+                Some(micros) if micros.0 >= 1 && usd <= 1_000_000.0 => Some(micros),
+                _ => {
+                    return Err(invalid(format!(
+                        "budget_usd: must be at least 0.000001 and at most 1000000 (got {usd})"
+                    )));
+                }
+            }
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "budget_usd: must be a number of USD or null (got {other})"
+            )));
+        }
+        None => {
+            return Err(invalid(
+                "budget_usd: required (a number, or null for no limit)".into(),
+            ));
+        }
+    };
+    let _guard = state.locks.lock(id).await;
+    let record = sandboxes::get(&state, &account.id, id).await?;
+    if record.state == SandboxState::Destroyed {
+        return Err(ApiError::conflict(
+            "illegal_state",
+            format!("sandbox {id} is destroyed; its budget can no longer change"),
+        ));
+    }
+    let spend = cost::spend(&state.costs.config.prices, &record).total();
+    let payload = json!({
+        "op": "set",
+        "budget_micros": budget.map(|b| b.0),
+        "previous_micros": record.budget_micros,
+        "spend_micros": spend.0,
+    });
+    let store = state.store.clone();
+    let account_id = account.id.clone();
+    let event = blocking::run(move || {
+        store.set_budget(id, &account_id, budget.map(|b| b.0), now_ms(), &payload)
+    })
+    .await?;
+    state.publish(event);
+    state.costs.guard_wake.notify_one();
+    let record = sandboxes::get(&state, &account.id, id).await?;
+    Ok(Json(json!({
+        "sandbox_id": id,
+        "budget_usd": record.budget_micros.map(|b| Micros(b).as_usd()),
+        "cost": cost_view(&state, &record),
+    })))
+}
+
+fn webhook_view(target: Option<&WebhookTarget>) -> Value {
+    match target {
+        Some(target) => json!({ "url": target.url, "secret": target.secret }),
+        None => json!({ "url": null }),
+    }
+}
+
+pub(crate) async fn get_webhook(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let account_id = account.id.clone();
+    let (target, deliveries) = blocking::run(move || -> Result<_, caged_store::StoreError> {
+        Ok((
+            store.webhook(&account_id)?,
+            store.webhook_deliveries(&account_id, 20)?,
+        ))
+    })
+    .await?;
+    let mut view = webhook_view(target.as_ref());
+    view["deliveries"] = deliveries
+        .iter()
+        .map(|delivery| {
+            json!({
+                "id": delivery.id,
+                "type": delivery.event_type,
+                "created_at": rfc3339_from_ms(delivery.created_at_ms),
+                "attempts": delivery.attempts,
+                "delivered_at": delivery.delivered_at_ms.map(rfc3339_from_ms),
+                "next_attempt_at": delivery.next_at_ms.map(rfc3339_from_ms),
+                "last_error": delivery.last_error,
+            })
+        })
+        .collect();
+    Ok(Json(view))
+}
+
+/// Body: `{"url": "https://…"}`. A new secret is made each time the webhook is set.
+pub(crate) async fn set_webhook(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&body)?;
+    let invalid = |message: String| ApiError::bad_request("invalid_webhook", message);
+    if let Some(unknown) = body
+        .as_object()
+        .and_then(|fields| fields.keys().find(|key| *key != "url"))
+    {
+        return Err(invalid(format!(
+            "{unknown}: unknown field (only url is accepted)"
+        )));
+    }
+    let url = body
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("url: required, a string".into()))?;
+    let uri = cost::webhooks::check_url(url).map_err(invalid)?;
+    // An address written in the URL is checked now (a name is checked at each delivery).
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    if let Ok(ip) = host.parse::<std::net::IpAddr>()
+        && let Some(why) = cost::webhooks::denied(ip, state.costs.config.webhooks_to_private)
+    {
+        return Err(invalid(format!(
+            "url: {ip} is {why}; webhooks go there only if the server runs with --webhook-allow-private"
+        )));
+    }
+    let target = WebhookTarget {
+        url: url.to_string(),
+        secret: format!("whsec_{}", caged_domain::random_hex(24)),
+    };
+    let store = state.store.clone();
+    let (account_id, stored) = (account.id.clone(), target.clone());
+    blocking::run(move || store.set_webhook(&account_id, Some(&stored))).await?;
+    Ok(Json(webhook_view(Some(&target))))
+}
+
+pub(crate) async fn delete_webhook(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let account_id = account.id.clone();
+    blocking::run(move || store.set_webhook(&account_id, None)).await?;
+    Ok(Json(webhook_view(None)))
+}
