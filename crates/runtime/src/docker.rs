@@ -635,10 +635,24 @@ impl Runtime for DockerRuntime {
     }
 
     async fn pause(&self, handle: &str) -> Result<()> {
-        self.docker()?
-            .pause_container(handle)
-            .await
-            .map_err(container_error)
+        // The cgroup freezer gives up ("unable to freeze") when a busy task does not reach the
+        // freezer soon enough, as happens on a loaded host; runc thaws the cgroup again, so
+        // asking once more is safe.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.docker()?.pause_container(handle).await {
+                Err(err) if attempt < 5 && err.to_string().contains("unable to freeze") => {
+                    tracing::debug!(
+                        container = handle,
+                        attempt,
+                        "freeze failed; retrying: {err}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                other => return other.map_err(container_error),
+            }
+        }
     }
 
     async fn resume(&self, handle: &str) -> Result<()> {

@@ -448,6 +448,7 @@ async fn forward(
     let metered = MeteredBody {
         inner: body,
         meter: Some(UsageMeter::new(protocol, streamed)),
+        held: None,
         finish: Some(Finish {
             call,
             status: parts.status.as_u16(),
@@ -626,7 +627,14 @@ struct MeteredBody {
     inner: Incoming,
     meter: Option<UsageMeter>,
     finish: Option<Finish>,
+    /// What the provider sent after the data gathered into the last frame: its end, an
+    /// error or trailers, handed on at the next poll.
+    held: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
 }
+
+/// Pieces already waiting are sent on together, up to this much (a provider that streams
+/// faster than the caller reads is relayed in fewer, larger writes; nothing waits for more).
+const GATHER: usize = 64 << 10;
 
 impl MeteredBody {
     fn complete(&mut self, outcome: &'static str) {
@@ -645,6 +653,21 @@ impl MeteredBody {
     }
 }
 
+impl MeteredBody {
+    /// Hands on what followed the data: the end (the call is charged), an error, trailers.
+    fn pass(
+        &mut self,
+        held: Option<Result<Frame<Bytes>, hyper::Error>>,
+    ) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+        match &held {
+            None => self.complete("completed"),
+            Some(Err(_)) => self.complete("upstream_error"),
+            Some(Ok(_)) => {}
+        }
+        held
+    }
+}
+
 impl Body for MeteredBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -654,32 +677,68 @@ impl Body for MeteredBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(meter)) = (frame.data_ref(), this.meter.as_mut()) {
-                    meter.feed(data);
+        if let Some(held) = this.held.take() {
+            return Poll::Ready(this.pass(held));
+        }
+        let mut gathered: Option<bytes::BytesMut> = None;
+        let mut first: Option<Bytes> = None;
+        loop {
+            let next = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => break,
+                Poll::Ready(next) => next,
+            };
+            let data = match next {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(other) => {
+                        this.held = Some(Some(Ok(other)));
+                        break;
+                    }
+                },
+                other => {
+                    this.held = Some(other);
+                    break;
                 }
-                // The last piece of a sized body: charge before the caller has it, so its next
-                // call already sees this one's cost.
-                if this.inner.is_end_stream() {
-                    this.complete("completed");
+            };
+            if let Some(meter) = this.meter.as_mut() {
+                meter.feed(&data);
+            }
+            match (&mut gathered, first.take()) {
+                (Some(buffer), _) => buffer.extend_from_slice(&data),
+                (None, None) => first = Some(data),
+                (None, Some(earlier)) => {
+                    let mut buffer = bytes::BytesMut::with_capacity(earlier.len() + data.len());
+                    buffer.extend_from_slice(&earlier);
+                    buffer.extend_from_slice(&data);
+                    gathered = Some(buffer);
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(err))) => {
-                this.complete("upstream_error");
-                Poll::Ready(Some(Err(err)))
+            let size =
+                gathered.as_ref().map_or(0, |b| b.len()) + first.as_ref().map_or(0, |b| b.len());
+            if size >= GATHER || this.inner.is_end_stream() {
+                break;
             }
-            Poll::Ready(None) => {
-                this.complete("completed");
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        }
+        let data = gathered.map(bytes::BytesMut::freeze).or(first);
+        // The last piece of a sized body: charge before the caller has it, so its next call
+        // already sees this one's cost.
+        if this.inner.is_end_stream() && this.held.is_none() {
+            this.held = Some(None);
+        }
+        if matches!(this.held, Some(None)) {
+            this.complete("completed");
+        }
+        match data {
+            Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            None => match this.held.take() {
+                Some(held) => Poll::Ready(this.pass(held)),
+                None => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        matches!(self.held, Some(None)) || (self.held.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -690,7 +749,7 @@ impl Body for MeteredBody {
 impl Drop for MeteredBody {
     fn drop(&mut self) {
         // An empty body may be dropped without being polled to its end.
-        let outcome = if self.inner.is_end_stream() {
+        let outcome = if self.inner.is_end_stream() || matches!(self.held, Some(None)) {
             "completed"
         } else {
             "client_closed"
