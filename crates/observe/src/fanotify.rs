@@ -184,9 +184,17 @@ impl FsWatch {
             };
             let is_dir = meta.mask & libc::FAN_ONDIR != 0;
             let dir = self.resolve(handle);
-            if is_dir && matches!(change, FsChange::MovedFrom | FsChange::MovedTo) {
-                // Paths cached under a moved directory are stale now.
-                self.dirs.clear();
+            if is_dir && change == FsChange::MovedFrom {
+                // Paths cached under a moved directory are stale now; only those go (the cache
+                // is what names the directories of files deleted with their directory, and
+                // another sandbox's `mv` must not empty it).
+                match &dir {
+                    Some(parent) => {
+                        let old = parent.join(&name);
+                        self.dirs.retain(|_, path| !path.starts_with(&old));
+                    }
+                    None => self.dirs.clear(),
+                }
             }
             out.push(FsEvent::Change {
                 change,
