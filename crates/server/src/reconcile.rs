@@ -26,15 +26,24 @@ pub(crate) fn run(state: Arc<AppState>) {
         let mut shutdown = state.shutdown.clone();
         loop {
             let up = matches!(&*engine.borrow_and_update(), EngineStatus::Up(_));
+            let mut next = EVERY;
             if up {
                 match reconcile_once(&state).await {
-                    Ok(0) => {}
-                    Ok(fixed) => tracing::info!("reconciled {fixed} sandbox(es) with the engine"),
+                    Ok(pass) => {
+                        if pass.fixed > 0 {
+                            tracing::info!("reconciled {} sandbox(es) with the engine", pass.fixed);
+                        }
+                        // A sandbox busy with other work was left alone: look again soon
+                        // rather than a whole period later (a lost container waits meanwhile).
+                        if pass.skipped > 0 {
+                            next = SOON;
+                        }
+                    }
                     Err(err) => tracing::warn!("reconcile skipped: {err}"),
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(EVERY) => {}
+                () = tokio::time::sleep(next) => {}
                 changed = engine.changed() => if changed.is_err() { return },
                 _ = shutdown.changed() => return,
             }
@@ -42,8 +51,19 @@ pub(crate) fn run(state: Arc<AppState>) {
     });
 }
 
-/// One pass; returns how many sandboxes or containers it had to fix.
-pub(crate) async fn reconcile_once(state: &AppState) -> Result<usize, String> {
+/// What one pass did.
+pub(crate) struct Pass {
+    /// Sandboxes or containers it had to fix.
+    pub fixed: usize,
+    /// Sandboxes it left alone because their lock was held.
+    pub skipped: usize,
+}
+
+/// How soon a pass that skipped a busy sandbox is followed by another.
+const SOON: Duration = Duration::from_secs(1);
+
+/// One pass.
+pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
     // The engine first, then the database: a container in this list was created after its row
     // was committed, so the row is in the read that follows.
     let containers = state
@@ -59,6 +79,7 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<usize, String> {
         live.into_iter().map(|record| (record.id, record)).collect();
     let mut by_sandbox: HashMap<SandboxId, ContainerSummary> = HashMap::new();
     let mut fixed = 0;
+    let mut skipped = 0;
 
     for container in containers {
         match container.sandbox_id {
@@ -110,6 +131,7 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<usize, String> {
 
     for (id, _) in live {
         let Some(_guard) = state.locks.try_lock(id) else {
+            skipped += 1;
             continue;
         };
         let store = state.store.clone();
@@ -125,7 +147,7 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<usize, String> {
             Err(err) => tracing::warn!(sandbox = %id, "could not reconcile: {err}"),
         }
     }
-    Ok(fixed)
+    Ok(Pass { fixed, skipped })
 }
 
 /// Brings one live sandbox in line with its container; true when something changed.
