@@ -29,6 +29,8 @@ async fn a_second_account_cannot_see_or_touch_the_first() {
         bob.protect_preview(&id, 80, Some("long enough"))
             .await
             .unwrap_err(),
+        bob.usage(&id).await.unwrap_err(),
+        bob.set_budget(&id, Some(1.0)).await.unwrap_err(),
     ] {
         let (status, _, message) = error_code(err);
         assert_eq!((status, message.as_str()), (404, not_found.as_str()));
@@ -41,6 +43,16 @@ async fn a_second_account_cannot_see_or_touch_the_first() {
     assert_eq!(error_code(err).0, 404);
     // Alice's sandbox is untouched, and the admin does not see it in its own list either.
     assert_eq!(alice.sandbox(&id).await.unwrap().state, "running");
+    // Webhooks are each account's own.
+    alice
+        .set_webhook("https://hooks.example.com/alice")
+        .await
+        .unwrap();
+    assert!(bob.webhook().await.unwrap()["url"].is_null());
+    assert_eq!(
+        alice.webhook().await.unwrap()["url"],
+        "https://hooks.example.com/alice"
+    );
     assert!(server.client.list_sandboxes(true).await.unwrap().is_empty());
 
     // Admin-only routes refuse ordinary accounts.
@@ -130,6 +142,8 @@ async fn openapi_document_lists_the_routes() {
         "/v1/sandboxes/{id}",
         "/v1/sandboxes/{id}/exec",
         "/v1/sandboxes/{id}/files",
+        "/v1/sandboxes/{id}/usage",
+        "/v1/account/webhook",
     ] {
         assert!(document["paths"].get(path).is_some(), "{path} missing");
     }

@@ -39,6 +39,13 @@ pub(crate) async fn document() -> Json<Value> {
             "/v1/sandboxes/{id}/sessions": { "get": op("The sandbox's sessions (one per streaming exec, shell or agent)") },
             "/v1/sessions/{sid}": { "get": op("One session: agent type, start, end and why it ended") },
             "/v1/sessions/{sid}/events": { "get": op("Events that came through the session (?after=SEQ&limit=N)") },
+            "/v1/sandboxes/{id}/usage": { "get": op("What the sandbox spent (integer micro-dollars): running time, compute, tokens, LLM cost, budget and alerts, each session's share") },
+            "/v1/sandboxes/{id}/budget": { "put": op("Set a live sandbox's budget ({budget_usd: 10.0}) or remove it ({budget_usd: null})") },
+            "/v1/account/webhook": {
+                "get": op("The account's webhook for budget alerts (URL, signing secret) and its latest deliveries"),
+                "put": op("Send budget alerts to {url: \"https://...\"}; answers the new signing secret"),
+                "delete": op("Stop sending webhooks"),
+            },
             "/v1/templates": { "get": op("List templates") },
             "/v1/templates/{name}": { "post": op("Import a root filesystem tar (plain or gzip) as a template (admin)") },
             "/v1/accounts": { "post": op("Create an account and its API key (admin)"), "get": op("List accounts (admin)") },
