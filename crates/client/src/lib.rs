@@ -55,6 +55,18 @@ pub struct Sandbox {
     pub transitions: Vec<TransitionView>,
     pub init: Option<Value>,
     pub destroyed_reason: Option<String>,
+    /// What it spent, in micro-dollars (absent from servers before cost tracking).
+    #[serde(default)]
+    pub cost: Option<Cost>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Cost {
+    pub compute_micros: i64,
+    pub llm_micros: i64,
+    pub total_micros: i64,
+    pub budget_micros: Option<i64>,
+    pub budget_percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -300,7 +300,10 @@ mod tests {
             script.contains("set full_links { type ifname; elements = { \"ca1b2c300000001\" }; }")
         );
         assert!(script.contains("\"ca1b2c300000002\" . 10.213.0.5 . tcp . 15001"));
-        assert!(!script.contains("\"ca1b2c300000001\" . 10.213.0.1 . tcp"));
+        // A `full` link has the gateway but no egress proxy.
+        assert!(!script.contains("\"ca1b2c300000001\" . 10.213.0.1 . tcp . 15001"));
+        assert!(script.contains("\"ca1b2c300000001\" . 10.213.0.1 . tcp . 15002"));
+        assert!(script.contains("\"ca1b2c300000002\" . 10.213.0.5 . tcp . 15002"));
         assert!(script.contains("iifname \"ca1b2c3*\" jump from_sandbox"));
         assert!(script.contains("redirect to :15001"));
         let empty = firewall.script(&[], &[]);

@@ -53,6 +53,24 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         "running",
         output::duration(value["running_seconds"].as_f64().unwrap_or(0.0))
     );
+    let cost = &value["cost"];
+    let money = |key: &str| {
+        cost[key].as_i64().map_or_else(
+            || "-".to_string(),
+            |micros| caged_cost::Micros(micros).to_string(),
+        )
+    };
+    println!(
+        "{:<16} {} (compute {}, LLM {}){}",
+        "cost",
+        money("total_micros"),
+        money("compute_micros"),
+        money("llm_micros"),
+        match cost["budget_percent"].as_f64() {
+            Some(percent) => format!(", {percent:.2}% of {}", money("budget_micros")),
+            None => String::new(),
+        }
+    );
     if let Some(init) = value["init"].as_object() {
         println!(
             "{:<16} {} (exit {})",

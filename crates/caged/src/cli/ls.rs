@@ -39,6 +39,15 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                 format!("{}", sandbox.resources.cpu),
                 format!("{}M", sandbox.resources.memory_mb),
                 output::duration(sandbox.running_seconds),
+                match &sandbox.cost {
+                    Some(cost) => match cost.budget_percent {
+                        Some(percent) => {
+                            format!("{} ({percent:.0}%)", caged_cost::Micros(cost.total_micros))
+                        }
+                        None => caged_cost::Micros(cost.total_micros).to_string(),
+                    },
+                    None => "-".into(),
+                },
                 sandbox.created_at.clone(),
             ]
         })
@@ -53,6 +62,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             "CPU",
             "MEMORY",
             "RUNNING",
+            "COST",
             "CREATED",
         ],
         &rows,

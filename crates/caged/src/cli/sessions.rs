@@ -40,6 +40,14 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
                     text(&session["trust_score"]),
                     text(&session["trust_rating"])
                 ),
+                format!(
+                    "{}/{}",
+                    text(&session["tokens_in"]),
+                    text(&session["tokens_out"])
+                ),
+                session["llm_cost_micros"]
+                    .as_i64()
+                    .map_or_else(|| "-".into(), |m| caged_cost::Micros(m).to_string()),
                 text(&session["end_reason"]),
             ]
         })
@@ -52,6 +60,8 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
             "STARTED",
             "DURATION",
             "TRUST",
+            "TOKENS IN/OUT",
+            "LLM",
             "ENDED BECAUSE",
         ],
         &rows,

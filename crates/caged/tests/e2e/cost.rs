@@ -278,7 +278,13 @@ curl -sSN -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' 
 
     // Keys that are not this sandbox's are refused before the provider: none, forged, another
     // sandbox's.
-    let other = server.sandbox(json!({ "template": "base" })).await;
+    let other = server
+        .sandbox(json!({
+            "template": "base",
+            "network_mode": "allowlist",
+            "allowed_hosts": ["example.com"],
+        }))
+        .await;
     let other_key = client
         .run(&other, &["sh", "-c", "printf %s \"$OPENAI_API_KEY\""])
         .await
@@ -306,6 +312,13 @@ curl -sSN -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' 
         assert!(answer.contains("authentication_error"), "{answer}");
     }
     assert_eq!(llm.seen().len(), 5);
+    // An `allowlist` sandbox reaches the gateway too, without listing the provider.
+    assert_eq!(calls(&server, &other, 1).await.unwrap().trim(), "200");
+    assert_eq!(llm.seen().len(), 6);
+    assert_eq!(
+        client.usage(&other).await.unwrap()["cost"]["llm_micros"],
+        5850
+    );
 }
 
 fn signed_correctly(received: &caged_testkit::webhook::Received, secret: &str) -> bool {
