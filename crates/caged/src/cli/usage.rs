@@ -27,7 +27,9 @@ pub struct BudgetArgs {
 pub enum WebhookCommand {
     /// Send budget alerts to URL (prints the new signing secret).
     Set {
-        url: String,
+        /// (Not named `url`: that is the global `--url` of the API.)
+        #[arg(value_name = "URL")]
+        target: String,
         #[arg(long)]
         json: bool,
     },
@@ -180,8 +182,8 @@ pub async fn budget(cli: &Cli, args: &BudgetArgs) -> anyhow::Result<ExitCode> {
 pub async fn webhook(cli: &Cli, command: &WebhookCommand) -> anyhow::Result<ExitCode> {
     let client = cli.client();
     match command {
-        WebhookCommand::Set { url, json } => {
-            let answer = client.set_webhook(url).await?;
+        WebhookCommand::Set { target, json } => {
+            let answer = client.set_webhook(target).await?;
             if *json {
                 output::json(&answer);
             } else {

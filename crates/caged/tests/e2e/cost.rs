@@ -347,7 +347,14 @@ async fn budget_alerts_fire_once_each_then_a_final_snapshot_and_destroy() {
     .await;
     let client = &server.client;
     let receiver = WebhookReceiver::start(1).await;
-    let hook = client.set_webhook(&receiver.url()).await.unwrap();
+    let set = caged(&server, &["webhook", "set", &receiver.url(), "--json"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let hook: Value = serde_json::from_slice(&set.stdout).unwrap();
+    assert_eq!(hook["url"], receiver.url().as_str());
     let secret = hook["secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_"));
 

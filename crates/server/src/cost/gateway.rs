@@ -313,18 +313,21 @@ async fn forward(
     };
     let store = ctx.store.clone();
     let id = link.id;
-    let pending = ctx.costs.pending(id);
-    let record = blocking::run(move || store.sandbox_by_id(id))
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "unknown sandbox",
-            )
-        })?;
+    let costs = ctx.costs.clone();
+    let (pending, record) = blocking::run(move || {
+        let (pending, record) = costs.spent_with(id, || store.sandbox_by_id(id));
+        record.map(|record| (pending, record))
+    })
+    .await
+    .ok()
+    .unwrap_or((0, None));
+    let record = record.ok_or_else(|| {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "unknown sandbox",
+        )
+    })?;
     if record.state == SandboxState::Destroyed {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
@@ -586,23 +589,25 @@ impl Call {
             let (id, account, session) =
                 (self.sandbox, self.account_id.clone(), self.session.clone());
             let provider = provider_name(self.protocol);
+            let costs = self.ctx.costs.clone();
             let recorded = blocking::run(move || {
-                store.record_llm_call(NewLlmCall {
-                    sandbox_id: id,
-                    account_id: &account,
-                    session_id: session.as_deref(),
-                    at_ms: self.started_at_ms,
-                    provider,
-                    model: &model,
-                    tokens_in: usage.tokens_in() as i64,
-                    tokens_out: usage.output as i64,
-                    cost_micros: cost.0,
-                    status,
-                    payload: &payload,
+                costs.store_charge(id, cost.0, || {
+                    store.record_llm_call(NewLlmCall {
+                        sandbox_id: id,
+                        account_id: &account,
+                        session_id: session.as_deref(),
+                        at_ms: self.started_at_ms,
+                        provider,
+                        model: &model,
+                        tokens_in: usage.tokens_in() as i64,
+                        tokens_out: usage.output as i64,
+                        cost_micros: cost.0,
+                        status,
+                        payload: &payload,
+                    })
                 })
             })
             .await;
-            self.ctx.costs.charge_stored(id, cost.0);
             match recorded {
                 Ok(event) => {
                     let _ = self.ctx.events.send(Arc::new(event));

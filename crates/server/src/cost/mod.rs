@@ -74,7 +74,7 @@ pub(crate) struct Costs {
     pub webhook_wake: tokio::sync::Notify,
     /// LLM charges of calls that ended but are not in the database yet: the gateway counts
     /// them, so a call that starts the instant the one before it ended sees its cost.
-    pending: std::sync::Mutex<std::collections::HashMap<SandboxId, i64>>,
+    pending: std::sync::Mutex<std::collections::HashMap<SandboxId, Arc<std::sync::Mutex<i64>>>>,
 }
 
 impl Costs {
@@ -94,34 +94,53 @@ impl Costs {
         })
     }
 
-    fn with_pending<T>(
-        &self,
-        f: impl FnOnce(&mut std::collections::HashMap<SandboxId, i64>) -> T,
-    ) -> T {
-        f(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The sandbox's pending charges, behind a lock of its own.
+    fn slot(&self, sandbox: SandboxId) -> Arc<std::sync::Mutex<i64>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(sandbox)
+            .or_default()
+            .clone()
     }
 
     /// A call's charge, known before it is stored.
     pub(crate) fn charge_pending(&self, sandbox: SandboxId, micros: i64) {
-        self.with_pending(|pending| *pending.entry(sandbox).or_default() += micros);
+        *self.slot(sandbox).lock().unwrap_or_else(|p| p.into_inner()) += micros;
     }
 
-    /// The charge is in the database now.
-    pub(crate) fn charge_stored(&self, sandbox: SandboxId, micros: i64) {
-        self.with_pending(|pending| {
-            if let Some(left) = pending.get_mut(&sandbox) {
-                *left -= micros;
-                if *left <= 0 {
-                    pending.remove(&sandbox);
-                }
-            }
-        });
+    /// Stores a pending charge with `store` (a blocking database write): the stored totals
+    /// and the pending amount change together, as [`Costs::spent_with`] sees them.
+    pub(crate) fn store_charge<T>(
+        &self,
+        sandbox: SandboxId,
+        micros: i64,
+        store: impl FnOnce() -> T,
+    ) -> T {
+        let slot = self.slot(sandbox);
+        let mut pending = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = store();
+        *pending -= micros;
+        stored
     }
 
-    /// Charges not stored yet. Read before the stored totals: a charge stored in between is
-    /// then counted twice for a moment (refusing early), never missed.
-    pub(crate) fn pending(&self, sandbox: SandboxId) -> i64 {
-        self.with_pending(|pending| pending.get(&sandbox).copied().unwrap_or(0))
+    /// Reads the stored totals with `read` (a blocking database read) and the charges not
+    /// stored yet, consistently: each charge is counted exactly once.
+    pub(crate) fn spent_with<T>(&self, sandbox: SandboxId, read: impl FnOnce() -> T) -> (i64, T) {
+        let slot = self.slot(sandbox);
+        let pending = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let read = read();
+        (*pending, read)
+    }
+
+    /// Forgets the slots nobody is using that hold nothing.
+    pub(crate) fn prune_pending(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, slot| {
+                Arc::strong_count(slot) > 1 || *slot.lock().unwrap_or_else(|p| p.into_inner()) != 0
+            });
     }
 
     /// The gateway credential of a sandbox (`session: None`) or of one of its sessions:
