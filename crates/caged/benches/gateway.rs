@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caged_netns::NetNs;
 use caged_testkit::llm::FakeLlm;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -68,7 +67,7 @@ async fn main() {
         .next()
         .and_then(|addr| addr.parse().ok())
         .expect("the gateway's address");
-    let ns = sandbox_namespace(&server, &id).await;
+    let ns = server.sandbox_namespace(&id).await;
 
     let body = |usage: bool| {
         let mut body = json!({
@@ -214,26 +213,4 @@ async fn connect(stream: tokio::net::TcpStream) -> SendRequest<Full<Bytes>> {
         .expect("HTTP handshake");
     tokio::spawn(connection);
     sender
-}
-
-/// The sandbox's namespace, as the server opens it: from the engine's sandbox key.
-async fn sandbox_namespace(server: &caged_testkit::TestServer, id: &str) -> NetNs {
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
-        .await
-        .expect("engine");
-    let containers = caged_testkit::engine_sandboxes(&server.installation_id).await;
-    let container = containers
-        .iter()
-        .find(|container| container.sandbox_id == id)
-        .expect("the sandbox's container");
-    let key = docker
-        .inspect_container(&container.container_id, None)
-        .await
-        .expect("inspect container")
-        .network_settings
-        .and_then(|settings| settings.sandbox_key)
-        .expect("sandbox key");
-    NetNs::open(std::path::Path::new(&key)).expect("open namespace")
 }

@@ -75,7 +75,7 @@ async fn proxy(seconds: u64) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ns = Arc::new(sandbox_namespace(&server, &id).await);
+    let ns = Arc::new(server.sandbox_namespace(&id).await);
     let host = format!("cage-{id}-8000.preview.localhost");
     let duration = Duration::from_secs(seconds);
 
@@ -258,28 +258,6 @@ async fn load(
         requests: latencies.len(),
         server_cpu,
     }
-}
-
-/// The sandbox's namespace, as the server opens it: from the engine's sandbox key.
-async fn sandbox_namespace(server: &caged_testkit::TestServer, id: &str) -> NetNs {
-    let docker = bollard::Docker::connect_with_local_defaults()
-        .expect("docker")
-        .negotiate_version()
-        .await
-        .expect("engine");
-    let containers = caged_testkit::engine_sandboxes(&server.installation_id).await;
-    let container = containers
-        .iter()
-        .find(|container| container.sandbox_id == id)
-        .expect("the sandbox's container");
-    let key = docker
-        .inspect_container(&container.container_id, None)
-        .await
-        .expect("inspect container")
-        .network_settings
-        .and_then(|settings| settings.sandbox_key)
-        .expect("sandbox key");
-    NetNs::open(std::path::Path::new(&key)).expect("open namespace")
 }
 
 /// One detector scan over `count` namespaces against plain reads of the same files.

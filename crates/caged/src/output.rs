@@ -31,6 +31,23 @@ pub fn json(value: &Value) {
     );
 }
 
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Micro-dollars as `$1.234567` (`-` when absent).
+pub fn money(micros: &Value) -> String {
+    micros.as_i64().map_or_else(
+        || "-".into(),
+        |micros| caged_cost::Micros(micros).to_string(),
+    )
+}
+
 /// "3m12s"-style durations for tables.
 pub fn duration(seconds: f64) -> String {
     let total = seconds.max(0.0) as u64;

@@ -158,6 +158,29 @@ impl TestServer {
             .id
     }
 
+    /// A sandbox's network namespace, opened as the server opens it: from the engine's
+    /// sandbox key (benchmarks dial into it the way the sandbox's own processes would).
+    pub async fn sandbox_namespace(&self, id: &str) -> caged_netns::NetNs {
+        let docker = bollard::Docker::connect_with_local_defaults()
+            .expect("docker")
+            .negotiate_version()
+            .await
+            .expect("engine");
+        let containers = engine_sandboxes(&self.installation_id).await;
+        let container = containers
+            .iter()
+            .find(|container| container.sandbox_id == id)
+            .expect("the sandbox's container");
+        let key = docker
+            .inspect_container(&container.container_id, None)
+            .await
+            .expect("inspect container")
+            .network_settings
+            .and_then(|settings| settings.sandbox_key)
+            .expect("sandbox key");
+        caged_netns::NetNs::open(std::path::Path::new(&key)).expect("open namespace")
+    }
+
     /// Environment for running the `caged` binary against this server.
     pub fn cli_env(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -54,12 +54,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         output::duration(value["running_seconds"].as_f64().unwrap_or(0.0))
     );
     let cost = &value["cost"];
-    let money = |key: &str| {
-        cost[key].as_i64().map_or_else(
-            || "-".to_string(),
-            |micros| caged_cost::Micros(micros).to_string(),
-        )
-    };
+    let money = |key: &str| output::money(&cost[key]);
     println!(
         "{:<16} {} (compute {}, LLM {}){}",
         "cost",

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
+use crate::output::cell as text;
 use crate::{Cli, output};
 
 #[derive(clap::Args)]
@@ -45,9 +46,7 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
                     text(&session["tokens_in"]),
                     text(&session["tokens_out"])
                 ),
-                session["llm_cost_micros"]
-                    .as_i64()
-                    .map_or_else(|| "-".into(), |m| caged_cost::Micros(m).to_string()),
+                output::money(&session["llm_cost_micros"]),
                 text(&session["end_reason"]),
             ]
         })
@@ -113,12 +112,4 @@ pub async fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use caged_cost::Micros;
-use serde_json::Value;
 
+use crate::output::{cell as text, money};
 use crate::{Cli, output};
 
 #[derive(clap::Args)]
@@ -40,20 +40,6 @@ pub enum WebhookCommand {
     },
     /// Stop sending webhooks.
     Rm,
-}
-
-fn money(value: &Value) -> String {
-    value
-        .as_i64()
-        .map_or_else(|| "-".to_string(), |micros| Micros(micros).to_string())
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
 }
 
 pub async fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {

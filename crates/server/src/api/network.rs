@@ -10,7 +10,7 @@ use caged_domain::{NetworkMode, SandboxState};
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::sandboxes::{json_body, parse_id};
+use super::sandboxes::{one_field_body, parse_id};
 use crate::auth::Caller;
 use crate::{AppState, network, sandboxes};
 
@@ -66,16 +66,8 @@ pub(crate) async fn set_allowed_hosts(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let body = json_body(&body)?;
+    let body = one_field_body(&body, "allowed_hosts", "invalid_network")?;
     let invalid = |message: String| ApiError::bad_request("invalid_network", message);
-    if let Some(unknown) = body
-        .as_object()
-        .and_then(|fields| fields.keys().find(|key| *key != "allowed_hosts"))
-    {
-        return Err(invalid(format!(
-            "{unknown}: unknown field (only allowed_hosts is accepted)"
-        )));
-    }
     let hosts: Vec<String> = match body.get("allowed_hosts") {
         Some(Value::Array(items)) => items
             .iter()

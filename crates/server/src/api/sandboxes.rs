@@ -35,6 +35,25 @@ pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
+/// A JSON body of one field and nothing else; another field is a `code` error naming it.
+pub(crate) fn one_field_body(
+    body: &[u8],
+    field: &str,
+    code: &'static str,
+) -> Result<Value, ApiError> {
+    let body = json_body(body)?;
+    if let Some(unknown) = body
+        .as_object()
+        .and_then(|fields| fields.keys().find(|key| *key != field))
+    {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{unknown}: unknown field (only {field} is accepted)"),
+        ));
+    }
+    Ok(body)
+}
+
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,

@@ -13,7 +13,7 @@ use caged_store::{SandboxRecord, SessionRecord, WebhookTarget};
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::sandboxes::{json_body, parse_id};
+use super::sandboxes::{one_field_body, parse_id};
 use crate::auth::Caller;
 use crate::cost::{self, guard::format_percent};
 use crate::{AppState, blocking, sandboxes};
@@ -110,16 +110,8 @@ pub(crate) async fn set_budget(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let body = json_body(&body)?;
+    let body = one_field_body(&body, "budget_usd", "invalid_budget")?;
     let invalid = |message: String| ApiError::bad_request("invalid_budget", message);
-    if let Some(unknown) = body
-        .as_object()
-        .and_then(|fields| fields.keys().find(|key| *key != "budget_usd"))
-    {
-        return Err(invalid(format!(
-            "{unknown}: unknown field (only budget_usd is accepted)"
-        )));
-    }
     let budget = match body.get("budget_usd") {
         Some(Value::Null) => None,
         Some(Value::Number(number)) => {
@@ -219,16 +211,8 @@ pub(crate) async fn set_webhook(
     Caller(account): Caller,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body = json_body(&body)?;
+    let body = one_field_body(&body, "url", "invalid_webhook")?;
     let invalid = |message: String| ApiError::bad_request("invalid_webhook", message);
-    if let Some(unknown) = body
-        .as_object()
-        .and_then(|fields| fields.keys().find(|key| *key != "url"))
-    {
-        return Err(invalid(format!(
-            "{unknown}: unknown field (only url is accepted)"
-        )));
-    }
     let url = body
         .get("url")
         .and_then(Value::as_str)
