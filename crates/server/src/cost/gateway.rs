@@ -656,9 +656,7 @@ impl MeteredBody {
             outcome,
         );
     }
-}
 
-impl MeteredBody {
     /// Hands on what followed the data: the end (the call is charged), an error, trailers.
     fn pass(
         &mut self,
