@@ -108,16 +108,26 @@ pub(crate) async fn write(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            "too_large",
-            format!(
-                "upload refused: {} (the server's limit is --max-upload-mb)",
-                rejection.body_text()
-            ),
-        )
-    })?;
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let mut refused = ApiError::new(
+                rejection.status(),
+                "too_large",
+                format!(
+                    "upload refused: {} (the server's limit is --max-upload-mb)",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+            // The rest of the upload is never read, so this connection cannot carry another
+            // request: say so, or the client may send its next one on it and lose it.
+            refused
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(refused);
+        }
+    };
     let path = checked_path(&query.path)?;
     let (record, _busy) =
         sandboxes::active(&state, &account.id, parse_id(&id)?, "file write").await?;
