@@ -166,14 +166,17 @@ async fn build() -> Arc<Mutex<Vec<Seen>>> {
         "via",
         "198.51.100.1",
     ]);
-    ip(&["route", "replace", "203.0.113.0/24", "via", "198.51.100.2"]);
-    ip(&[
-        "route",
-        "replace",
-        &format!("{PRIVATE}/32"),
-        "via",
-        "198.51.100.2",
-    ]);
+    // Only the servers' own addresses: the rest of TEST-NET-3 may be this machine's real
+    // neighbours (the package registries' proxy is one here), which a /24 route would hide.
+    for addr in [ALLOWED, EVIL, AUTHORITY, PUBLIC_RESOLVER, PRIVATE] {
+        ip(&[
+            "route",
+            "replace",
+            &format!("{addr}/32"),
+            "via",
+            "198.51.100.2",
+        ]);
+    }
 
     let ns = caged_netns::NetNs::open(std::path::Path::new(&format!("/var/run/netns/{NAMESPACE}")))
         .expect("open the internet's namespace");
