@@ -11,11 +11,13 @@ mod previews;
 mod schema;
 mod sessions;
 mod trust;
+mod web;
 
 pub use cost::{NewAlert, NewLlmCall, WebhookDelivery, WebhookTarget};
 pub use previews::{PortChange, PreviewPassword, PreviewPort, SandboxHead};
 pub use sessions::{NewSession, SessionRecord};
 pub use trust::{Charged, NewEvent, NewPenalty, PenaltyRecord};
+pub use web::{DAY_MS, DailyLlm, WebSession};
 
 use std::path::Path;
 use std::sync::Mutex;

@@ -194,6 +194,20 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at_ms) WHERE next_at_ms IS NOT NULL;
 CREATE INDEX webhook_deliveries_by_account ON webhook_deliveries (account_id, id);
 "#,
+    r#"
+-- The dashboard's signed-in browsers. Only a hash of the cookie's token is kept; a session lives
+-- as long as the API key it was opened with (the join) and until it expires.
+CREATE TABLE web_sessions (
+    token_hash    BLOB PRIMARY KEY,
+    key_id        TEXT NOT NULL REFERENCES api_keys(id),
+    csrf_token    TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX web_sessions_by_expiry ON web_sessions (expires_at_ms);
+-- The account's spend per day.
+CREATE INDEX llm_calls_by_account ON llm_calls (account_id, at_ms);
+"#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
