@@ -182,6 +182,46 @@ impl SandboxConfig {
         self.budget.map(|usd| (usd * 1e6).round() as i64)
     }
 
+    /// The config as a `.caged.yaml` document that [`SandboxConfig::from_yaml`] reads back to
+    /// the same config; strings are double-quoted (JSON's escapes are YAML's too).
+    pub fn to_yaml(&self) -> String {
+        use std::fmt::Write;
+        let quote = |text: &str| Value::String(text.to_string()).to_string();
+        let mut out = String::new();
+        if let Some(name) = &self.name {
+            let _ = writeln!(out, "name: {}", quote(name));
+        }
+        let _ = writeln!(out, "template: {}", quote(&self.template));
+        let _ = writeln!(out, "isolation: {}", self.isolation.as_str());
+        let r = &self.resources;
+        let _ = writeln!(
+            out,
+            "resources:\n  cpu: {}\n  memory: {}\n  disk: {}",
+            r.cpu, r.memory, r.disk
+        );
+        let _ = writeln!(out, "timeout: {}", self.timeout);
+        if let Some(budget) = self.budget {
+            let _ = writeln!(out, "budget: {budget}");
+        }
+        let _ = writeln!(out, "network_mode: {}", self.network_mode.as_str());
+        if !self.allowed_hosts.is_empty() {
+            out.push_str("allowed_hosts:\n");
+            for host in &self.allowed_hosts {
+                let _ = writeln!(out, "  - {}", quote(host));
+            }
+        }
+        if !self.env.is_empty() {
+            out.push_str("env:\n");
+            for (key, value) in &self.env {
+                let _ = writeln!(out, "  {}: {}", quote(key), quote(value));
+            }
+        }
+        if let Some(script) = &self.init_script {
+            let _ = writeln!(out, "init_script: {}", quote(script));
+        }
+        out
+    }
+
     /// Parses and validates a `.caged.yaml` document.
     pub fn from_yaml(text: &str) -> Result<SandboxConfig, ConfigError> {
         if text.len() > MAX_CONFIG_BYTES {
@@ -645,6 +685,27 @@ fn plain_scalar(text: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_config_written_as_yaml_reads_back_the_same() {
+        let mut config = SandboxConfig::from_yaml(
+            "name: web\ntemplate: base\nisolation: gvisor\nresources: {cpu: 0.5, memory: 1024, disk: 3}\n\
+             timeout: 60\nbudget: 2.5\nnetwork_mode: allowlist\nallowed_hosts: [pypi.org, '*.npmjs.org']\n",
+        )
+        .unwrap();
+        config
+            .env
+            .insert("QUOTE".into(), "it's \"odd\": #1\n\tok".into());
+        config.init_script = Some("set -e\necho 'hi' > /tmp/x: y\n".into());
+        let yaml = config.to_yaml();
+        assert_eq!(SandboxConfig::from_yaml(&yaml).unwrap(), config, "{yaml}");
+        let default = SandboxConfig::default();
+        assert_eq!(
+            SandboxConfig::from_yaml(&default.to_yaml()).unwrap(),
+            default
+        );
+    }
+
     use super::*;
 
     const PRODUCT_PAGE_EXAMPLE: &str = "\
