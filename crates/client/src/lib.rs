@@ -124,6 +124,10 @@ impl Client {
         &self.base
     }
 
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let builder = self.http.request(method, format!("{}{path}", self.base));
         match &self.api_key {
@@ -433,6 +437,12 @@ impl Client {
     }
 
     /// The account's webhook (URL, signing secret) and its latest deliveries.
+    /// The account's spend and running sandboxes per UTC day, the last `days` days.
+    pub async fn account_usage(&self, days: u32) -> Result<Value> {
+        self.json(self.request(Method::GET, &format!("/v1/account/usage?days={days}")))
+            .await
+    }
+
     pub async fn webhook(&self) -> Result<Value> {
         self.json(self.request(Method::GET, "/v1/account/webhook"))
             .await

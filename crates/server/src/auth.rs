@@ -89,8 +89,15 @@ impl Mode0600 for std::fs::OpenOptions {
     }
 }
 
-/// The authenticated account behind a request.
+/// The authenticated account behind a request: an API key (`Authorization: Bearer`), or the
+/// dashboard's session cookie. A request the cookie authenticates must come from the dashboard's
+/// own origin, and one that changes something must carry the session's CSRF token in
+/// [`CSRF_HEADER`], which no other origin can read or send.
 pub(crate) struct Caller(pub Account);
+
+/// The dashboard's session cookie; host-only, so preview hosts never receive it.
+pub(crate) const SESSION_COOKIE: &str = "caged_session";
+pub(crate) const CSRF_HEADER: &str = "x-caged-csrf";
 
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
@@ -99,30 +106,140 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key>"))?;
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return match cookie(&parts.headers, SESSION_COOKIE) {
+                Some(token) => from_session(parts, state, token).await,
+                None => Err(ApiError::unauthorized(
+                    "missing Authorization: Bearer <api key>",
+                )),
+            };
+        };
         let token = header
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <api key>`"))?;
-        let (key_id, secret) = token
-            .strip_prefix("caged_")
-            .and_then(|rest| rest.split_once('_'))
-            .ok_or_else(|| ApiError::unauthorized("malformed API key"))?;
-        let (key_id, secret) = (key_id.to_string(), secret.to_string());
-        let store = state.store.clone();
-        let stored = blocking::run(move || store.api_key(&key_id)).await?;
-        let valid = stored
-            .as_ref()
-            .is_some_and(|stored| bool::from(stored.secret_hash.ct_eq(&hash(&secret))));
-        match stored {
-            Some(stored) if valid => Ok(Caller(stored.account)),
-            _ => Err(ApiError::unauthorized("invalid API key")),
+        let (_, account) = account_for_key(state, token).await?;
+        Ok(Caller(account))
+    }
+}
+
+/// The key id and account of an API key, if it is valid.
+pub(crate) async fn account_for_key(
+    state: &AppState,
+    token: &str,
+) -> Result<(String, Account), ApiError> {
+    let (key_id, secret) = token
+        .trim()
+        .strip_prefix("caged_")
+        .and_then(|rest| rest.split_once('_'))
+        .ok_or_else(|| ApiError::unauthorized("malformed API key"))?;
+    let (key_id, secret) = (key_id.to_string(), secret.to_string());
+    let store = state.store.clone();
+    let lookup = key_id.clone();
+    let stored = blocking::run(move || store.api_key(&lookup)).await?;
+    let valid = stored
+        .as_ref()
+        .is_some_and(|stored| bool::from(stored.secret_hash.ct_eq(&hash(&secret))));
+    match stored {
+        Some(stored) if valid => Ok((key_id, stored.account)),
+        _ => Err(ApiError::unauthorized("invalid API key")),
+    }
+}
+
+async fn from_session(parts: &Parts, state: &AppState, token: String) -> Result<Caller, ApiError> {
+    if !same_origin(&parts.headers) {
+        return Err(ApiError::forbidden(
+            "the session cookie is accepted only from the dashboard's own origin",
+        ));
+    }
+    let session = web_session(state, &token)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the dashboard session has ended; sign in again"))?;
+    if !parts.method.is_safe() {
+        let sent = parts
+            .headers
+            .get(CSRF_HEADER)
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        if !bool::from(sent.ct_eq(session.csrf_token.as_bytes())) {
+            return Err(ApiError::forbidden(format!(
+                "a change made with the session cookie needs the {CSRF_HEADER} header of its page"
+            )));
         }
     }
+    Ok(Caller(session.account))
+}
+
+/// The signed-in browser behind a session cookie's token.
+pub(crate) async fn web_session(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<caged_store::WebSession>, ApiError> {
+    let store = state.store.clone();
+    let token_hash = hash(token);
+    Ok(blocking::run(move || store.web_session(&token_hash, now_ms())).await?)
+}
+
+/// Opens a dashboard session for a key's holder; returns the cookie's token.
+pub(crate) async fn open_web_session(
+    state: &AppState,
+    key_id: String,
+    lifetime_ms: i64,
+) -> Result<String, ApiError> {
+    let token = random_hex(32);
+    let token_hash = hash(&token);
+    let store = state.store.clone();
+    blocking::run(move || {
+        let now = now_ms();
+        store.create_web_session(
+            &token_hash,
+            &key_id,
+            &random_hex(16),
+            now,
+            now + lifetime_ms,
+        )
+    })
+    .await?;
+    Ok(token)
+}
+
+pub(crate) async fn close_web_session(state: &AppState, token: &str) -> Result<(), ApiError> {
+    let store = state.store.clone();
+    let token_hash = hash(token);
+    blocking::run(move || store.delete_web_session(&token_hash)).await?;
+    Ok(())
+}
+
+/// A cookie's value from the `Cookie` headers.
+pub(crate) fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+}
+
+/// Whether a browser's request came from a page of this server's own origin: its `Origin`, if it
+/// sent one, names the host the request was sent to. Browsers send `Origin` with every
+/// cross-origin request that could change something (and with WebSocket handshakes), so a
+/// preview's page cannot drive the API with the dashboard's cookie.
+pub(crate) fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok());
+    let origin_host = origin.to_str().ok().and_then(|origin| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+    });
+    matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
 }
 
 /// An authenticated caller who is an administrator.

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod blocking;
 mod cost;
+mod dashboard;
 mod engine;
 mod failpoint;
 mod idle;

@@ -93,7 +93,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .put(usage::set_webhook)
                 .delete(usage::delete_webhook),
         )
+        .route("/v1/account/usage", get(usage::account_usage))
         .route("/v1/accounts", post(accounts::create).get(accounts::list))
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
 }

@@ -41,6 +41,7 @@ pub(crate) async fn document() -> Json<Value> {
             "/v1/sessions/{sid}/events": { "get": op("Events that came through the session (?after=SEQ&limit=N)") },
             "/v1/sandboxes/{id}/usage": { "get": op("What the sandbox spent (integer micro-dollars): running time, compute, tokens, LLM cost, budget and alerts, each session's share") },
             "/v1/sandboxes/{id}/budget": { "put": op("Set a live sandbox's budget ({budget_usd: 10.0}) or remove it ({budget_usd: null})") },
+            "/v1/account/usage": { "get": op("The account's spend (compute, LLM) and sandboxes running per UTC day, oldest first (?days=N, 1 to 366, default 30)") },
             "/v1/account/webhook": {
                 "get": op("The account's webhook for budget alerts (URL, signing secret) and its latest deliveries"),
                 "put": op("Send budget alerts to {url: \"https://...\"}; answers the new signing secret"),

@@ -92,10 +92,43 @@ pub(crate) async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let records = blocking::run(move || store.list_sandboxes(&account.id, query.all)).await?;
-    Ok(Json(
-        json!({ "sandboxes": records.iter().map(|record| view::sandbox(&state, record)).collect::<Vec<_>>() }),
-    ))
+    // Each sandbox's worst session and open ports come along (the dashboard's list shows them),
+    // read in the same trip to the database.
+    let listed = blocking::run(move || -> Result<_, caged_store::StoreError> {
+        let records = store.list_sandboxes(&account.id, query.all)?;
+        let mut listed = Vec::with_capacity(records.len());
+        for record in records {
+            let worst = store
+                .charged_by_session(record.id)?
+                .iter()
+                .map(|charged| charged.points)
+                .max()
+                .unwrap_or(0);
+            let ports = if record.state == SandboxState::Destroyed {
+                Vec::new()
+            } else {
+                store.preview_ports(record.id)?
+            };
+            listed.push((record, worst, ports));
+        }
+        Ok(listed)
+    })
+    .await?;
+    let views = listed
+        .iter()
+        .map(|(record, worst, ports)| {
+            let mut view = view::sandbox(&state, record);
+            let score = caged_trust::score(*worst);
+            view["trust_score"] = json!(score);
+            view["trust_rating"] = json!(caged_trust::Rating::of(score).as_str());
+            view["preview_urls"] = ports
+                .iter()
+                .map(|port| json!({ "port": port.port, "url": state.previews.url(record.id, port.port) }))
+                .collect();
+            view
+        })
+        .collect::<Vec<_>>();
+    Ok(Json(json!({ "sandboxes": views })))
 }
 
 pub(crate) async fn inspect(
@@ -109,6 +142,8 @@ pub(crate) async fn inspect(
     let trust = crate::observe::sandbox_trust(&state, record.id).await?;
     view["trust_score"] = trust["score"].clone();
     view["trust"] = trust;
+    // The config it was made from, as the `.caged.yaml` that makes it again.
+    view["caged_yaml"] = json!(record.config.to_yaml());
     Ok(Json(view))
 }
 

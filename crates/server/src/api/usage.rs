@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use caged_cost::Micros;
 use caged_domain::SandboxState;
 use caged_domain::time::{now_ms, rfc3339_from_ms};
-use caged_store::{SandboxRecord, SessionRecord, WebhookTarget};
+use caged_store::{DAY_MS, SandboxRecord, SessionRecord, WebhookTarget};
 use serde_json::{Value, json};
 
 use super::ApiError;
@@ -245,4 +245,93 @@ pub(crate) async fn delete_webhook(
     let account_id = account.id.clone();
     blocking::run(move || store.set_webhook(&account_id, None)).await?;
     Ok(Json(webhook_view(None)))
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct DaysQuery {
+    days: Option<String>,
+}
+
+/// Longest history `GET /v1/account/usage` reports, in days.
+const MAX_DAYS: i64 = 366;
+
+/// The account's usage per UTC day (`GET /v1/account/usage?days=N`, 30 by default): compute and
+/// LLM spend, running time, and how many sandboxes ran, oldest day first.
+pub(crate) async fn account_usage(
+    State(state): State<Arc<AppState>>,
+    Caller(account): Caller,
+    axum::extract::Query(query): axum::extract::Query<DaysQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let days = match query.days.as_deref() {
+        None => 30,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|days| (1..=MAX_DAYS).contains(days))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("days: must be a whole number from 1 to {MAX_DAYS} (got {raw:?})"),
+                )
+            })?,
+    };
+    let now = now_ms();
+    let first_day = now / DAY_MS - days + 1;
+    let from_ms = first_day * DAY_MS;
+    let store = state.store.clone();
+    let account_id = account.id.clone();
+    let (records, llm) = blocking::run(move || -> Result<_, caged_store::StoreError> {
+        Ok((
+            store.sandboxes_since(&account_id, from_ms)?,
+            store.llm_cost_by_day(&account_id, from_ms)?,
+        ))
+    })
+    .await?;
+    let prices = &state.costs.config.prices;
+    let days: Vec<Value> = (first_day..first_day + days)
+        .map(|day| {
+            let (start, end) = (day * DAY_MS, ((day + 1) * DAY_MS).min(now));
+            let (mut running_ms, mut compute, mut sandboxes) = (0i64, 0i64, 0i64);
+            for record in &records {
+                let clock = cost::clock_ms(record).min(end);
+                let ms = caged_domain::running_millis_between(&record.transitions, start, clock);
+                if ms > 0 {
+                    let resources = &record.config.resources;
+                    running_ms += ms;
+                    sandboxes += 1;
+                    compute += prices
+                        .compute_cost(
+                            ms,
+                            caged_cost::prices::milli_cpus(resources.cpu),
+                            resources.memory as i64,
+                        )
+                        .0;
+                }
+            }
+            let (llm_micros, llm_calls) = llm
+                .iter()
+                .find(|row| row.day == day)
+                .map_or((0, 0), |row| (row.cost_micros, row.calls));
+            json!({
+                "date": rfc3339_from_ms(start).get(..10),
+                "compute_micros": compute,
+                "llm_micros": llm_micros,
+                "total_micros": compute + llm_micros,
+                "llm_calls": llm_calls,
+                "running_seconds": running_ms as f64 / 1000.0,
+                "sandboxes_running": sandboxes,
+            })
+        })
+        .collect();
+    let total = |field: &str| {
+        days.iter()
+            .filter_map(|day| day[field].as_i64())
+            .sum::<i64>()
+    };
+    Ok(Json(json!({
+        "days": days,
+        "total_micros": total("total_micros"),
+        "compute_micros": total("compute_micros"),
+        "llm_micros": total("llm_micros"),
+    })))
 }
