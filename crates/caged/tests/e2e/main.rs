@@ -7,6 +7,7 @@ mod concurrency;
 mod config;
 mod cost;
 mod crash;
+mod dashboard;
 mod engine_down;
 mod events;
 mod exec;
