@@ -86,7 +86,8 @@ enum Command {
     /// List a sandbox's preview URLs and protect them with passwords.
     #[command(subcommand)]
     Preview(cli::preview::Command),
-    /// Show what a sandbox spent: running time, compute, tokens, LLM cost, budget.
+    /// Show what a sandbox spent (running time, compute, tokens, LLM cost, budget); without a
+    /// sandbox, the account's spend and running sandboxes per day.
     Usage(cli::usage::UsageArgs),
     /// Set, raise or remove a live sandbox's budget (USD).
     Budget(cli::usage::BudgetArgs),

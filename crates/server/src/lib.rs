@@ -322,6 +322,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     });
     tracing::info!(%addr, installation = %installation_id, started_at = now_ms(), "caged API listening");
     tracing::info!(addr = %preview_addr, "previews at cage-<id>-<port>.{domain}");
+    tracing::info!("dashboard at http://{addr}/");
     Ok(RunningServer {
         addr,
         preview_addr,

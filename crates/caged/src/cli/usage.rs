@@ -1,4 +1,4 @@
-//! `caged usage ID`, `caged budget ID USD|none` and `caged webhook set|show|rm`.
+//! `caged usage [ID]`, `caged budget ID USD|none` and `caged webhook set|show|rm`.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,11 @@ use crate::{Cli, output};
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
-    id: String,
+    /// A sandbox; without one, the account's spend per day.
+    id: Option<String>,
+    /// Days of the account's history (1 to 366; with no sandbox named).
+    #[arg(long, default_value_t = 30, conflicts_with = "id")]
+    days: u32,
     #[arg(long)]
     json: bool,
 }
@@ -43,7 +47,10 @@ pub enum WebhookCommand {
 }
 
 pub async fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
-    let usage = cli.client().usage(&args.id).await?;
+    let Some(id) = &args.id else {
+        return account_usage(cli, args).await;
+    };
+    let usage = cli.client().usage(id).await?;
     if args.json {
         output::json(&usage);
         return Ok(ExitCode::SUCCESS);
@@ -134,6 +141,50 @@ pub async fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
             &rows,
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The account's days, oldest first, and the total.
+async fn account_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
+    let usage = cli.client().account_usage(args.days).await?;
+    if args.json {
+        output::json(&usage);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = usage["days"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|day| {
+            vec![
+                text(&day["date"]),
+                text(&day["sandboxes_running"]),
+                output::duration(day["running_seconds"].as_f64().unwrap_or(0.0)),
+                money(&day["compute_micros"]),
+                text(&day["llm_calls"]),
+                money(&day["llm_micros"]),
+                money(&day["total_micros"]),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "DAY",
+            "SANDBOXES",
+            "RUNNING",
+            "COMPUTE",
+            "LLM CALLS",
+            "LLM",
+            "TOTAL",
+        ],
+        &rows,
+    );
+    println!(
+        "\ntotal {} (compute {}, LLM {})",
+        money(&usage["total_micros"]),
+        money(&usage["compute_micros"]),
+        money(&usage["llm_micros"])
+    );
     Ok(ExitCode::SUCCESS)
 }
 

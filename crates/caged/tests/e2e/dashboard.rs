@@ -1,8 +1,9 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`, driven through `chromedriver`)
 //! against a real server and engine: sign in, create a sandbox, watch an exec's event arrive
-//! live, protect a preview, take, download and fork a snapshot, destroy, see the list and the
-//! usage plot, on a laptop's and a phone's screen; another account sees none of it. Screenshots
-//! of the main pages land in `target/artifacts/dashboard/`.
+//! live (and an agent session's penalty with its evidence), protect a preview, take, download,
+//! fork, restore and delete a snapshot, pause, resume, destroy, see the list with its gauges and
+//! the usage plot, on a laptop's and a phone's screen; another account sees none of it.
+//! Screenshots of the main pages land in `target/artifacts/dashboard/`.
 //!
 //! The session cookie's guards (CSRF header, origin, sign-out) are checked over plain HTTP.
 
@@ -476,6 +477,91 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
         .unwrap();
     assert!(row.contains(&today), "{row}");
     screenshot(page, "usage").await;
+    let cli = tokio::task::block_in_place(|| crate::caged(&server, &["usage", "--days", "3"]));
+    let table = String::from_utf8_lossy(&cli.stdout).to_string();
+    assert!(cli.status.success(), "{cli:?}");
+    assert_eq!(
+        table.lines().filter(|line| line.starts_with("20")).count(),
+        3,
+        "{table}"
+    );
+    assert!(
+        table.contains(&today) && table.contains("total $"),
+        "{table}"
+    );
+    for bad in ["0", "367", "x"] {
+        let (status, body) = server
+            .client
+            .raw(
+                reqwest::Method::GET,
+                &format!("/v1/account/usage?days={bad}"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("days:")
+        );
+    }
+
+    // The budget gauge turns amber at 80% and red at 95% (the page's own code and styles).
+    let levels = page
+        .execute(
+            "return [10, 79.99, 80, 94.99, 95, 100].map(percent => {
+                const cost = {total_micros: percent * 10000, budget_micros: 1000000, budget_percent: percent};
+                const gauge = costGauge(cost).querySelector('.gauge');
+                document.body.append(gauge);
+                const colour = getComputedStyle(gauge.firstChild).backgroundColor;
+                gauge.remove();
+                return `${gauge.dataset.level} ${colour}`;
+            })",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let green = "ok rgb(46, 139, 87)";
+    let amber = "warning rgb(224, 160, 0)";
+    let red = "critical rgb(211, 47, 47)";
+    assert_eq!(levels, json!([green, green, amber, amber, red, red]));
+
+    // Pause and resume from the page; restore and delete its snapshot (each asks first).
+    page.goto(&format!("{url}/sandboxes/{id}")).await.unwrap();
+    click(page, "#pause").await;
+    wait_text(page, "main h1 .badge", "paused").await;
+    assert_eq!(server.client.sandbox(&id).await.unwrap().state, "paused");
+    click(page, "#resume").await;
+    wait_text(page, "main h1 .badge", "running").await;
+    let changed = server
+        .client
+        .run(&id, &["sh", "-c", "echo changed > /tmp/mark"])
+        .await
+        .unwrap();
+    assert_eq!(changed.exit_code, Some(0));
+    click(
+        page,
+        &format!("#snapshots tr[data-id='{snapshot_id}'] button[data-action=restore]"),
+    )
+    .await;
+    click(page, "#confirm-button").await;
+    wait_text(page, "#toast", "Restored").await;
+    let restored = server
+        .client
+        .read_file_bytes(&id, "/tmp/mark")
+        .await
+        .unwrap();
+    assert_eq!(&restored[..], b"dashboard-was-here\n");
+    click(
+        page,
+        &format!("#snapshots tr[data-id='{snapshot_id}'] button[data-action=delete]"),
+    )
+    .await;
+    click(page, "#confirm-button").await;
+    wait_text(page, "#snapshots", "No snapshots").await;
+    assert!(server.client.snapshots(&id).await.unwrap().is_empty());
 
     // A phone's screen: the list is cards, nothing wider than the screen.
     page.set_window_size(390, 844).await.unwrap();

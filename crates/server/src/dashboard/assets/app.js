@@ -238,7 +238,7 @@ async function listPage() {
         (!templateSelect.value || s.template === templateSelect.value) &&
         (!q || s.id.includes(q) || (s.name || "").toLowerCase().includes(q)),
     );
-    count.textContent = `${rows.length} of ${sandboxes.length} sandboxes`;
+    count.textContent = `${rows.length} of ${sandboxes.length} ${loadedDestroyed ? "" : "live "}sandboxes`;
     tbody.replaceChildren(
       ...rows.map((s) =>
         h(
@@ -273,10 +273,17 @@ async function listPage() {
     draw();
   };
   form.addEventListener("input", syncUrl);
+  // Destroyed sandboxes are read only when asked for (an account collects many).
+  const wantsDestroyed = () => ["destroyed", "all"].includes(stateSelect.value);
+  let loadedDestroyed = wantsDestroyed();
+  stateSelect.addEventListener("change", () => {
+    if (wantsDestroyed() && !loadedDestroyed) load().catch(failure);
+  });
   form.addEventListener("submit", (e) => e.preventDefault());
 
   const load = async () => {
-    const data = await api("GET", "/v1/sandboxes?all=true");
+    loadedDestroyed = wantsDestroyed();
+    const data = await api("GET", loadedDestroyed ? "/v1/sandboxes?all=true" : "/v1/sandboxes");
     sandboxes = data.sandboxes.reverse(); // newest first
     const templates = [...new Set(sandboxes.map((s) => s.template))].sort();
     const chosen = templateSelect.value || filters.template;
