@@ -9,6 +9,7 @@ mod cost;
 mod dashboard;
 mod engine;
 mod failpoint;
+mod html;
 mod idle;
 mod network;
 mod observe;

@@ -648,18 +648,12 @@ fn tar_gz_has(path: &Path, name: &str, content: &str) -> bool {
 /// A browser session opened over plain HTTP: its cookie, and the page's CSRF token.
 async fn open_session(server: &TestServer) -> (String, String) {
     let body = format!("api_key={}&next=%2Fusage", server.admin_key);
-    let reply = send(
+    let reply = post_form(
         server.addr,
-        request_with_body(
-            "POST",
-            &server.addr.to_string(),
-            "/login",
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("origin", &format!("http://{}", server.addr)),
-            ],
-            bytes_of(body.as_bytes()),
-        ),
+        &server.addr.to_string(),
+        "/login",
+        &[("origin", &format!("http://{}", server.addr))],
+        body.as_bytes(),
     )
     .await;
     assert_eq!(reply.status, 303, "{reply:?}");
@@ -783,34 +777,22 @@ async fn the_session_cookie_only_works_from_the_dashboard() {
     );
 
     // A sign-in posted from another site is refused; so is a sign-out without the token.
-    let forged = send(
+    let forged = post_form(
         server.addr,
-        request_with_body(
-            "POST",
-            &host,
-            "/login",
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("origin", "http://evil.test"),
-            ],
-            bytes_of(format!("api_key={}", server.admin_key).as_bytes()),
-        ),
+        &host,
+        "/login",
+        &[("origin", "http://evil.test")],
+        format!("api_key={}", server.admin_key).as_bytes(),
     )
     .await;
     assert_eq!(forged.status, 403);
     assert!(forged.header("set-cookie").is_none());
-    let forged_out = send(
+    let forged_out = post_form(
         server.addr,
-        request_with_body(
-            "POST",
-            &host,
-            "/logout",
-            &[
-                ("cookie", &cookie),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            bytes_of(b"csrf=wrong"),
-        ),
+        &host,
+        "/logout",
+        &[("cookie", &cookie)],
+        b"csrf=wrong",
     )
     .await;
     assert_eq!(forged_out.status, 403);
@@ -821,19 +803,12 @@ async fn the_session_cookie_only_works_from_the_dashboard() {
         200
     );
     // Signing out ends the session on the server, not just in the browser.
-    let out = send(
+    let out = post_form(
         server.addr,
-        request_with_body(
-            "POST",
-            &host,
-            "/logout",
-            &[
-                ("cookie", &cookie),
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("origin", &origin),
-            ],
-            bytes_of(format!("csrf={csrf}").as_bytes()),
-        ),
+        &host,
+        "/logout",
+        &[("cookie", &cookie), ("origin", &origin)],
+        format!("csrf={csrf}").as_bytes(),
     )
     .await;
     assert_eq!(out.status, 303);
@@ -845,4 +820,21 @@ async fn the_session_cookie_only_works_from_the_dashboard() {
 
 fn bytes_of(body: &[u8]) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(body)
+}
+
+/// A form posted the way a browser posts one.
+async fn post_form(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> caged_testkit::http::Reply {
+    let mut all = vec![("content-type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    send(
+        addr,
+        request_with_body("POST", host, path, &all, bytes_of(body)),
+    )
+    .await
 }

@@ -16,10 +16,12 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::api::ApiError;
 use crate::auth::{self, SESSION_COOKIE};
+use crate::html::escape;
 
 /// How long a sign-in lasts.
 const SESSION_LIFETIME_MS: i64 = 12 * 3600 * 1000;
@@ -58,7 +60,7 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/", get(page))
         .route("/new", get(page))
         .route("/usage", get(page))
-        .route("/sandboxes/{id}", get(sandbox_page))
+        .route("/sandboxes/{id}", get(page))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/assets/{file}", get(asset))
@@ -98,15 +100,6 @@ fn html(status: StatusCode, body: String) -> Response {
     secure(response)
 }
 
-async fn sandbox_page(
-    State(state): State<Arc<AppState>>,
-    Path(_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    page(State(state), uri, headers).await
-}
-
 /// Any page: the shell for a signed-in browser, the sign-in page otherwise.
 async fn page(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
     let session = match session_of(&state, &headers).await {
@@ -114,7 +107,7 @@ async fn page(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) 
         Err(err) => return err.into_response(),
     };
     match session {
-        Some(session) => html(StatusCode::OK, shell(&state, &session)),
+        Some(session) => html(StatusCode::OK, shell(&session)),
         None => Redirect::to(&format!("/login?next={}", encode(uri.path()))).into_response(),
     }
 }
@@ -129,7 +122,7 @@ async fn session_of(
     }
 }
 
-fn shell(state: &AppState, session: &caged_store::WebSession) -> String {
+fn shell(session: &caged_store::WebSession) -> String {
     format!(
         r##"<!doctype html>
 <html lang="en">
@@ -137,7 +130,6 @@ fn shell(state: &AppState, session: &caged_store::WebSession) -> String {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="caged-csrf" content="{csrf}">
-<meta name="caged-preview-domain" content="{domain}">
 <title>Caged</title>
 <link rel="icon" href="/assets/icon.svg?v={icon}">
 <link rel="stylesheet" href="/assets/app.css?v={style}">
@@ -164,7 +156,6 @@ fn shell(state: &AppState, session: &caged_store::WebSession) -> String {
 </html>
 "##,
         csrf = escape(&session.csrf_token),
-        domain = escape(&state.config.preview.domain),
         account = escape(&session.account.name),
         icon = ICON.version,
         style = STYLE.version,
@@ -302,7 +293,10 @@ async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
         let session = auth::web_session(&state, &token).await.ok().flatten();
         let sent = fields.get("csrf").map(String::as_str).unwrap_or("");
         match session {
-            Some(session) if auth::same_origin(&headers) && sent == session.csrf_token => {
+            Some(session)
+                if auth::same_origin(&headers)
+                    && bool::from(sent.as_bytes().ct_eq(session.csrf_token.as_bytes())) =>
+            {
                 if let Err(err) = auth::close_web_session(&state, &token).await {
                     return err.into_response();
                 }
@@ -342,22 +336,6 @@ async fn asset(Path(file): Path<String>) -> Response {
     secure(response)
 }
 
-/// Text for HTML, attribute values included.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
@@ -382,13 +360,5 @@ mod tests {
             assert_eq!(local_path(Some(bad)), "/", "{bad}");
         }
         assert_eq!(local_path(None), "/");
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
     }
 }

@@ -339,7 +339,7 @@ async function sandboxPage(id) {
     drawPreviews();
   };
 
-  const act = (label, fn) => async (event) => {
+  const act = (fn) => async (event) => {
     const button = event.currentTarget;
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
@@ -362,21 +362,21 @@ async function sandboxPage(id) {
         "div",
         { class: "row actions" },
         s.state === "running"
-          ? h("button", { id: "pause", class: "secondary", onclick: act("Pause", async () => {
+          ? h("button", { id: "pause", class: "secondary", onclick: act(async () => {
               await api("POST", `/v1/sandboxes/${id}/pause`);
               await refresh();
               toast("Paused.");
             }) }, "Pause")
           : null,
         s.state === "paused"
-          ? h("button", { id: "resume", class: "secondary", onclick: act("Resume", async () => {
+          ? h("button", { id: "resume", class: "secondary", onclick: act(async () => {
               await api("POST", `/v1/sandboxes/${id}/resume`);
               await refresh();
               toast("Resumed.");
             }) }, "Resume")
           : null,
         live
-          ? h("button", { id: "destroy", class: "danger", onclick: act("Destroy", async () => {
+          ? h("button", { id: "destroy", class: "danger", onclick: act(async () => {
               const yes = await confirmAction(
                 `Destroy sandbox ${id}?`,
                 "Its container and files are deleted. Snapshots are kept.",
@@ -592,13 +592,13 @@ async function sandboxPage(id) {
                     "td",
                     { class: "row", "data-label": "Actions" },
                     h("a", { class: "button secondary", href: `/v1/snapshots/${snap.id}/download`, download: `${snap.id}.tar.gz` }, "Download"),
-                    h("button", { class: "secondary", dataset: { action: "fork" }, onclick: act("Fork", async () => {
+                    h("button", { class: "secondary", dataset: { action: "fork" }, onclick: act(async () => {
                       const fork = await api("POST", `/v1/snapshots/${snap.id}/fork`, {});
                       toast(`Forked into ${fork.id}.`);
                       location.assign(`/sandboxes/${fork.id}`);
                     }) }, "Fork"),
                     live
-                      ? h("button", { class: "secondary", dataset: { action: "restore" }, onclick: act("Restore", async () => {
+                      ? h("button", { class: "secondary", dataset: { action: "restore" }, onclick: act(async () => {
                           const yes = await confirmAction(
                             `Restore ${snap.id}?`,
                             "The sandbox's files are replaced by the snapshot's. Anything written since is lost.",
@@ -610,7 +610,7 @@ async function sandboxPage(id) {
                           await refresh();
                         }) }, "Restore")
                       : null,
-                    h("button", { class: "danger", dataset: { action: "delete" }, onclick: act("Delete", async () => {
+                    h("button", { class: "danger", dataset: { action: "delete" }, onclick: act(async () => {
                       const yes = await confirmAction(`Delete ${snap.id}?`, "The snapshot cannot be brought back.", "Delete");
                       if (!yes) return;
                       await api("DELETE", `/v1/snapshots/${snap.id}`);
