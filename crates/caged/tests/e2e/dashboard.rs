@@ -241,6 +241,16 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
         .select_by_value("busybox")
         .await
         .unwrap();
+    assert!(
+        !page
+            .find(Locator::Css("#allowed_hosts"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap(),
+        "allowed hosts are asked for only in allowlist mode"
+    );
     fill(page, "#name", "dash-web").await;
     fill(page, "#cpu", "100").await;
     fill(page, "#budget", "5").await;
@@ -567,21 +577,21 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     page.set_window_size(390, 844).await.unwrap();
     page.goto(&format!("{url}/")).await.unwrap();
     wait_text(page, &format!("#sandboxes tr[data-id='{id}']"), "dash-web").await;
-    let overflow = page
-        .execute(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert!(
-        overflow.as_i64().unwrap() <= 0,
-        "wider than the phone: {overflow}"
-    );
+    assert_eq!(page_overflow(page).await, 0, "the list fits the phone");
     screenshot(page, "sandboxes-phone").await;
     page.goto(&format!("{url}/sandboxes/{id}")).await.unwrap();
     wait_text(page, "main h1 .badge", "running").await;
+    wait_text(page, "#sessions", "cat /etc/passwd").await;
+    assert_eq!(
+        page_overflow(page).await,
+        0,
+        "the sandbox page fits the phone"
+    );
     screenshot(page, "sandbox-phone").await;
+    page.goto(&format!("{url}/new")).await.unwrap();
+    wait_text(page, "main h1", "New sandbox").await;
+    assert_eq!(page_overflow(page).await, 0, "the form fits the phone");
+    screenshot(page, "new-sandbox-phone").await;
     page.set_window_size(1280, 900).await.unwrap();
 
     // The neighbour, signed in, sees only their own.
@@ -837,4 +847,16 @@ async fn post_form(
         request_with_body("POST", host, path, &all, bytes_of(body)),
     )
     .await
+}
+
+/// How many pixels the page is wider than the window (0 when it fits).
+async fn page_overflow(page: &Browser) -> i64 {
+    page.execute(
+        "return Math.max(0, document.documentElement.scrollWidth - document.documentElement.clientWidth)",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .as_i64()
+    .unwrap()
 }
