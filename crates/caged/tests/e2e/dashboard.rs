@@ -252,6 +252,8 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
         "allowed hosts are asked for only in allowlist mode"
     );
     fill(page, "#name", "dash-web").await;
+    click(page, "input[name=network_mode][value=allowlist]").await;
+    fill(page, "#allowed_hosts", "example.test").await;
     fill(page, "#cpu", "100").await;
     fill(page, "#budget", "5").await;
     click(page, "#create").await;
@@ -278,6 +280,26 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     let config = server.client.sandbox_json(&id).await.unwrap();
     assert_eq!(config["name"], "dash-web");
     assert_eq!(config["budget_usd"], 5.0);
+    assert_eq!(config["network_mode"], "allowlist");
+    assert_eq!(config["allowed_hosts"], json!(["example.test"]));
+
+    // Settings of a live sandbox: its budget and its allowlist.
+    fill(page, "#budget-usd", "7").await;
+    click(page, "#budget-form button[value=set]").await;
+    wait_text(page, "#toast", "Budget set").await;
+    assert_eq!(
+        server.client.sandbox_json(&id).await.unwrap()["budget_usd"],
+        7.0
+    );
+    fill(page, "#allowlist", "example.test\npypi.org").await;
+    click(page, "#allowlist-form button").await;
+    wait_text(page, "#toast", "Allowlist saved").await;
+    let network = server.client.network(&id).await.unwrap();
+    assert_eq!(
+        network["allowed_hosts"],
+        json!(["example.test", "pypi.org"]),
+        "{network}"
+    );
     wait_text(page, "#caged-yaml", "template: \"busybox\"").await;
 
     // An exec's event appears without a reload.
@@ -292,6 +314,26 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     assert_eq!(ran.exit_code, Some(0));
     wait_text(page, "#live", "live").await;
     wait_text(page, "#events li[data-kind=exec]", "dashboard-was-here").await;
+    page.find(Locator::Css("#event-kind"))
+        .await
+        .unwrap()
+        .select_by_value("exec")
+        .await
+        .unwrap();
+    let shown = page
+        .execute(
+            "return [...document.querySelectorAll('#events li')].filter(li => !li.hidden).map(li => li.dataset.kind)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown, json!(["exec"]), "only the kind asked for");
+    page.find(Locator::Css("#event-kind"))
+        .await
+        .unwrap()
+        .select_by_value("")
+        .await
+        .unwrap();
 
     // An agent session that reads /etc/passwd: its trust score and the evidence behind the
     // penalty, on the page without a reload.
@@ -429,7 +471,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     let row = wait_text(page, &format!("#sandboxes tr[data-id='{id}']"), "dash-web").await;
     assert!(row.contains("running") && row.contains("busybox"), "{row}");
     assert!(
-        row.contains("of $5.000000"),
+        row.contains("of $7.000000"),
         "a cost against its budget: {row}"
     );
     assert!(row.contains("80 good"), "its worst session's trust: {row}");

@@ -316,17 +316,35 @@ async function sandboxPage(id) {
   const previews = h("section", { "aria-labelledby": "previews-title", id: "previews" });
   const snapshots = h("section", { "aria-labelledby": "snapshots-title", id: "snapshots" });
   const events = h("ol", { class: "events", id: "events", "aria-live": "off" });
+  const KINDS = ["state", "exec", "session", "process", "fs", "file_open", "network", "trust", "llm", "budget", "port", "preview", "http", "snapshot", "file", "init"];
+  const kindFilter = h(
+    "select",
+    { id: "event-kind" },
+    h("option", { value: "" }, "all kinds"),
+    KINDS.map((kind) => h("option", { value: kind }, kind)),
+  );
+  const shown = (item) => !kindFilter.value || item.dataset.kind === kindFilter.value;
+  kindFilter.addEventListener("change", () => {
+    for (const item of events.children) item.hidden = !shown(item);
+  });
   const config = h("section", { "aria-labelledby": "config-title", id: "config" });
+  const settings = h("section", { "aria-labelledby": "settings-title", id: "settings" });
   show(
     header,
     h(
       "div",
       { class: "columns" },
-      h("div", {}, overview, sessions, previews, snapshots, config),
+      h("div", {}, overview, sessions, previews, snapshots, settings, config),
       h(
         "section",
         { "aria-labelledby": "events-title", class: "events-panel" },
         h("h2", { id: "events-title" }, "Events ", h("span", { class: "live", id: "live" }, "connecting")),
+        h(
+          "div",
+          { class: "inline" },
+          h("label", { for: "event-kind" }, "Show"),
+          kindFilter,
+        ),
         events,
       ),
     ),
@@ -337,6 +355,7 @@ async function sandboxPage(id) {
     drawHeader();
     drawOverview();
     drawPreviews();
+    settings.hidden = sandbox.state === "destroyed";
   };
 
   const act = (fn) => async (event) => {
@@ -625,6 +644,59 @@ async function sandboxPage(id) {
     );
   };
 
+  // A live sandbox's budget, and its allowlist in allowlist mode: changed while it runs.
+  const buildSettings = () => {
+    const budget = h("input", {
+      id: "budget-usd", type: "number", step: "0.000001", min: 0.000001, placeholder: "none",
+      value: sandbox.budget_usd ?? "", "aria-describedby": "budget-help",
+    });
+    const budgetForm = h(
+      "form",
+      { class: "inline", id: "budget-form", onsubmit: async (e) => {
+        e.preventDefault();
+        const remove = e.submitter && e.submitter.value === "remove";
+        try {
+          const value = remove || budget.value === "" ? null : Number(budget.value);
+          await api("PUT", `/v1/sandboxes/${id}/budget`, { budget_usd: value });
+          if (value === null) budget.value = "";
+          toast(value === null ? "Budget removed." : `Budget set to $${value}.`);
+          await refresh();
+        } catch (err) {
+          failure(err);
+        }
+      } },
+      h("label", { for: "budget-usd" }, "Budget (USD)"),
+      budget,
+      h("button", { type: "submit", value: "set" }, "Set budget"),
+      h("button", { type: "submit", value: "remove", class: "secondary" }, "Remove"),
+      h("p", { class: "muted help", id: "budget-help" }, "At 100% a final snapshot is taken and the sandbox is destroyed."),
+    );
+    const parts = [h("h2", { id: "settings-title" }, "Settings"), budgetForm];
+    if (sandbox.network_mode === "allowlist") {
+      const hosts = h("textarea", { id: "allowlist", rows: 3 }, (sandbox.allowed_hosts || []).join("\n"));
+      parts.push(
+        h(
+          "form",
+          { id: "allowlist-form", class: "field", onsubmit: async (e) => {
+            e.preventDefault();
+            try {
+              const list = hosts.value.split(/\s+/).filter(Boolean);
+              await api("PUT", `/v1/sandboxes/${id}/network/allowed-hosts`, { allowed_hosts: list });
+              toast("Allowlist saved: new connections follow it now.");
+              await refresh();
+            } catch (err) {
+              failure(err);
+            }
+          } },
+          h("label", { for: "allowlist" }, "Allowed hosts (one a line)"),
+          hosts,
+          h("div", {}, h("button", { type: "submit" }, "Save allowlist")),
+        ),
+      );
+    }
+    settings.replaceChildren(...parts);
+  };
+
   const drawConfig = () => {
     config.replaceChildren(
       h("h2", { id: "config-title" }, ".caged.yaml"),
@@ -636,6 +708,7 @@ async function sandboxPage(id) {
   drawHeader();
   drawOverview();
   drawPreviews();
+  buildSettings();
   drawConfig();
   await Promise.all([drawSessions().catch(failure), drawSnapshots().catch(failure)]);
 
@@ -659,7 +732,9 @@ async function sandboxPage(id) {
     }, 300);
   };
   follow(`/v1/sandboxes/${id}/events?follow=true`, (event) => {
-    events.prepend(eventItem(event));
+    const item = eventItem(event);
+    item.hidden = !shown(item);
+    events.prepend(item);
     while (events.childElementCount > 300) events.lastElementChild.remove();
     const kind = event.kind;
     if (["state", "port", "preview", "budget", "llm", "trust", "init"].includes(kind)) later("sandbox");
