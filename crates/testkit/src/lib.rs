@@ -226,6 +226,9 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // Tell the server to stop first: its healer puts back a firewall table it finds missing,
+        // and would otherwise rewrite the one the clean-up below deletes.
+        drop(self.server.take());
         // Cleans up on a thread of its own: Drop may run inside an async runtime.
         drop(InstallationGuard(self.installation_id.clone()));
     }
