@@ -8,10 +8,11 @@
 //! templates.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
+use caged_testkit::stats::{ms, percentile};
 use serde_json::json;
 
 #[tokio::main]
@@ -150,8 +151,8 @@ async fn main() {
         ("sandboxes list (vs Docker's list)", list, raw),
         ("page load: shell + script (vs /v1/system)", page, system),
     ] {
-        let (p50, p99) = percentiles(&mut ours);
-        let (base50, base99) = percentiles(&mut base);
+        let (p50, p99) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.99));
+        let (base50, base99) = (percentile(&mut base, 0.5), percentile(&mut base, 0.99));
         println!(
             "{name:<40} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x",
             ms(p50),
@@ -161,14 +162,4 @@ async fn main() {
             ms(p50) / ms(base50)
         );
     }
-}
-
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }

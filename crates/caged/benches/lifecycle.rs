@@ -3,10 +3,11 @@
 //!
 //! `cargo bench -p caged --bench lifecycle [-- ITERATIONS]`; needs the engine and templates.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bollard::Docker;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use caged_testkit::stats::{ms, percentile};
 use serde_json::json;
 
 #[tokio::main]
@@ -101,8 +102,8 @@ async fn main() {
         "operation", "caged p50", "raw p50", "caged p90", "raw p90", "ratio"
     );
     for (name, mut caged, mut raw) in rows {
-        let (caged_p50, caged_p90) = percentiles(&mut caged);
-        let (raw_p50, raw_p90) = percentiles(&mut raw);
+        let (caged_p50, caged_p90) = (percentile(&mut caged, 0.5), percentile(&mut caged, 0.9));
+        let (raw_p50, raw_p90) = (percentile(&mut raw, 0.5), percentile(&mut raw, 0.9));
         println!(
             "{name:<18} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7.2}x",
             ms(caged_p50),
@@ -112,14 +113,4 @@ async fn main() {
             ms(caged_p50) / ms(raw_p50)
         );
     }
-}
-
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.9))
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use caged_client::Client;
+use caged_testkit::stats::{ms, percentile};
 use serde_json::json;
 
 #[derive(Default)]
@@ -149,8 +150,8 @@ async fn main() {
         ("exec", caged.exec, raw.exec),
         ("destroy", caged.destroy, raw.destroy),
     ] {
-        let (p50, p99) = percentiles(&mut ours);
-        let (raw_p50, raw_p99) = percentiles(&mut theirs);
+        let (p50, p99) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.99));
+        let (raw_p50, raw_p99) = (percentile(&mut theirs, 0.5), percentile(&mut theirs, 0.99));
         println!(
             "{name:<10} {:>10.1}ms {:>10.1}ms {:>10.1}ms {:>10.1}ms {:>7.2}x",
             ms(p50),
@@ -191,14 +192,4 @@ fn peak_memory_kib(pid: u32) -> u64 {
             })
         })
         .unwrap_or(0)
-}
-
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use caged_netns::NetNs;
 use caged_netns::proc_net::TcpTables;
+use caged_testkit::stats::ms;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -333,8 +334,4 @@ fn detection(count: usize) {
         detector.as_secs_f64() / 2.0 * 100.0,
         detector.as_secs_f64() / 0.5 * 100.0,
     );
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }

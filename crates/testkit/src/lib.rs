@@ -5,6 +5,7 @@
 pub mod http;
 pub mod internet;
 pub mod llm;
+pub mod stats;
 pub mod webhook;
 
 use std::collections::HashMap;
