@@ -197,6 +197,15 @@ async fn click(page: &Browser, css: &str) {
     }
 }
 
+async fn select(page: &Browser, css: &str, value: &str) {
+    page.find(Locator::Css(css))
+        .await
+        .expect(css)
+        .select_by_value(value)
+        .await
+        .unwrap_or_else(|err| panic!("select {value:?} in {css}: {err}"));
+}
+
 async fn sign_in(page: &Browser, url: &str, key: &str) {
     page.goto(&format!("{url}/")).await.unwrap();
     wait_path(page, "/login").await;
@@ -235,12 +244,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     page.goto(&format!("{url}/new")).await.unwrap();
     wait_text(page, "main h1", "New sandbox").await;
     wait_text(page, "#template", "busybox").await;
-    page.find(Locator::Css("#template"))
-        .await
-        .unwrap()
-        .select_by_value("busybox")
-        .await
-        .unwrap();
+    select(page, "#template", "busybox").await;
     assert!(
         !page
             .find(Locator::Css("#allowed_hosts"))
@@ -314,12 +318,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     assert_eq!(ran.exit_code, Some(0));
     wait_text(page, "#live", "live").await;
     wait_text(page, "#events li[data-kind=exec]", "dashboard-was-here").await;
-    page.find(Locator::Css("#event-kind"))
-        .await
-        .unwrap()
-        .select_by_value("exec")
-        .await
-        .unwrap();
+    select(page, "#event-kind", "exec").await;
     let shown = page
         .execute(
             "return [...document.querySelectorAll('#events li')].filter(li => !li.hidden).map(li => li.dataset.kind)",
@@ -328,12 +327,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(shown, json!(["exec"]), "only the kind asked for");
-    page.find(Locator::Css("#event-kind"))
-        .await
-        .unwrap()
-        .select_by_value("")
-        .await
-        .unwrap();
+    select(page, "#event-kind", "").await;
 
     // An agent session that reads /etc/passwd: its trust score and the evidence behind the
     // penalty, on the page without a reload.
@@ -491,12 +485,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
             .is_none()
     );
     screenshot(page, "sandboxes").await;
-    page.find(Locator::Css("#filter-state"))
-        .await
-        .unwrap()
-        .select_by_value("all")
-        .await
-        .unwrap();
+    select(page, "#filter-state", "all").await;
     wait_text(
         page,
         &format!("#sandboxes tr[data-id='{fork}']"),

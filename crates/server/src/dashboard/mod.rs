@@ -123,20 +123,14 @@ async fn session_of(
 }
 
 fn shell(session: &caged_store::WebSession) -> String {
-    format!(
-        r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="caged-csrf" content="{csrf}">
-<title>Caged</title>
-<link rel="icon" href="/assets/icon.svg?v={icon}">
-<link rel="stylesheet" href="/assets/app.css?v={style}">
-<script src="/assets/app.js?v={script}" defer></script>
-</head>
-<body>
-<a class="skip" href="#main">Skip to content</a>
+    let head = format!(
+        r#"<meta name="caged-csrf" content="{csrf}">
+<script src="/assets/app.js?v={script}" defer></script>"#,
+        csrf = escape(&session.csrf_token),
+        script = SCRIPT.version,
+    );
+    let body = format!(
+        r##"<a class="skip" href="#main">Skip to content</a>
 <header class="top">
   <a class="brand" href="/"><img src="/assets/icon.svg?v={icon}" alt="" width="24" height="24"> Caged</a>
   <nav aria-label="Main">
@@ -151,15 +145,40 @@ fn shell(session: &caged_store::WebSession) -> String {
   </form>
 </header>
 <main id="main" tabindex="-1"><p class="muted">Loading…</p></main>
-<div id="toast" role="status" aria-live="polite"></div>
-</body>
-</html>
-"##,
+<div id="toast" role="status" aria-live="polite"></div>"##,
         csrf = escape(&session.csrf_token),
         account = escape(&session.account.name),
         icon = ICON.version,
+    );
+    document("Caged", &head, "", &body)
+}
+
+/// A whole page: the parts every page has around `head` and `body` (both already markup).
+fn document(title: &str, head: &str, body_class: &str, body: &str) -> String {
+    let body_class = if body_class.is_empty() {
+        String::new()
+    } else {
+        format!(r#" class="{}""#, escape(body_class))
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="icon" href="/assets/icon.svg?v={icon}">
+<link rel="stylesheet" href="/assets/app.css?v={style}">
+{head}
+</head>
+<body{body_class}>
+{body}
+</body>
+</html>
+"#,
+        title = escape(title),
+        icon = ICON.version,
         style = STYLE.version,
-        script = SCRIPT.version,
     )
 }
 
@@ -170,18 +189,8 @@ fn login_form(next: &str, error: Option<&str>) -> String {
             escape(message)
         )
     });
-    format!(
-        r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in · Caged</title>
-<link rel="icon" href="/assets/icon.svg?v={icon}">
-<link rel="stylesheet" href="/assets/app.css?v={style}">
-</head>
-<body class="login">
-<main id="main">
+    let body = format!(
+        r##"<main id="main">
   <h1><img src="/assets/icon.svg?v={icon}" alt="" width="32" height="32"> Caged</h1>
   <form method="post" action="/login" class="card">
     <h2>Sign in</h2>
@@ -194,10 +203,7 @@ fn login_form(next: &str, error: Option<&str>) -> String {
     <input type="hidden" name="next" value="{next}">
     <button type="submit">Sign in</button>
   </form>
-</main>
-</body>
-</html>
-"##,
+</main>"##,
         next = escape(next),
         invalid = if error.is_empty() {
             ""
@@ -205,8 +211,8 @@ fn login_form(next: &str, error: Option<&str>) -> String {
             r#" aria-invalid="true" aria-errormessage="login-error""#
         },
         icon = ICON.version,
-        style = STYLE.version,
-    )
+    );
+    document("Sign in · Caged", "", "login", &body)
 }
 
 #[derive(serde::Deserialize)]
