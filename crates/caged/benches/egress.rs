@@ -5,13 +5,15 @@
 //! Both sandboxes run the same python client: new-connection latency (connect, one small HTTP
 //! request, read to the end; p50 and p99 over ROUNDS) and throughput (one 1 GB response).
 //! Targets (issue "Network modes"): at least 80% of `full` throughput, under 1 ms added per
-//! new connection.
+//! new connection. A third path, `relayed`, is the `full` sandbox reaching the same server
+//! through a bare `splice(2)` relay on the test internet (no names, no checks): what one more
+//! TCP hop through a process costs on this machine, the ceiling of any proxy, this one included.
 //!
 //! `cargo bench -p caged --bench egress [-- ROUNDS]`; needs root, the engine and the templates.
 
 use std::time::Instant;
 
-use caged_testkit::internet::{self, BULK_PORT};
+use caged_testkit::internet::{self, BULK_PORT, BULK_RELAY_PORT};
 use serde_json::{Value, json};
 
 const CLIENT: &str = r#"
@@ -67,9 +69,13 @@ async fn main() {
         .await;
 
     let mut results: Vec<(String, [f64; 3])> = Vec::new();
-    // Alternate, three times each, so drift on the machine hits both alike.
+    // Alternate, three times each, so drift on the machine hits all alike.
     for round in 0..3 {
-        for (mode, id) in [("full", &full), ("allowlist", &allowlist)] {
+        for (mode, id, port) in [
+            ("full", &full, BULK_PORT),
+            ("relayed", &full, BULK_RELAY_PORT),
+            ("allowlist", &allowlist, BULK_PORT),
+        ] {
             let started = Instant::now();
             let out = server
                 .client
@@ -81,7 +87,7 @@ async fn main() {
                         CLIENT,
                         mode,
                         &rounds.to_string(),
-                        &BULK_PORT.to_string(),
+                        &port.to_string(),
                     ],
                 )
                 .await
@@ -117,15 +123,21 @@ async fn main() {
     let (full_p50, allow_p50) = (best("full", 0, true), best("allowlist", 0, true));
     let (full_p99, allow_p99) = (best("full", 1, true), best("allowlist", 1, true));
     let (full_tp, allow_tp) = (best("full", 2, false), best("allowlist", 2, false));
+    let relayed_tp = best("relayed", 2, false);
     let summary: Value = json!({
         "new_connection_ms": { "full_p50": full_p50, "allowlist_p50": allow_p50, "added_p50": allow_p50 - full_p50,
                                "full_p99": full_p99, "allowlist_p99": allow_p99 },
-        "throughput_mb_s": { "full": full_tp, "allowlist": allow_tp, "ratio": allow_tp / full_tp },
+        "throughput_mb_s": { "full": full_tp, "allowlist": allow_tp, "ratio": allow_tp / full_tp,
+                             "bare_relay": relayed_tp, "bare_relay_ratio": relayed_tp / full_tp },
     });
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
     println!(
         "allowlist vs full: {:.2}x throughput (target >= 0.8x), +{:.3} ms per new connection at p50 (target < 1 ms)",
         allow_tp / full_tp,
         allow_p50 - full_p50
+    );
+    println!(
+        "bare splice relay vs full: {:.2}x throughput (the most any proxy in the path reaches here)",
+        relayed_tp / full_tp
     );
 }

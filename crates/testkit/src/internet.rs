@@ -178,8 +178,10 @@ async fn build() -> Arc<Mutex<Vec<Seen>>> {
         ]);
     }
 
-    let ns = caged_netns::NetNs::open(std::path::Path::new(&format!("/var/run/netns/{NAMESPACE}")))
-        .expect("open the internet's namespace");
+    let ns = Arc::new(
+        caged_netns::NetNs::open(std::path::Path::new(&format!("/var/run/netns/{NAMESPACE}")))
+            .expect("open the internet's namespace"),
+    );
     let seen = Arc::new(Mutex::new(Vec::new()));
     for server in [ALLOWED, EVIL] {
         for port in [80u16, 443, 22] {
@@ -211,6 +213,18 @@ async fn build() -> Arc<Mutex<Vec<Seen>>> {
     bulk.set_nonblocking(true).unwrap();
     tokio::spawn(bulk_server(
         tokio::net::TcpListener::from_std(bulk).unwrap(),
+    ));
+    // The same data through a bare splice(2) relay beside it: one more TCP hop through a
+    // process and nothing else, the floor of any proxy in the path (benchmarks only).
+    let relay = ns
+        .enter(|| std::net::TcpListener::bind((ALLOWED, BULK_RELAY_PORT)))
+        .expect("enter")
+        .expect("bind the bulk relay");
+    relay.set_nonblocking(true).unwrap();
+    tokio::spawn(bare_relay(
+        tokio::net::TcpListener::from_std(relay).unwrap(),
+        ns.clone(),
+        SocketAddr::from((ALLOWED, BULK_PORT)),
     ));
     for server in [AUTHORITY, PUBLIC_RESOLVER] {
         let socket = ns
@@ -310,6 +324,26 @@ async fn web_server(
 
 /// Port of allowed.test's bulk server.
 pub const BULK_PORT: u16 = 8080;
+/// Port of allowed.test's relay to its bulk server.
+pub const BULK_RELAY_PORT: u16 = 8081;
+
+async fn bare_relay(
+    listener: tokio::net::TcpListener,
+    ns: Arc<caged_netns::NetNs>,
+    to: SocketAddr,
+) {
+    while let Ok((client, _)) = listener.accept().await {
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            let Ok(upstream) = ns.connect(to).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            let _ = caged_network::splice::relay(&client, &upstream).await;
+        });
+    }
+}
 
 async fn bulk_server(listener: tokio::net::TcpListener) {
     loop {
