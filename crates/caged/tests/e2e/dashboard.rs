@@ -688,7 +688,7 @@ fn tar_gz_has(path: &Path, name: &str, content: &str) -> bool {
 
 /// A browser session opened over plain HTTP: its cookie, and the page's CSRF token.
 async fn open_session(server: &TestServer) -> (String, String) {
-    let body = format!("api_key={}&next=%2Fusage", server.admin_key);
+    let body = format!("api_key={}&next=%2Fusage%3Fdays%3D7", server.admin_key);
     let reply = post_form(
         server.addr,
         &server.addr.to_string(),
@@ -698,7 +698,7 @@ async fn open_session(server: &TestServer) -> (String, String) {
     )
     .await;
     assert_eq!(reply.status, 303, "{reply:?}");
-    assert_eq!(reply.header("location"), Some("/usage"));
+    assert_eq!(reply.header("location"), Some("/usage?days=7"));
     let cookie = reply.header("set-cookie").expect("a session cookie");
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie}");
@@ -857,6 +857,12 @@ async fn the_session_cookie_only_works_from_the_dashboard() {
     assert_eq!(after.status, 401);
     let page = call("GET", "/", vec![("cookie", cookie)]).await;
     assert_eq!(page.status, 303, "back to the sign-in page");
+    // Signed out, an address with a query comes back whole after signing in.
+    let page = call("GET", "/usage?days=7", vec![]).await;
+    assert_eq!(
+        page.header("location"),
+        Some("/login?next=%2Fusage%3Fdays%3D7")
+    );
 }
 
 fn bytes_of(body: &[u8]) -> bytes::Bytes {

@@ -108,7 +108,11 @@ async fn page(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) 
     };
     match session {
         Some(session) => html(StatusCode::OK, shell(&session)),
-        None => Redirect::to(&format!("/login?next={}", encode(uri.path()))).into_response(),
+        None => {
+            // The whole address, query included, so a filtered list or a chosen period survives.
+            let here = uri.path_and_query().map_or("/", |path| path.as_str());
+            Redirect::to(&format!("/login?next={}", encode(here))).into_response()
+        }
     }
 }
 
