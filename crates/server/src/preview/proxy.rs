@@ -8,8 +8,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,6 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Opti
         let _ = stream.set_nodelay(true);
         let (state, client, tls) = (state.clone(), client.clone(), tls.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             match tls {
                 None => {
                     let ctx = Arc::new(Ctx {
@@ -83,6 +82,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Opti
                         peer,
                         sni: None,
                         tls: false,
+                        slot: Mutex::new(Some(slot)),
                     });
                     serve_connection(stream, ctx).await;
                 }
@@ -101,6 +101,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Opti
                         peer,
                         sni,
                         tls: true,
+                        slot: Mutex::new(Some(slot)),
                     });
                     serve_connection(stream, ctx).await;
                 }
@@ -117,6 +118,9 @@ struct Ctx {
     /// The name the client asked for in its TLS handshake.
     sni: Option<String>,
     tls: bool,
+    /// This connection's place among the `MAX_CONNECTIONS`; an upgraded connection takes it
+    /// along, since it outlives the HTTP connection it came from.
+    slot: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 async fn serve_connection<S>(stream: S, ctx: Arc<Ctx>)
@@ -553,7 +557,9 @@ async fn forward(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (state, cage, port) = (state.clone(), cage.clone(), route.port);
+        let slot = lock(&ctx.slot).take();
         tokio::spawn(async move {
+            let _slot = slot;
             let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                 return;
             };
