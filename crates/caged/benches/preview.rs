@@ -79,7 +79,15 @@ async fn proxy(seconds: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ns = Arc::new(server.sandbox_namespace(&id).await);
-    let relay = bare_relay(ns.clone()).await;
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay listener");
+    let relay = relay_listener.local_addr().expect("relay address");
+    tokio::spawn(caged_testkit::bare_relay(
+        relay_listener,
+        ns.clone(),
+        ([127, 0, 0, 1], 8000).into(),
+    ));
     let host = format!("cage-{id}-8000.preview.localhost");
     let duration = Duration::from_secs(seconds);
 
@@ -141,30 +149,6 @@ async fn proxy(seconds: u64) {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     drop(server);
-}
-
-/// A bare `splice(2)` relay into the sandbox's namespace, on the server's runtime like the
-/// proxy: each connection dialled to the server and relayed both ways, nothing parsed.
-async fn bare_relay(ns: Arc<NetNs>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("relay listener");
-    let addr = listener.local_addr().expect("relay address");
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let ns = ns.clone();
-            tokio::spawn(async move {
-                let upstream = ns
-                    .connect(([127, 0, 0, 1], 8000).into())
-                    .await
-                    .expect("relay dial");
-                let _ = client.set_nodelay(true);
-                let _ = upstream.set_nodelay(true);
-                let _ = caged_network::splice::relay(&client, &upstream).await;
-            });
-        }
-    });
-    addr
 }
 
 /// Rounds of each measurement.

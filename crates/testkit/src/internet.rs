@@ -214,14 +214,13 @@ async fn build() -> Arc<Mutex<Vec<Seen>>> {
     tokio::spawn(bulk_server(
         tokio::net::TcpListener::from_std(bulk).unwrap(),
     ));
-    // The same data through a bare splice(2) relay beside it: one more TCP hop through a
-    // process and nothing else, the floor of any proxy in the path (benchmarks only).
+    // The same data through a bare relay beside it (benchmarks only).
     let relay = ns
         .enter(|| std::net::TcpListener::bind((ALLOWED, BULK_RELAY_PORT)))
         .expect("enter")
         .expect("bind the bulk relay");
     relay.set_nonblocking(true).unwrap();
-    tokio::spawn(bare_relay(
+    tokio::spawn(crate::bare_relay(
         tokio::net::TcpListener::from_std(relay).unwrap(),
         ns.clone(),
         SocketAddr::from((ALLOWED, BULK_PORT)),
@@ -326,24 +325,6 @@ async fn web_server(
 pub const BULK_PORT: u16 = 8080;
 /// Port of allowed.test's relay to its bulk server.
 pub const BULK_RELAY_PORT: u16 = 8081;
-
-async fn bare_relay(
-    listener: tokio::net::TcpListener,
-    ns: Arc<caged_netns::NetNs>,
-    to: SocketAddr,
-) {
-    while let Ok((client, _)) = listener.accept().await {
-        let ns = ns.clone();
-        tokio::spawn(async move {
-            let Ok(upstream) = ns.connect(to).await else {
-                return;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = upstream.set_nodelay(true);
-            let _ = caged_network::splice::relay(&client, &upstream).await;
-        });
-    }
-}
 
 async fn bulk_server(listener: tokio::net::TcpListener) {
     loop {

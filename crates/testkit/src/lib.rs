@@ -312,6 +312,28 @@ pub async fn engine_sandboxes(installation: &str) -> Vec<EngineContainer> {
         .collect()
 }
 
+/// A bare relay: each connection accepted on `listener` is dialled on to `to` from inside `ns`
+/// and passed both ways with `splice(2)`, nothing parsed or checked. Benchmarks run one beside a
+/// proxy: what one more TCP hop through a process costs on this machine, so the most any proxy
+/// in that place could reach.
+pub async fn bare_relay(
+    listener: tokio::net::TcpListener,
+    ns: std::sync::Arc<caged_netns::NetNs>,
+    to: SocketAddr,
+) {
+    while let Ok((client, _)) = listener.accept().await {
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            let Ok(upstream) = ns.connect(to).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            let _ = caged_network::splice::relay(&client, &upstream).await;
+        });
+    }
+}
+
 /// Removes an installation's containers and network when dropped, for tests that run the
 /// server as a separate process.
 pub struct InstallationGuard(pub String);
