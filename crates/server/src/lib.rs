@@ -253,9 +253,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     network::check_pool(&config.network.pool, &installation_id)
         .await
         .map_err(|reason| StartError::Network { reason })?;
+    let (stopping_tx, stopping) = watch::channel(false);
     let network = Arc::new(network::Network::new(
         config.network.clone(),
         &installation_id,
+        stopping.clone(),
     ));
 
     let gateway_key = blocking::run({
@@ -275,7 +277,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
-    let (stopping_tx, stopping) = watch::channel(false);
     let observer = Arc::new(observe::Observer::new(
         config.trust_policy.clone(),
         config.observe,

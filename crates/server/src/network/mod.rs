@@ -92,6 +92,10 @@ pub(crate) struct Network {
     host_nets: RwLock<Vec<Net4>>,
     /// What Caged last wrote, and the tables as the kernel listed them after.
     written: tokio::sync::Mutex<Option<Written>>,
+    /// True once the server is stopping: from then on the firewall is left as it is (its
+    /// tables keep enforcing until the server is back, and whoever stops it may be removing
+    /// them).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Written {
@@ -139,7 +143,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Network {
-    pub(crate) fn new(config: NetworkConfig, installation_id: &str) -> Network {
+    pub(crate) fn new(
+        config: NetworkConfig,
+        installation_id: &str,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Network {
         let upstream = caged_network::dns::Upstream {
             servers: config.upstream.clone().unwrap_or_else(|| {
                 caged_network::dns::Upstream::from_resolv_conf(
@@ -161,6 +169,7 @@ impl Network {
             resolver: Arc::new(Resolver::new(upstream)),
             host_nets: RwLock::new(Vec::new()),
             written: tokio::sync::Mutex::new(None),
+            stopping,
         }
     }
 
@@ -501,6 +510,9 @@ pub(crate) fn on_transition(state: &AppState, id: SandboxId, to: SandboxState) {
                 let ifname = link.spec.host_ifname.clone();
                 drop(link);
                 let _ = caged_network::link::detach(&ifname).await;
+                if *network.stopping.borrow() {
+                    return;
+                }
                 if let Err(err) = network.write_firewall(false).await {
                     tracing::error!("could not update the firewall: {err}");
                 }
@@ -674,6 +686,9 @@ pub(crate) async fn heal_once(state: &AppState) {
                 on_transition(state, id, SandboxState::Destroyed);
             }
         }
+    }
+    if *state.network.stopping.borrow() {
+        return;
     }
     if let Err(err) = state.network.write_firewall(false).await {
         tracing::error!("cannot write the firewall: {err}");
