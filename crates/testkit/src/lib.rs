@@ -227,9 +227,27 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        // Tell the server to stop first: its healer puts back a firewall table it finds missing,
-        // and would otherwise rewrite the one the clean-up below deletes.
-        drop(self.server.take());
+        // Stop the server first: its healer puts back a firewall table it finds missing, and
+        // would otherwise rewrite the one the clean-up below deletes. A multi-threaded runtime
+        // can run the stop while this thread waits for it; elsewhere the runtime's tasks stand
+        // still until this returns anyway.
+        if let Some(server) = self.server.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle)
+                    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+                {
+                    tokio::task::block_in_place(|| {
+                        handle.block_on(async {
+                            let stopped = server.shutdown();
+                            let _ =
+                                tokio::time::timeout(std::time::Duration::from_secs(10), stopped)
+                                    .await;
+                        })
+                    });
+                }
+                _ => drop(server),
+            }
+        }
         // Cleans up on a thread of its own: Drop may run inside an async runtime.
         drop(InstallationGuard(self.installation_id.clone()));
     }
