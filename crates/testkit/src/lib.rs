@@ -227,10 +227,10 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        // Stop the server first: its healer puts back a firewall table it finds missing, and
-        // would otherwise rewrite the one the clean-up below deletes. A multi-threaded runtime
-        // can run the stop while this thread waits for it; elsewhere the runtime's tasks stand
-        // still until this returns anyway.
+        // Stop the server first: until it knows it is stopping it writes its firewall (a heal
+        // round, a destroy it sees), and would put back the tables the clean-up below deletes.
+        // A multi-threaded runtime can run the stop while this thread waits for it; elsewhere
+        // the runtime's tasks stand still until this returns anyway.
         if let Some(server) = self.server.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle)
