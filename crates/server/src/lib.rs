@@ -308,6 +308,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     observe::run(state.clone());
     cost::run(state.clone());
     tokio::spawn(preview::serve(state.clone(), preview_listener, tls));
+    let network = state.network.clone();
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -321,6 +322,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         if let Err(err) = served {
             tracing::error!("server stopped: {err}");
         }
+        // Stopped means the firewall is no longer being written either.
+        network.quiesce().await;
     });
     tracing::info!(%addr, installation = %installation_id, started_at = now_ms(), "caged API listening");
     tracing::info!(addr = %preview_addr, "previews at cage-<id>-<port>.{domain}");

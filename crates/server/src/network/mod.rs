@@ -173,6 +173,11 @@ impl Network {
         }
     }
 
+    /// Waits for a firewall write in progress; once the server is stopping, none starts after.
+    pub(crate) async fn quiesce(&self) {
+        drop(self.written.lock().await);
+    }
+
     pub(crate) fn link(&self, id: SandboxId) -> Option<Arc<Link>> {
         lock(&self.links).get(&id).cloned()
     }
@@ -194,6 +199,9 @@ impl Network {
     /// holds (or always, with `force`).
     async fn write_firewall(&self, force: bool) -> Result<(), String> {
         let mut written = self.written.lock().await;
+        if *self.stopping.borrow() {
+            return Err("the server is stopping".into());
+        }
         let rules: Vec<LinkRule> = {
             let mut links = self.links();
             links.sort_by_key(|link| link.spec.host_ifname.clone());
