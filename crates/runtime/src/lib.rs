@@ -10,6 +10,7 @@ mod syscalls;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -155,11 +156,28 @@ pub enum ExecOutput {
     Stderr(Bytes),
 }
 
-/// A started command: its output as it comes, and its stdin.
-pub struct ExecHandle {
-    pub exec_id: String,
+/// A started command: its output as it comes, its stdin, and what can be done to it while it
+/// runs. Dropping `input` closes the command's stdin.
+pub struct Exec {
     pub output: Pin<Box<dyn Stream<Item = Result<ExecOutput>> + Send>>,
     pub input: Pin<Box<dyn AsyncWrite + Send>>,
+    pub control: Arc<dyn ExecControl>,
+}
+
+/// What can be done to a running command.
+#[async_trait]
+pub trait ExecControl: Send + Sync + 'static {
+    /// The host pid of the command's first process, when the host can see it (not under
+    /// gVisor, not inside a VM).
+    async fn host_pid(&self) -> Result<Option<i32>>;
+    /// Changes the size of the command's terminal (`tty` commands).
+    async fn resize(&self, cols: u16, rows: u16) -> Result<()>;
+    /// Kills the command and everything it started; a command that already ended is not an
+    /// error.
+    async fn kill(&self) -> Result<()>;
+    /// The exit status, once the output has ended; `None` if the command is still running or
+    /// its status never became known.
+    async fn wait(&self) -> Result<Option<i64>>;
 }
 
 /// How a path of a sandbox differs from its template.
@@ -207,14 +225,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// Sandboxes of this installation that the engine holds.
     async fn list(&self, installation_id: &str) -> Result<Vec<ContainerSummary>>;
 
-    async fn exec(&self, handle: &str, spec: &ExecSpec) -> Result<ExecHandle>;
-    /// Exit status once the command ended; `None` while it runs.
-    async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>>;
-    /// The host pid of the command's first process, when the host can see it (not under gVisor).
-    async fn exec_pid(&self, exec_id: &str) -> Result<Option<i32>>;
-    async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()>;
-    /// Kills the command and everything it started.
-    async fn exec_kill(&self, handle: &str, exec_id: &str) -> Result<()>;
+    /// Starts a command in the sandbox.
+    async fn exec(&self, handle: &str, spec: &ExecSpec) -> Result<Exec>;
 
     async fn stat_path(&self, handle: &str, path: &str) -> Result<PathStat>;
     /// The path as an uncompressed tar stream, named by its last component.

@@ -9,12 +9,12 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use caged_domain::random_hex;
 use caged_domain::time::now_ms;
-use caged_store::{Account, Store};
+use caged_store::{Account, Db};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::ApiError;
-use crate::{AppState, StartError, blocking};
+use crate::{AppState, StartError};
 
 pub(crate) struct NewKey {
     pub key_id: String,
@@ -39,9 +39,9 @@ fn hash(secret: &str) -> Vec<u8> {
 }
 
 /// Creates the admin account and key on first start and writes the key to `path` (mode 0600).
-pub(crate) async fn ensure_admin(store: Arc<Store>, path: &Path) -> Result<(), StartError> {
+pub(crate) async fn ensure_admin(db: &Db, path: &Path) -> Result<(), StartError> {
     let path = path.to_path_buf();
-    blocking::run(move || {
+    db.run(move |store| {
         if store.admin_account()?.is_some() {
             if !path.exists() {
                 tracing::warn!(
@@ -135,9 +135,8 @@ pub(crate) async fn account_for_key(
         .and_then(|rest| rest.split_once('_'))
         .ok_or_else(|| ApiError::unauthorized("malformed API key"))?;
     let (key_id, secret) = (key_id.to_string(), secret.to_string());
-    let store = state.store.clone();
     let lookup = key_id.clone();
-    let stored = blocking::run(move || store.api_key(&lookup)).await?;
+    let stored = state.db.run(move |store| store.api_key(&lookup)).await?;
     let valid = stored
         .as_ref()
         .is_some_and(|stored| bool::from(stored.secret_hash.ct_eq(&hash(&secret))));
@@ -176,9 +175,11 @@ pub(crate) async fn web_session(
     state: &AppState,
     token: &str,
 ) -> Result<Option<caged_store::WebSession>, ApiError> {
-    let store = state.store.clone();
     let token_hash = hash(token);
-    Ok(blocking::run(move || store.web_session(&token_hash, now_ms())).await?)
+    Ok(state
+        .db
+        .run(move |store| store.web_session(&token_hash, now_ms()))
+        .await?)
 }
 
 /// Opens a dashboard session for a key's holder; returns the cookie's token.
@@ -189,25 +190,28 @@ pub(crate) async fn open_web_session(
 ) -> Result<String, ApiError> {
     let token = random_hex(32);
     let token_hash = hash(&token);
-    let store = state.store.clone();
-    blocking::run(move || {
-        let now = now_ms();
-        store.create_web_session(
-            &token_hash,
-            &key_id,
-            &random_hex(16),
-            now,
-            now + lifetime_ms,
-        )
-    })
-    .await?;
+    state
+        .db
+        .run(move |store| {
+            let now = now_ms();
+            store.create_web_session(
+                &token_hash,
+                &key_id,
+                &random_hex(16),
+                now,
+                now + lifetime_ms,
+            )
+        })
+        .await?;
     Ok(token)
 }
 
 pub(crate) async fn close_web_session(state: &AppState, token: &str) -> Result<(), ApiError> {
-    let store = state.store.clone();
     let token_hash = hash(token);
-    blocking::run(move || store.delete_web_session(&token_hash)).await?;
+    state
+        .db
+        .run(move |store| store.delete_web_session(&token_hash))
+        .await?;
     Ok(())
 }
 

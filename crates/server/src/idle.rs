@@ -13,7 +13,7 @@ use caged_domain::{SandboxId, SandboxState};
 use tokio::sync::Notify;
 
 use crate::engine::EngineStatus;
-use crate::{AppState, blocking, sandboxes};
+use crate::{AppState, sandboxes};
 
 #[derive(Default)]
 pub(crate) struct Idle {
@@ -161,8 +161,7 @@ async fn sleep_if_idle(state: &AppState, id: SandboxId) {
         return;
     }
     let _guard = state.locks.lock(id).await;
-    let store = state.store.clone();
-    let record = match blocking::run(move || store.sandbox_by_id(id)).await {
+    let record = match state.db.run(move |store| store.sandbox_by_id(id)).await {
         Ok(Some(record)) => record,
         Ok(None) => return,
         Err(err) => {
@@ -188,7 +187,7 @@ async fn sleep_if_idle(state: &AppState, id: SandboxId) {
     match sandboxes::apply(state, &record, SandboxState::Paused, &reason).await {
         Ok(()) => tracing::info!(sandbox = %id, "{reason}: paused"),
         Err(err) => {
-            tracing::warn!(sandbox = %id, "idle sleep failed: {}", err.message);
+            tracing::warn!(sandbox = %id, "idle sleep failed: {err}");
             state.idle.schedule(id, now_ms() + 30_000);
         }
     }

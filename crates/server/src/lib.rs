@@ -8,7 +8,10 @@ mod blocking;
 mod cost;
 mod dashboard;
 mod engine;
+mod error;
+mod exec;
 mod failpoint;
+mod files;
 mod html;
 mod idle;
 mod network;
@@ -26,7 +29,7 @@ use std::sync::Arc;
 
 use caged_domain::time::now_ms;
 use caged_runtime::{DockerRuntime, Runtime};
-use caged_store::Store;
+use caged_store::{Db, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -110,7 +113,8 @@ pub enum StartError {
 
 /// What handlers share.
 pub(crate) struct AppState {
-    pub store: Arc<Store>,
+    /// The database, and the live feed of the events written to it.
+    pub db: Db,
     pub runtime: Arc<dyn Runtime>,
     pub engine: Arc<watch::Sender<EngineStatus>>,
     pub installation_id: String,
@@ -120,21 +124,12 @@ pub(crate) struct AppState {
     pub snapshots: Arc<dyn caged_snapshot::Storage>,
     /// Sandboxes that just paused, for the auto-snapshot worker.
     pub auto_snapshots: tokio::sync::mpsc::UnboundedSender<caged_domain::SandboxId>,
-    /// Every event appended to the log, for live followers.
-    pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
     /// Becomes true when the server is stopping; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
     pub previews: Arc<preview::Previews>,
     pub network: Arc<network::Network>,
     pub observer: Arc<observe::Observer>,
     pub costs: Arc<cost::Costs>,
-}
-
-impl AppState {
-    pub(crate) fn publish(&self, event: caged_store::Event) {
-        // No follower is not an error.
-        let _ = self.events.send(Arc::new(event));
-    }
 }
 
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -186,20 +181,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
     restrict_permissions(&data_dir, 0o700).map_err(dir_err)?;
 
-    let store = Arc::new(
+    let db = Db::new(
         blocking::run({
             let path = data_dir.join("caged.db");
             move || Store::open(&path)
         })
         .await?,
     );
-    let installation_id = blocking::run({
-        let store = store.clone();
-        move || store.meta_get_or_insert("installation_id", || caged_domain::random_hex(6))
-    })
-    .await?;
+    let installation_id = db
+        .run(|store| store.meta_get_or_insert("installation_id", || caged_domain::random_hex(6)))
+        .await?;
     let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
-    auth::ensure_admin(store.clone(), &admin_key_path).await?;
+    auth::ensure_admin(&db, &admin_key_path).await?;
 
     let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(
         config.docker_host.as_deref(),
@@ -234,11 +227,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             addr: config.preview.listen,
             source,
         })?;
-    let cookie_key = blocking::run({
-        let store = store.clone();
-        move || store.meta_get_or_insert("preview_cookie_key", || caged_domain::random_hex(32))
-    })
-    .await?;
+    let cookie_key = db
+        .run(|store| {
+            store.meta_get_or_insert("preview_cookie_key", || caged_domain::random_hex(32))
+        })
+        .await?;
     let previews = Arc::new(preview::Previews::new(
         &preview::PreviewConfig {
             domain: domain.clone(),
@@ -260,11 +253,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         stopping.clone(),
     ));
 
-    let gateway_key = blocking::run({
-        let store = store.clone();
-        move || store.meta_get_or_insert("llm_gateway_key", || caged_domain::random_hex(32))
-    })
-    .await?;
+    let gateway_key = db
+        .run(|store| store.meta_get_or_insert("llm_gateway_key", || caged_domain::random_hex(32)))
+        .await?;
     let costs = Arc::new(
         cost::Costs::new(
             config.cost.clone(),
@@ -282,7 +273,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.observe,
     ));
     let state = Arc::new(AppState {
-        store,
+        db,
         runtime,
         engine: engine.clone(),
         installation_id: installation_id.clone(),
@@ -291,7 +282,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         idle: Arc::new(idle::Idle::default()),
         snapshots,
         auto_snapshots,
-        events: tokio::sync::broadcast::channel(1024).0,
         shutdown: stopping,
         previews,
         network,

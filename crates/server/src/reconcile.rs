@@ -16,7 +16,7 @@ use caged_runtime::{ContainerSummary, RuntimeError};
 use caged_store::SandboxRecord;
 
 use crate::engine::EngineStatus;
-use crate::{AppState, blocking, sandboxes};
+use crate::{AppState, sandboxes};
 
 const EVERY: Duration = Duration::from_secs(30);
 
@@ -71,8 +71,9 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
         .list(&state.installation_id)
         .await
         .map_err(|err| format!("engine list failed: {err}"))?;
-    let store = state.store.clone();
-    let live = blocking::run(move || store.live_sandboxes())
+    let live = state
+        .db
+        .run(move |store| store.live_sandboxes())
         .await
         .map_err(|err| format!("database read failed: {err}"))?;
     let live: HashMap<SandboxId, SandboxRecord> =
@@ -109,8 +110,7 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
                 let Some(_guard) = state.locks.try_lock(id) else {
                     continue;
                 };
-                let store = state.store.clone();
-                let still_live = matches!(blocking::run(move || store.sandbox_by_id(id)).await, Ok(Some(r)) if r.state.is_live());
+                let still_live = matches!(state.db.run(move |store| store.sandbox_by_id(id)).await, Ok(Some(r)) if r.state.is_live());
                 if still_live {
                     continue; // created since the read; the next pass looks again
                 }
@@ -134,9 +134,8 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
             skipped += 1;
             continue;
         };
-        let store = state.store.clone();
         // Re-read under the lock: the sandbox may have changed since the list.
-        let record = match blocking::run(move || store.sandbox_by_id(id)).await {
+        let record = match state.db.run(move |store| store.sandbox_by_id(id)).await {
             Ok(Some(record)) if record.state.is_live() => record,
             Ok(_) => continue,
             Err(err) => return Err(format!("database read failed: {err}")),
@@ -163,7 +162,7 @@ async fn fix(
         async move {
             sandboxes::record_transition(state, id, from, to, reason, timeout)
                 .await
-                .map_err(|err| err.message)
+                .map_err(|err| err.to_string())
         }
     };
     let Some(container) = container else {
@@ -258,16 +257,17 @@ async fn fix(
                     transition(SandboxState::Paused, SandboxState::Running, &reason).await?
                 }
                 _ => {
-                    let store = state.store.clone();
                     let account = record.account_id.clone();
                     let payload = serde_json::json!({ "reason": reason });
                     let at = caged_domain::time::now_ms();
-                    if let Ok(event) = blocking::run(move || {
-                        store.record_event(id, &account, at, "restart", &payload, true)
-                    })
-                    .await
+                    if let Ok(event) = state
+                        .db
+                        .run(move |store| {
+                            store.record_event(id, &account, at, "restart", &payload, true)
+                        })
+                        .await
                     {
-                        state.publish(event);
+                        state.db.publish(event);
                     }
                     state.idle.touch(id, at, timeout);
                 }

@@ -9,13 +9,12 @@ use caged_domain::time::now_ms;
 use caged_domain::{SandboxConfig, SandboxId, SandboxState};
 use caged_runtime::{ExecSpec, RuntimeError, SandboxSpec};
 use caged_store::{NewSandbox, SandboxRecord, StoreError};
-use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::api::ApiError;
 use crate::engine::EngineStatus;
+use crate::error::{Error, Result};
 use crate::idle::Busy;
-use crate::{AppState, blocking, failpoint};
+use crate::{AppState, failpoint};
 
 /// One async lock per sandbox: operations on one sandbox never interleave, and different
 /// sandboxes never wait on each other.
@@ -54,13 +53,13 @@ impl Locks {
 /// Output kept from `init_script`, per stream.
 const INIT_OUTPUT_LIMIT: usize = 64 * 1024;
 
-pub(crate) fn engine_ready(state: &AppState) -> Result<Arc<caged_runtime::EngineInfo>, ApiError> {
+pub(crate) fn engine_ready(state: &AppState) -> Result<Arc<caged_runtime::EngineInfo>> {
     match &*state.engine.borrow() {
         EngineStatus::Up(info) => Ok(info.clone()),
-        EngineStatus::Starting => Err(ApiError::engine_unavailable(
-            "the container engine is still being probed",
+        EngineStatus::Starting => Err(Error::EngineUnavailable(
+            "the container engine is still being probed".into(),
         )),
-        EngineStatus::Down { reason } => Err(ApiError::engine_unavailable(format!(
+        EngineStatus::Down { reason } => Err(Error::EngineUnavailable(format!(
             "the container engine is unreachable: {reason}"
         ))),
     }
@@ -70,12 +69,13 @@ pub(crate) async fn get(
     state: &AppState,
     account_id: &str,
     id: SandboxId,
-) -> Result<SandboxRecord, ApiError> {
-    let store = state.store.clone();
+) -> Result<SandboxRecord> {
     let account_id = account_id.to_string();
-    blocking::run(move || store.sandbox(&account_id, id))
+    state
+        .db
+        .run(move |store| store.sandbox(&account_id, id))
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("sandbox {id} not found")))
+        .ok_or_else(|| Error::NotFound(format!("sandbox {id} not found")))
 }
 
 pub(crate) struct CreateOptions {
@@ -88,9 +88,8 @@ pub(crate) async fn create(
     account_id: &str,
     config: SandboxConfig,
     options: CreateOptions,
-) -> Result<SandboxRecord, ApiError> {
+) -> Result<SandboxRecord> {
     let engine = engine_ready(state)?;
-    let store = state.store.clone();
     let account = account_id.to_string();
     let disk_enforced = engine.disk_limits.available;
     let insert_config = Arc::new(config.clone());
@@ -99,43 +98,41 @@ pub(crate) async fn create(
     let (id, _guard, event) = loop {
         let id = SandboxId::random();
         let guard = state.locks.lock(id).await;
-        let store = store.clone();
         let account = account.clone();
         let insert_config = insert_config.clone();
-        let inserted = blocking::run(move || -> Result<Option<caged_store::Event>, ApiError> {
-            if let Some(name) = &insert_config.name
-                && store.live_name_taken(&account, name)?
-            {
-                return Err(ApiError::conflict(
-                    "name_taken",
-                    format!("a live sandbox is already named {name:?}"),
-                ));
-            }
-            let new = NewSandbox {
-                id,
-                account_id: &account,
-                config: &insert_config,
-                disk_enforced,
-                at_ms: now_ms(),
-            };
-            match store.insert_sandbox(new) {
-                Ok(event) => Ok(Some(event)),
-                // Ids are random; on the rare collision, draw again.
-                Err(StoreError::Sqlite(err)) if err.to_string().contains("UNIQUE") => Ok(None),
-                Err(err) => Err(err.into()),
-            }
-        })
-        .await?;
+        let inserted = state
+            .db
+            .run(move |store| -> Result<Option<caged_store::Event>> {
+                if let Some(name) = &insert_config.name
+                    && store.live_name_taken(&account, name)?
+                {
+                    return Err(Error::NameTaken(name.clone()));
+                }
+                let new = NewSandbox {
+                    id,
+                    account_id: &account,
+                    config: &insert_config,
+                    disk_enforced,
+                    at_ms: now_ms(),
+                };
+                match store.insert_sandbox(new) {
+                    Ok(event) => Ok(Some(event)),
+                    // Ids are random; on the rare collision, draw again.
+                    Err(StoreError::Sqlite(err)) if err.to_string().contains("UNIQUE") => Ok(None),
+                    Err(err) => Err(err.into()),
+                }
+            })
+            .await?;
         if let Some(event) = inserted {
             break (id, guard, event);
         }
     };
-    state.publish(event);
+    state.db.publish(event);
     failpoint::hit("create.after_insert");
     let link = match prepare_link(state, id, account_id, &config).await {
         Ok(link) => link,
         Err(err) => {
-            give_up_create(state, id, &err.message).await?;
+            give_up_create(state, id, &err.to_string()).await?;
             return Err(err);
         }
     };
@@ -155,8 +152,10 @@ pub(crate) async fn create(
     match state.runtime.create(&spec).await {
         Ok(container_id) => {
             failpoint::hit("create.after_container");
-            let store = state.store.clone();
-            blocking::run(move || store.set_container_id(id, &container_id)).await?;
+            state
+                .db
+                .run(move |store| store.set_container_id(id, &container_id))
+                .await?;
             record_transition(
                 state,
                 id,
@@ -187,7 +186,7 @@ pub(crate) async fn create(
 }
 
 /// Records a create that failed: the sandbox ends destroyed, with the reason.
-async fn give_up_create(state: &AppState, id: SandboxId, why: &str) -> Result<(), ApiError> {
+async fn give_up_create(state: &AppState, id: SandboxId, why: &str) -> Result<()> {
     let reason = format!("create failed: {why}");
     record_transition(
         state,
@@ -206,14 +205,14 @@ async fn prepare_link(
     id: SandboxId,
     account_id: &str,
     config: &SandboxConfig,
-) -> Result<Option<caged_network::LinkSpec>, ApiError> {
+) -> Result<Option<caged_network::LinkSpec>> {
     let Some(spec) = crate::network::prepare(state, id, config.network_mode).await? else {
         return Ok(None);
     };
     crate::network::register(state, id, account_id, config, &spec)
         .await
         .map_err(|reason| {
-            ApiError::internal(format!("cannot set up the sandbox's network: {reason}"))
+            Error::Internal(format!("cannot set up the sandbox's network: {reason}"))
         })?;
     Ok(Some(spec))
 }
@@ -222,35 +221,38 @@ async fn prepare_link(
 pub(crate) fn start_init(state: Arc<AppState>, account_id: String, id: SandboxId) {
     tokio::spawn(async move {
         if let Err(err) = run_init(&state, &account_id, id).await {
-            tracing::warn!(sandbox = %id, "init_script could not run: {}", err.message);
-            let result = json!({ "status": "failed", "error": err.message });
-            let store = state.store.clone();
-            let _ = blocking::run(move || store.set_init_result(id, &result)).await;
+            tracing::warn!(sandbox = %id, "init_script could not run: {err}");
+            let result = json!({ "status": "failed", "error": err.to_string() });
+            let _ = state
+                .db
+                .run(move |store| store.set_init_result(id, &result))
+                .await;
         }
     });
 }
 
-async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(), ApiError> {
+async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<()> {
     let (record, _busy) = active(state, account_id, id, "init_script").await?;
     let Some(script) = record.config.init_script.clone() else {
         return Ok(());
     };
-    let store = state.store.clone();
     let started = now_ms();
-    blocking::run(move || {
-        store.set_init_result(
-            id,
-            &json!({ "status": "running", "started_at_ms": started }),
-        )
-    })
-    .await?;
+    state
+        .db
+        .run(move |store| {
+            store.set_init_result(
+                id,
+                &json!({ "status": "running", "started_at_ms": started }),
+            )
+        })
+        .await?;
     let spec = ExecSpec {
         cmd: vec!["/bin/sh".into(), "-c".into(), script],
         cwd: Some("/workspace".into()),
         isolation: record.config.isolation,
         ..ExecSpec::default()
     };
-    let outcome = exec_collect(state, &record, &spec, INIT_OUTPUT_LIMIT, None).await?;
+    let outcome = crate::exec::collect(state, &record, &spec, INIT_OUTPUT_LIMIT, None).await?;
     let status = if outcome.exit_code == Some(0) {
         "succeeded"
     } else {
@@ -266,79 +268,56 @@ async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(
     if status == "failed" {
         tracing::warn!(sandbox = %id, exit_code = ?outcome.exit_code, "init_script failed; the sandbox stays running");
     }
-    let store = state.store.clone();
     let stored = result.clone();
-    blocking::run(move || store.set_init_result(id, &stored)).await?;
+    state
+        .db
+        .run(move |store| store.set_init_result(id, &stored))
+        .await?;
     let payload = json!({ "status": status, "exit_code": outcome.exit_code, "duration_ms": result["duration_ms"] });
     record_activity(state, &record, "init", payload).await;
     Ok(())
 }
 
-pub(crate) struct Collected {
-    pub exit_code: Option<i64>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub truncated: bool,
-    pub timed_out: bool,
+pub(crate) fn container_of(record: &SandboxRecord) -> Result<&str> {
+    record
+        .container_id
+        .as_deref()
+        .ok_or(Error::NotReady(record.id))
 }
 
-/// Runs a command to completion, keeping up to `limit` bytes of each stream; after `timeout`
-/// the command and everything it started are killed.
-pub(crate) async fn exec_collect(
+/// A sandbox that is not destroyed, with its lock held: for changes to its settings.
+/// `destroyed` is added to the refusal's message.
+pub(crate) async fn live_locked(
     state: &AppState,
-    record: &SandboxRecord,
-    spec: &ExecSpec,
-    limit: usize,
-    timeout: Option<std::time::Duration>,
-) -> Result<Collected, ApiError> {
-    let handle = container_of(record)?;
-    let mut exec = state.runtime.exec(handle, spec).await?;
-    drop(exec.input);
-    let mut collected = Collected {
-        exit_code: None,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        truncated: false,
-        timed_out: false,
-    };
-    let mut deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
-    loop {
-        let next = match deadline {
-            None => exec.output.next().await,
-            Some(at) => match tokio::time::timeout_at(at, exec.output.next()).await {
-                Ok(next) => next,
-                // Killed already and the output still has not ended: stop waiting for it.
-                Err(_) if collected.timed_out => None,
-                Err(_) => {
-                    collected.timed_out = true;
-                    state.runtime.exec_kill(handle, &exec.exec_id).await?;
-                    // What it wrote before dying still arrives; a short grace period collects it.
-                    deadline =
-                        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(2));
-                    continue;
-                }
-            },
-        };
-        let Some(chunk) = next else { break };
-        let (buffer, bytes) = match chunk? {
-            caged_runtime::ExecOutput::Stdout(bytes) => (&mut collected.stdout, bytes),
-            caged_runtime::ExecOutput::Stderr(bytes) => (&mut collected.stderr, bytes),
-        };
-        let room = limit.saturating_sub(buffer.len());
-        collected.truncated |= bytes.len() > room;
-        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    account_id: &str,
+    id: SandboxId,
+    destroyed: &str,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, SandboxRecord)> {
+    let guard = state.locks.lock(id).await;
+    let record = get(state, account_id, id).await?;
+    if record.state == SandboxState::Destroyed {
+        return Err(Error::WrongState(format!(
+            "sandbox {id} is destroyed{destroyed}"
+        )));
     }
-    collected.exit_code = state.runtime.exec_status(&exec.exec_id).await?;
-    Ok(collected)
+    Ok((guard, record))
 }
 
-pub(crate) fn container_of(record: &SandboxRecord) -> Result<&str, ApiError> {
-    record.container_id.as_deref().ok_or_else(|| {
-        ApiError::conflict(
-            "not_ready",
-            format!("sandbox {} has no container yet", record.id),
-        )
-    })
+/// Starts a deferred `init_script` (see `defer_init` on create).
+pub(crate) async fn start_deferred_init(
+    state: &Arc<AppState>,
+    account_id: &str,
+    id: SandboxId,
+) -> Result<SandboxRecord> {
+    let (record, _busy) = active(state, account_id, id, "init_script").await?;
+    if record.config.init_script.is_none() {
+        return Err(Error::NoInitScript(id));
+    }
+    if record.init_result.is_some() {
+        return Err(Error::InitStarted(id));
+    }
+    start_init(state.clone(), account_id.to_string(), id);
+    Ok(record)
 }
 
 /// A sandbox ready for work: running (woken first if it was asleep, with the reason in its
@@ -348,7 +327,7 @@ pub(crate) async fn active(
     account_id: &str,
     id: SandboxId,
     why: &str,
-) -> Result<(SandboxRecord, Busy), ApiError> {
+) -> Result<(SandboxRecord, Busy)> {
     engine_ready(state)?;
     let _guard = state.locks.lock(id).await;
     let mut record = get(state, account_id, id).await?;
@@ -365,10 +344,9 @@ pub(crate) async fn active(
             record = get(state, account_id, id).await?;
         }
         other => {
-            return Err(ApiError::conflict(
-                "illegal_state",
-                format!("sandbox {id} is {other}; it must be running"),
-            ));
+            return Err(Error::WrongState(format!(
+                "sandbox {id} is {other}; it must be running"
+            )));
         }
     }
     let busy = state.idle.busy(id);
@@ -394,25 +372,26 @@ pub(crate) async fn record_activity_in(
     payload: serde_json::Value,
     session: Option<String>,
 ) {
-    let store = state.store.clone();
     let (id, account_id) = (record.id, record.account_id.clone());
     let at = now_ms();
-    match blocking::run(move || {
-        store.record_event_in(
-            id,
-            &account_id,
-            at,
-            kind,
-            &payload,
-            true,
-            session.as_deref(),
-        )
-    })
-    .await
+    match state
+        .db
+        .run(move |store| {
+            store.record_event_in(
+                id,
+                &account_id,
+                at,
+                kind,
+                &payload,
+                true,
+                session.as_deref(),
+            )
+        })
+        .await
     {
         Ok(event) => {
             state.idle.touch(id, at, record.config.timeout);
-            state.publish(event);
+            state.db.publish(event);
         }
         Err(err) => tracing::error!(sandbox = %id, "could not record a {kind} event: {err}"),
     }
@@ -426,12 +405,13 @@ pub(crate) async fn record_transition(
     to: SandboxState,
     reason: Option<String>,
     timeout_seconds: u64,
-) -> Result<(), ApiError> {
-    let store = state.store.clone();
+) -> Result<()> {
     let at = now_ms();
-    let event =
-        blocking::run(move || store.transition(id, from, to, at, reason.as_deref())).await?;
-    state.publish(event);
+    let event = state
+        .db
+        .run(move |store| store.transition(id, from, to, at, reason.as_deref()))
+        .await?;
+    state.db.publish(event);
     crate::preview::Previews::on_transition(state, id, to);
     crate::network::on_transition(state, id, to);
     if to == SandboxState::Running {
@@ -453,7 +433,7 @@ pub(crate) async fn change_state(
     id: SandboxId,
     to: SandboxState,
     reason: &str,
-) -> Result<SandboxRecord, ApiError> {
+) -> Result<SandboxRecord> {
     engine_ready(state)?;
     let _guard = state.locks.lock(id).await;
     let record = get(state, account_id, id).await?;
@@ -471,13 +451,10 @@ pub(crate) async fn apply(
     record: &SandboxRecord,
     to: SandboxState,
     reason: &str,
-) -> Result<(), ApiError> {
+) -> Result<()> {
     let id = record.id;
     record.state.check_transition(to).map_err(|illegal| {
-        ApiError::conflict(
-            "illegal_transition",
-            format!("cannot {} sandbox {id}: {illegal}", verb(to)),
-        )
+        Error::IllegalTransition(format!("cannot {} sandbox {id}: {illegal}", verb(to)))
     })?;
     if let Some(handle) = record.container_id.as_deref() {
         let acted = match to {
@@ -504,10 +481,9 @@ pub(crate) async fn apply(
                     0,
                 )
                 .await?;
-                return Err(ApiError::conflict(
-                    "gone",
-                    format!("sandbox {id}'s container disappeared; it is now destroyed"),
-                ));
+                return Err(Error::Gone(format!(
+                    "sandbox {id}'s container disappeared; it is now destroyed"
+                )));
             }
             Err(err) => return Err(err.into()),
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use caged_domain::time::now_ms;
 use caged_store::{NewSession, SandboxRecord};
 
-use crate::api::ApiError;
-use crate::{AppState, blocking};
+use crate::AppState;
+use crate::error::{Error, Result};
 
 /// An open session; ending it is explicit ([`Session::end`]), and dropping it unended (an error
 /// path, a dropped connection) ends it as lost.
@@ -37,7 +37,7 @@ pub(crate) fn infer_agent(cmd: &[String], tty: bool) -> &'static str {
 }
 
 /// Declared agent types: short lowercase names (`claude-code`, `my-agent`).
-pub(crate) fn check_agent_type(agent: &str) -> Result<(), ApiError> {
+pub(crate) fn check_agent_type(agent: &str) -> Result<()> {
     let ok = !agent.is_empty()
         && agent.len() <= 40
         && agent
@@ -46,7 +46,7 @@ pub(crate) fn check_agent_type(agent: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(Error::invalid(
             "invalid_exec",
             format!("agent: {agent:?} must be 1-40 of a-z, 0-9 and '-' (e.g. claude-code)"),
         ))
@@ -68,23 +68,24 @@ pub(crate) async fn open(
     // When the channel was asked for (before its command started: what the command does from
     // its first instant is the session's).
     started_at_ms: i64,
-) -> Result<Session, ApiError> {
-    let store = state.store.clone();
+) -> Result<Session> {
     let (session_id, sandbox, account) = (id.clone(), record.id, record.account_id.clone());
     let (agent_type, command) = (agent_type.to_string(), command.to_vec());
-    let event = blocking::run(move || {
-        store.open_session(NewSession {
-            id: &session_id,
-            sandbox_id: sandbox,
-            account_id: &account,
-            agent_type: &agent_type,
-            channel,
-            command: &command,
-            at_ms: started_at_ms,
+    let event = state
+        .db
+        .run(move |store| {
+            store.open_session(NewSession {
+                id: &session_id,
+                sandbox_id: sandbox,
+                account_id: &account,
+                agent_type: &agent_type,
+                channel,
+                command: &command,
+                at_ms: started_at_ms,
+            })
         })
-    })
-    .await?;
-    state.publish(event);
+        .await?;
+    state.db.publish(event);
     Ok(Session {
         id,
         state: state.clone(),
@@ -113,11 +114,14 @@ impl Drop for Session {
 }
 
 async fn finish(state: &AppState, id: String, reason: String) {
-    let store = state.store.clone();
     let at = now_ms();
     let session = id.clone();
-    match blocking::run(move || store.end_session(&session, at, &reason)).await {
-        Ok(Some(event)) => state.publish(event),
+    match state
+        .db
+        .run(move |store| store.end_session(&session, at, &reason))
+        .await
+    {
+        Ok(Some(event)) => state.db.publish(event),
         Ok(None) => {}
         Err(err) => tracing::error!(session = %id, "could not end the session: {err}"),
     }
@@ -125,17 +129,18 @@ async fn finish(state: &AppState, id: String, reason: String) {
 
 /// Ends the sessions a previous run of the server left open, at their last event.
 pub(crate) async fn end_orphans(state: &AppState) {
-    let store = state.store.clone();
-    let ended = blocking::run(move || {
-        let mut events = Vec::new();
-        for (id, last_at) in store.open_sessions()? {
-            events.extend(store.end_session(&id, last_at, "the server stopped")?);
-        }
-        Ok::<_, caged_store::StoreError>(events)
-    })
-    .await;
+    let ended = state
+        .db
+        .run(move |store| {
+            let mut events = Vec::new();
+            for (id, last_at) in store.open_sessions()? {
+                events.extend(store.end_session(&id, last_at, "the server stopped")?);
+            }
+            Ok::<_, caged_store::StoreError>(events)
+        })
+        .await;
     match ended {
-        Ok(events) => events.into_iter().for_each(|event| state.publish(event)),
+        Ok(events) => events.into_iter().for_each(|event| state.db.publish(event)),
         Err(err) => tracing::error!("could not end sessions left open: {err}"),
     }
 }

@@ -13,7 +13,7 @@ use caged_store::{SandboxRecord, SnapshotRecord};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
-use crate::api::ApiError;
+use crate::error::{Error, Result};
 use crate::sandboxes::{self, CreateOptions, container_of, engine_ready, get};
 use crate::{AppState, blocking, failpoint};
 
@@ -24,12 +24,13 @@ pub(crate) async fn snapshot(
     state: &AppState,
     account_id: &str,
     id: &str,
-) -> Result<SnapshotRecord, ApiError> {
-    let store = state.store.clone();
+) -> Result<SnapshotRecord> {
     let (account, snapshot_id) = (account_id.to_string(), id.to_string());
-    blocking::run(move || store.snapshot(&account, &snapshot_id))
+    state
+        .db
+        .run(move |store| store.snapshot(&account, &snapshot_id))
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("snapshot {id} not found")))
+        .ok_or_else(|| Error::NotFound(format!("snapshot {id} not found")))
 }
 
 pub(crate) fn spec_for(
@@ -68,7 +69,7 @@ pub(crate) async fn create(
     account_id: &str,
     id: SandboxId,
     name: Option<String>,
-) -> Result<SnapshotRecord, ApiError> {
+) -> Result<SnapshotRecord> {
     engine_ready(state)?;
     let _guard = state.locks.lock(id).await;
     let record = get(state, account_id, id).await?;
@@ -83,35 +84,29 @@ pub(crate) async fn create_locked(
     record: &SandboxRecord,
     name: Option<String>,
     count_limit: bool,
-) -> Result<SnapshotRecord, ApiError> {
+) -> Result<SnapshotRecord> {
     let (id, account_id) = (record.id, record.account_id.as_str());
     if !matches!(record.state, SandboxState::Running | SandboxState::Paused) {
-        return Err(ApiError::conflict(
-            "illegal_state",
-            format!(
-                "sandbox {id} is {}; only a live sandbox can be snapshotted",
-                record.state
-            ),
-        ));
+        return Err(Error::WrongState(format!(
+            "sandbox {id} is {}; only a live sandbox can be snapshotted",
+            record.state
+        )));
     }
-    let store = state.store.clone();
     let account = account_id.to_string();
-    let (count, used) = blocking::run(move || -> Result<_, caged_store::StoreError> {
-        Ok((
-            store.snapshots_of(&account, id)?.len(),
-            store.snapshot_bytes(&account)?,
-        ))
-    })
-    .await?;
+    let (count, used) = state
+        .db
+        .run(move |store| -> Result<_, caged_store::StoreError> {
+            Ok((
+                store.snapshots_of(&account, id)?.len(),
+                store.snapshot_bytes(&account)?,
+            ))
+        })
+        .await?;
     let max = state.config.max_snapshots_per_sandbox;
     if count_limit && count >= max {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "snapshot_limit",
-            format!(
-                "sandbox {id} has {count} snapshots, the most allowed is {max}; delete one first"
-            ),
-        ));
+        return Err(Error::SnapshotLimit(format!(
+            "sandbox {id} has {count} snapshots, the most allowed is {max}; delete one first"
+        )));
     }
     let handle = container_of(record)?.to_string();
     let frozen = record.state == SandboxState::Running;
@@ -127,17 +122,13 @@ pub(crate) async fn create_locked(
     let needed = blob.size();
     if used as u64 + needed > quota {
         blob.abandon();
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "snapshot_quota",
-            format!(
-                "this snapshot needs {needed} bytes; the account's snapshots use {used} of {quota} bytes; delete some first"
-            ),
-        ));
+        return Err(Error::SnapshotQuota(format!(
+            "this snapshot needs {needed} bytes; the account's snapshots use {used} of {quota} bytes; delete some first"
+        )));
     }
     let size = blocking::run(move || blob.commit())
         .await
-        .map_err(|err| ApiError::internal(format!("storing the snapshot: {err}")))?;
+        .map_err(|err| Error::Internal(format!("storing the snapshot: {err}")))?;
     failpoint::hit("snapshot.after_blob");
     let snapshot = SnapshotRecord {
         id: snapshot_id,
@@ -153,9 +144,11 @@ pub(crate) async fn create_locked(
         entries: captured.entries as i64,
         sha256: captured.sha256.clone(),
     };
-    let store = state.store.clone();
     let stored = snapshot.clone();
-    blocking::run(move || store.insert_snapshot(&stored)).await?;
+    state
+        .db
+        .run(move |store| store.insert_snapshot(&stored))
+        .await?;
     let payload = json!({ "op": "create", "snapshot_id": snapshot.id, "size_bytes": size, "entries": captured.entries,
                           "deletions": captured.deletions });
     sandboxes::record_activity(state, record, "snapshot", payload).await;
@@ -166,14 +159,11 @@ pub(crate) async fn create_locked(
 async fn capture(
     state: &AppState,
     handle: &str,
-) -> Result<
-    (
-        String,
-        caged_snapshot::Captured,
-        caged_snapshot::PendingBlob,
-    ),
-    ApiError,
-> {
+) -> Result<(
+    String,
+    caged_snapshot::Captured,
+    caged_snapshot::PendingBlob,
+)> {
     let changes: Vec<Change> = state
         .runtime
         .changes(handle)
@@ -202,7 +192,7 @@ async fn capture(
     .await;
     match outcome {
         Ok((captured, blob)) => Ok((snapshot_id, captured, blob)),
-        Err(err) => Err(ApiError::internal(format!(
+        Err(err) => Err(Error::Internal(format!(
             "capturing the snapshot failed: {err}"
         ))),
     }
@@ -213,7 +203,7 @@ async fn validate(
     state: &AppState,
     snapshot: &SnapshotRecord,
     limits: Limits,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<String>> {
     let storage = state.snapshots.clone();
     let id = snapshot.id.clone();
     blocking::run(
@@ -223,13 +213,7 @@ async fn validate(
         },
     )
     .await
-    .map_err(|err| {
-        ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_snapshot",
-            format!("snapshot {} cannot be applied: {err}", snapshot.id),
-        )
-    })
+    .map_err(|err| Error::BadSnapshot(format!("snapshot {} cannot be applied: {err}", snapshot.id)))
 }
 
 /// Applies a validated snapshot to a fresh container: deletions first, then the files.
@@ -239,11 +223,11 @@ async fn apply(
     snapshot: &SnapshotRecord,
     deletions: Vec<String>,
     limits: Limits,
-) -> Result<(), ApiError> {
+) -> Result<()> {
     for batch in deletions.chunks(RM_BATCH) {
         let mut cmd = vec!["rm".to_string(), "-rf".to_string(), "--".to_string()];
         cmd.extend(batch.iter().cloned());
-        let mut exec = state
+        let exec = state
             .runtime
             .exec(
                 handle,
@@ -254,10 +238,11 @@ async fn apply(
             )
             .await?;
         drop(exec.input);
-        while exec.output.next().await.is_some() {}
-        let status = state.runtime.exec_status(&exec.exec_id).await?;
+        let mut output = exec.output;
+        while output.next().await.is_some() {}
+        let status = exec.control.wait().await?;
         if status != Some(0) {
-            return Err(ApiError::internal(format!(
+            return Err(Error::Internal(format!(
                 "removing the snapshot's deleted paths failed (exit {status:?})"
             )));
         }
@@ -287,28 +272,22 @@ pub(crate) async fn restore(
     account_id: &str,
     id: SandboxId,
     snapshot_id: &str,
-) -> Result<SandboxRecord, ApiError> {
+) -> Result<SandboxRecord> {
     engine_ready(state)?;
     let snapshot = snapshot(state, account_id, snapshot_id).await?;
     let _guard = state.locks.lock(id).await;
     let record = get(state, account_id, id).await?;
     if !matches!(record.state, SandboxState::Running | SandboxState::Paused) {
-        return Err(ApiError::conflict(
-            "illegal_state",
-            format!(
-                "sandbox {id} is {}; only a live sandbox can be restored into",
-                record.state
-            ),
-        ));
+        return Err(Error::WrongState(format!(
+            "sandbox {id} is {}; only a live sandbox can be restored into",
+            record.state
+        )));
     }
     if record.config.template != snapshot.template {
-        return Err(ApiError::conflict(
-            "template_mismatch",
-            format!(
-                "snapshot {} is of template {}, sandbox {id} of template {}",
-                snapshot.id, snapshot.template, record.config.template
-            ),
-        ));
+        return Err(Error::TemplateMismatch(format!(
+            "snapshot {} is of template {}, sandbox {id} of template {}",
+            snapshot.id, snapshot.template, record.config.template
+        )));
     }
     let limits = limits_for(&record.config);
     let deletions = validate(state, &snapshot, limits).await?;
@@ -322,9 +301,11 @@ pub(crate) async fn restore(
     failpoint::hit("restore.after_apply");
     // Switch the record to the restored copy first: from here on a crash leaves the original
     // as the stray the reconciler removes, never the other way round.
-    let store = state.store.clone();
     let container = staged.clone();
-    blocking::run(move || store.set_container_id(id, &container)).await?;
+    state
+        .db
+        .run(move |store| store.set_container_id(id, &container))
+        .await?;
     state.previews.forget(id);
     failpoint::hit("restore.after_switch");
     if let Some(old) = record.container_id.as_deref()
@@ -365,11 +346,11 @@ pub(crate) async fn fork(
     account_id: &str,
     snapshot_id: &str,
     overrides: Value,
-) -> Result<SandboxRecord, ApiError> {
+) -> Result<SandboxRecord> {
     engine_ready(state)?;
     let snapshot = snapshot(state, account_id, snapshot_id).await?;
-    let mut config = serde_json::to_value(&snapshot.config)
-        .map_err(|err| ApiError::internal(err.to_string()))?;
+    let mut config =
+        serde_json::to_value(&snapshot.config).map_err(|err| Error::Internal(err.to_string()))?;
     // The origin's name belongs to the origin.
     config.as_object_mut().map(|object| object.remove("name"));
     match overrides {
@@ -380,16 +361,16 @@ pub(crate) async fn fork(
             }
         }
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "invalid_config",
                 "fork overrides must be an object of .caged.yaml settings",
             ));
         }
     }
     let config = SandboxConfig::from_json_value(config)
-        .map_err(|err| ApiError::bad_request("invalid_config", err.to_string()))?;
+        .map_err(|err| Error::invalid("invalid_config", err.to_string()))?;
     if config.template != snapshot.template {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "template_mismatch",
             format!(
                 "a fork of snapshot {} keeps its template {}",
@@ -413,7 +394,7 @@ pub(crate) async fn fork(
         Err(err) => Err(err),
     };
     if let Err(err) = applied {
-        let reason = format!("fork from snapshot {} failed: {}", snapshot.id, err.message);
+        let reason = format!("fork from snapshot {} failed: {}", snapshot.id, err);
         let _ = sandboxes::apply(state, &record, SandboxState::Destroyed, &reason).await;
         return Err(err);
     }
@@ -427,42 +408,44 @@ pub(crate) async fn delete(
     state: &AppState,
     account_id: &str,
     snapshot_id: &str,
-) -> Result<SnapshotRecord, ApiError> {
+) -> Result<SnapshotRecord> {
     let snapshot = snapshot(state, account_id, snapshot_id).await?;
-    let store = state.store.clone();
     let storage = state.snapshots.clone();
     let id = snapshot.id.clone();
     // The record goes first: a crash between the two leaves an orphan blob, which start-up removes.
-    blocking::run(move || -> Result<(), ApiError> {
-        store.delete_snapshot(&id)?;
-        storage
-            .delete(&id)
-            .map_err(|err| ApiError::internal(format!("deleting the snapshot's bytes: {err}")))
-    })
-    .await?;
+    state
+        .db
+        .run(move |store| -> Result<()> {
+            store.delete_snapshot(&id)?;
+            storage
+                .delete(&id)
+                .map_err(|err| Error::Internal(format!("deleting the snapshot's bytes: {err}")))
+        })
+        .await?;
     Ok(snapshot)
 }
 
 /// Removes blobs whose record never made it (a crash mid-snapshot) and half-written ones.
 pub(crate) async fn remove_orphans(state: &AppState) {
-    let store = state.store.clone();
     let storage = state.snapshots.clone();
-    let outcome = blocking::run(move || -> Result<usize, String> {
-        let mut removed = storage.remove_partials().map_err(|err| err.to_string())?;
-        let known: std::collections::HashSet<String> = store
-            .snapshot_ids()
-            .map_err(|err| err.to_string())?
-            .into_iter()
-            .collect();
-        for id in storage.list().map_err(|err| err.to_string())? {
-            if !known.contains(&id) {
-                storage.delete(&id).map_err(|err| err.to_string())?;
-                removed += 1;
+    let outcome = state
+        .db
+        .run(move |store| -> Result<usize, String> {
+            let mut removed = storage.remove_partials().map_err(|err| err.to_string())?;
+            let known: std::collections::HashSet<String> = store
+                .snapshot_ids()
+                .map_err(|err| err.to_string())?
+                .into_iter()
+                .collect();
+            for id in storage.list().map_err(|err| err.to_string())? {
+                if !known.contains(&id) {
+                    storage.delete(&id).map_err(|err| err.to_string())?;
+                    removed += 1;
+                }
             }
-        }
-        Ok(removed)
-    })
-    .await;
+            Ok(removed)
+        })
+        .await;
     match outcome {
         Ok(0) => {}
         Ok(removed) => {
@@ -480,7 +463,7 @@ pub(crate) fn run_auto(
     tokio::spawn(async move {
         while let Some(id) = paused.recv().await {
             if let Err(err) = auto(&state, id).await {
-                tracing::warn!(sandbox = %id, "auto-snapshot failed: {}", err.message);
+                tracing::warn!(sandbox = %id, "auto-snapshot failed: {err}");
             }
         }
     });
@@ -490,10 +473,9 @@ pub(crate) fn run_auto(
 /// so a resume never waits for it, and kept only if the sandbox is still in the same sleep when
 /// it is done, if anything changed since the latest snapshot, and if room can be made by
 /// evicting older auto-snapshots (a pause never fails for want of room).
-async fn auto(state: &AppState, id: SandboxId) -> Result<(), ApiError> {
+async fn auto(state: &AppState, id: SandboxId) -> Result<()> {
     engine_ready(state)?;
-    let store = state.store.clone();
-    let Some(record) = blocking::run(move || store.sandbox_by_id(id)).await? else {
+    let Some(record) = state.db.run(move |store| store.sandbox_by_id(id)).await? else {
         return Ok(());
     };
     if record.state != SandboxState::Paused {
@@ -503,16 +485,17 @@ async fn auto(state: &AppState, id: SandboxId) -> Result<(), ApiError> {
     let (snapshot_id, captured, blob) = capture(state, &handle).await?;
 
     let _guard = state.locks.lock(id).await;
-    let store = state.store.clone();
     let account = record.account_id.clone();
-    let (now, existing, used) = blocking::run(move || -> Result<_, caged_store::StoreError> {
-        Ok((
-            store.sandbox_by_id(id)?,
-            store.snapshots_of(&account, id)?,
-            store.snapshot_bytes(&account)?,
-        ))
-    })
-    .await?;
+    let (now, existing, used) = state
+        .db
+        .run(move |store| -> Result<_, caged_store::StoreError> {
+            Ok((
+                store.sandbox_by_id(id)?,
+                store.snapshots_of(&account, id)?,
+                store.snapshot_bytes(&account)?,
+            ))
+        })
+        .await?;
     let same_sleep = now.as_ref().is_some_and(|now| {
         now.state == SandboxState::Paused && now.transitions.len() == record.transitions.len()
     });
@@ -544,18 +527,16 @@ async fn auto(state: &AppState, id: SandboxId) -> Result<(), ApiError> {
             record_event(state, &record, payload).await;
             return Ok(());
         };
-        let (store, storage, old) = (
-            state.store.clone(),
-            state.snapshots.clone(),
-            oldest.id.clone(),
-        );
-        blocking::run(move || -> Result<(), ApiError> {
-            store.delete_snapshot(&old)?;
-            storage
-                .delete(&old)
-                .map_err(|err| ApiError::internal(err.to_string()))
-        })
-        .await?;
+        let (storage, old) = (state.snapshots.clone(), oldest.id.clone());
+        state
+            .db
+            .run(move |store| -> Result<()> {
+                store.delete_snapshot(&old)?;
+                storage
+                    .delete(&old)
+                    .map_err(|err| Error::Internal(err.to_string()))
+            })
+            .await?;
         record_event(
             state,
             &record,
@@ -567,7 +548,7 @@ async fn auto(state: &AppState, id: SandboxId) -> Result<(), ApiError> {
     }
     let size = blocking::run(move || blob.commit())
         .await
-        .map_err(|err| ApiError::internal(format!("storing the snapshot: {err}")))?;
+        .map_err(|err| Error::Internal(format!("storing the snapshot: {err}")))?;
     let snapshot = SnapshotRecord {
         id: snapshot_id,
         account_id: record.account_id.clone(),
@@ -582,8 +563,11 @@ async fn auto(state: &AppState, id: SandboxId) -> Result<(), ApiError> {
         entries: captured.entries as i64,
         sha256: captured.sha256,
     };
-    let (store, stored) = (state.store.clone(), snapshot.clone());
-    blocking::run(move || store.insert_snapshot(&stored)).await?;
+    let stored = snapshot.clone();
+    state
+        .db
+        .run(move |store| store.insert_snapshot(&stored))
+        .await?;
     record_event(
         state,
         &record,
@@ -595,13 +579,12 @@ async fn auto(state: &AppState, id: SandboxId) -> Result<(), ApiError> {
 
 /// A snapshot event that is not activity: a sleeping sandbox's clock is not restarted by it.
 async fn record_event(state: &AppState, record: &SandboxRecord, payload: Value) {
-    let (store, id, account) = (state.store.clone(), record.id, record.account_id.clone());
-    match blocking::run(move || {
-        store.record_event(id, &account, now_ms(), "snapshot", &payload, false)
-    })
-    .await
-    {
-        Ok(event) => state.publish(event),
-        Err(err) => tracing::error!(sandbox = %id, "could not record a snapshot event: {err}"),
+    let (id, account) = (record.id, record.account_id.clone());
+    let written = state
+        .db
+        .write(move |store| store.record_event(id, &account, now_ms(), "snapshot", &payload, false))
+        .await;
+    if let Err(err) = written {
+        tracing::error!(sandbox = %id, "could not record a snapshot event: {err}");
     }
 }

@@ -1,11 +1,12 @@
 //! Caged's durable state in one SQLite file: accounts, API keys, sandboxes and every state
-//! transition. Calls are blocking; async callers run them on a blocking thread.
+//! transition. Calls are blocking; async callers go through [`Db`].
 //!
 //! Invariants kept here: a sandbox's `state` column always equals the state of its newest
 //! transition row (both are written in one transaction), and a transition is only written when
 //! the row's current state is the one the caller expected, so two racing writers cannot both win.
 
 mod cost;
+mod db;
 mod network;
 mod previews;
 mod schema;
@@ -14,6 +15,7 @@ mod trust;
 mod web;
 
 pub use cost::{NewAlert, NewLlmCall, WebhookDelivery, WebhookTarget};
+pub use db::{Db, Written};
 pub use previews::{PortChange, PreviewPassword, PreviewPort, SandboxHead};
 pub use sessions::{NewSession, SessionRecord};
 pub use trust::{Charged, NewEvent, NewPenalty, PenaltyRecord};

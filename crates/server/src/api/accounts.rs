@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::sandboxes::json_body;
+use crate::AppState;
 use crate::auth::{Admin, new_key};
-use crate::{AppState, blocking};
 
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
@@ -28,14 +28,15 @@ pub(crate) async fn create(
         .to_string();
     caged_domain::config::check_name("name", &name)
         .map_err(|err| ApiError::bad_request("invalid_account", err.to_string()))?;
-    let store = state.store.clone();
     let key = new_key();
-    let (account, token) = blocking::run(move || -> Result<_, ApiError> {
-        let account = store.create_account(&random_hex(8), &name, false, now_ms())?;
-        store.add_api_key(&key.key_id, &account.id, &key.secret_hash, now_ms())?;
-        Ok((account, key.token))
-    })
-    .await?;
+    let (account, token) = state
+        .db
+        .run(move |store| -> Result<_, ApiError> {
+            let account = store.create_account(&random_hex(8), &name, false, now_ms())?;
+            store.add_api_key(&key.key_id, &account.id, &key.secret_hash, now_ms())?;
+            Ok((account, key.token))
+        })
+        .await?;
     tracing::info!(account = %account.name, by = %admin.name, "account created");
     Ok((
         StatusCode::CREATED,
@@ -52,8 +53,7 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Admin(_): Admin,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.store.clone();
-    let accounts = blocking::run(move || store.list_accounts()).await?;
+    let accounts = state.db.run(move |store| store.list_accounts()).await?;
     let accounts: Vec<Value> = accounts
         .iter()
         .map(|account| {

@@ -1,5 +1,6 @@
-//! One error type for every handler: a status, a stable machine-readable code and a message for
-//! people. Causes from the store or the engine are logged here and summarized for the client.
+//! One error type for every answer: a status, a stable machine-readable code and a message for
+//! people. What failed below the API ([`Error`]) becomes one of these here and nowhere else;
+//! causes worth the operator's attention ride along to [`log_failures`], which logs them.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -8,11 +9,14 @@ use caged_runtime::RuntimeError;
 use caged_store::StoreError;
 use serde_json::json;
 
+use crate::error::Error;
+
 #[derive(Debug)]
 pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    cause: Option<Cause>,
 }
 
 impl ApiError {
@@ -21,6 +25,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            cause: None,
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -53,7 +58,93 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
+        response
+    }
+}
+
+/// What the log should say about a failed request, beyond its answer; written by
+/// [`log_failures`], never while converting.
+#[derive(Clone, Debug)]
+pub(crate) struct Cause {
+    warning: bool,
+    text: String,
+}
+
+impl ApiError {
+    fn logged(mut self, warning: bool, text: String) -> Self {
+        self.cause = Some(Cause { warning, text });
+        self
+    }
+
+    /// Logs the cause of an answer that goes out other than through the router (a WebSocket's
+    /// error message).
+    pub fn log(&self) {
+        if let Some(cause) = &self.cause {
+            cause.write();
+        }
+    }
+}
+
+impl Cause {
+    fn write(&self) {
+        if self.warning {
+            tracing::warn!("{}", self.text);
+        } else {
+            tracing::error!("{}", self.text);
+        }
+    }
+}
+
+/// The middleware that logs what failed behind an answer.
+pub(crate) async fn log_failures(response: Response) -> Response {
+    if let Some(cause) = response.extensions().get::<Cause>() {
+        cause.write();
+    }
+    response
+}
+
+/// The one mapping from what failed to what the client is told.
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::EngineUnavailable(_) => ApiError::engine_unavailable(message),
+            Error::NotFound(_) => ApiError::not_found(message),
+            Error::Invalid { code, .. } => ApiError::bad_request(code, message),
+            Error::NameTaken(_) => ApiError::conflict("name_taken", message),
+            Error::NotReady(_) => ApiError::conflict("not_ready", message),
+            Error::WrongState(_) => ApiError::conflict("illegal_state", message),
+            Error::IllegalTransition(_) => ApiError::conflict("illegal_transition", message),
+            Error::Gone(_) => ApiError::conflict("gone", message),
+            Error::TemplateMismatch(_) => ApiError::conflict("template_mismatch", message),
+            Error::NoInitScript(_) => ApiError::conflict("no_init_script", message),
+            Error::InitStarted(_) => ApiError::conflict("init_started", message),
+            Error::NotAllowlist(_) => ApiError::conflict("not_allowlist", message),
+            Error::IsDirectory(_) => ApiError::conflict("is_directory", message),
+            Error::NotADirectory(_) => ApiError::conflict("not_a_directory", message),
+            Error::SnapshotLimit(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "snapshot_limit", message)
+            }
+            Error::SnapshotQuota(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "snapshot_quota", message)
+            }
+            Error::BadSnapshot(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_snapshot", message)
+            }
+            Error::NetworkFull(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "network_full", message)
+            }
+            Error::NetworkUnreachable(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "network_unreachable", message)
+            }
+            Error::Runtime(err) => err.into(),
+            Error::Store(err) => err.into(),
+            Error::Internal(_) => ApiError::internal(message),
+        }
     }
 }
 
@@ -75,10 +166,8 @@ impl From<StoreError> for ApiError {
                 "account_exists",
                 format!("an account named {name:?} already exists"),
             ),
-            other => {
-                tracing::error!("store: {:#}", anyhowish(&other));
-                ApiError::internal("the database failed; see the server log")
-            }
+            other => ApiError::internal("the database failed; see the server log")
+                .logged(false, format!("store: {}", chain(&other))),
         }
     }
 }
@@ -99,23 +188,21 @@ impl From<RuntimeError> for ApiError {
                 ApiError::bad_request("bad_archive", err.to_string())
             }
             RuntimeError::Engine { status, message } if (400..500).contains(status) => {
-                tracing::warn!("engine refused: {message}");
-                ApiError::bad_request("engine_refused", err.to_string())
+                let logged = format!("engine refused: {message}");
+                ApiError::bad_request("engine_refused", err.to_string()).logged(true, logged)
             }
-            _ => {
-                tracing::error!("runtime: {}", anyhowish(&err));
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "engine_error",
-                    format!("{err}; see the server log"),
-                )
-            }
+            _ => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "engine_error",
+                format!("{err}; see the server log"),
+            )
+            .logged(false, format!("runtime: {}", chain(&err))),
         }
     }
 }
 
 /// The error and its sources on one line, for the log.
-fn anyhowish(err: &dyn std::error::Error) -> String {
+fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::ApiError;
 use super::sandboxes::parse_id;
 use crate::auth::Caller;
-use crate::{AppState, blocking, sandboxes};
+use crate::{AppState, sandboxes};
 
 pub(crate) const MAX_PAGE: i64 = 1000;
 
@@ -68,9 +68,11 @@ async fn page(
     after: i64,
     limit: i64,
 ) -> Result<Vec<Event>, ApiError> {
-    let store = state.store.clone();
     let account_id = account_id.to_string();
-    Ok(blocking::run(move || store.events(&account_id, id, after, limit)).await?)
+    Ok(state
+        .db
+        .run(move |store| store.events(&account_id, id, after, limit))
+        .await?)
 }
 
 fn follow(
@@ -82,7 +84,7 @@ fn follow(
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
     // Subscribe before reading the backlog, so an event written in between is not missed; the
     // sequence number drops any that arrive twice.
-    let mut live = state.events.subscribe();
+    let mut live = state.db.subscribe();
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         let mut last = after;

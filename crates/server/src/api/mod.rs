@@ -97,5 +97,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/accounts", post(accounts::create).get(accounts::list))
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::map_response(error::log_failures))
         .with_state(state)
 }

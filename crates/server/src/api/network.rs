@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use caged_domain::{NetworkMode, SandboxState};
+use caged_domain::SandboxState;
 use serde_json::{Value, json};
 
 use super::ApiError;
@@ -87,24 +87,7 @@ pub(crate) async fn set_allowed_hosts(
             ));
         }
     };
-    let _guard = state.locks.lock(id).await;
-    let record = sandboxes::get(&state, &account.id, id).await?;
-    if record.state == SandboxState::Destroyed {
-        return Err(ApiError::conflict(
-            "illegal_state",
-            format!("sandbox {id} is destroyed"),
-        ));
-    }
-    if record.config.network_mode != NetworkMode::Allowlist {
-        return Err(ApiError::conflict(
-            "not_allowlist",
-            format!(
-                "sandbox {id} has network_mode {}; allowed_hosts applies only to network_mode allowlist",
-                record.config.network_mode.as_str()
-            ),
-        ));
-    }
-    network::set_allowed_hosts(&state, &record, hosts.clone()).await?;
+    network::set_allowed_hosts(&state, &account.id, id, hosts.clone()).await?;
     Ok(Json(
         json!({ "network_mode": "allowlist", "allowed_hosts": hosts }),
     ))

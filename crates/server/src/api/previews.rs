@@ -76,15 +76,14 @@ pub(crate) async fn protect(
         }
         None => None,
     };
-    let store = state.store.clone();
     let (id, account_id) = (record.id, record.account_id.clone());
     let at = caged_domain::time::now_ms();
     let stored = hash.clone();
-    let event = blocking::run(move || {
-        store.set_preview_password(id, &account_id, port, stored.as_deref(), at)
-    })
-    .await?;
-    state.publish(event);
+    let event = state
+        .db
+        .run(move |store| store.set_preview_password(id, &account_id, port, stored.as_deref(), at))
+        .await?;
+    state.db.publish(event);
     preview::password_changed(
         &state,
         id,

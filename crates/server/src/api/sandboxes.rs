@@ -11,10 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, view};
+use crate::AppState;
 use crate::auth::Caller;
 use crate::engine::EngineStatus;
 use crate::sandboxes::{self, CreateOptions};
-use crate::{AppState, blocking};
 
 pub(crate) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
     // A malformed id cannot name any sandbox: answer as for one that does not exist.
@@ -91,29 +91,30 @@ pub(crate) async fn list(
     Caller(account): Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.store.clone();
     // Each sandbox's worst session and open ports come along (the dashboard's list shows them),
     // read in the same trip to the database.
-    let listed = blocking::run(move || -> Result<_, caged_store::StoreError> {
-        let records = store.list_sandboxes(&account.id, query.all)?;
-        let mut listed = Vec::with_capacity(records.len());
-        for record in records {
-            let worst = store
-                .charged_by_session(record.id)?
-                .iter()
-                .map(|charged| charged.points)
-                .max()
-                .unwrap_or(0);
-            let ports = if record.state == SandboxState::Destroyed {
-                Vec::new()
-            } else {
-                store.preview_ports(record.id)?
-            };
-            listed.push((record, worst, ports));
-        }
-        Ok(listed)
-    })
-    .await?;
+    let listed = state
+        .db
+        .run(move |store| -> Result<_, caged_store::StoreError> {
+            let records = store.list_sandboxes(&account.id, query.all)?;
+            let mut listed = Vec::with_capacity(records.len());
+            for record in records {
+                let worst = store
+                    .charged_by_session(record.id)?
+                    .iter()
+                    .map(|charged| charged.points)
+                    .max()
+                    .unwrap_or(0);
+                let ports = if record.state == SandboxState::Destroyed {
+                    Vec::new()
+                } else {
+                    store.preview_ports(record.id)?
+                };
+                listed.push((record, worst, ports));
+            }
+            Ok(listed)
+        })
+        .await?;
     let views = listed
         .iter()
         .map(|(record, worst, ports)| {
@@ -196,21 +197,7 @@ pub(crate) async fn init(
     Caller(account): Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = parse_id(&id)?;
-    let (record, _busy) = sandboxes::active(&state, &account.id, id, "init_script").await?;
-    if record.config.init_script.is_none() {
-        return Err(ApiError::conflict(
-            "no_init_script",
-            format!("sandbox {id} has no init_script"),
-        ));
-    }
-    if record.init_result.is_some() {
-        return Err(ApiError::conflict(
-            "init_started",
-            format!("sandbox {id}'s init_script has already run"),
-        ));
-    }
-    sandboxes::start_init(state.clone(), account.id.clone(), id);
+    let record = sandboxes::start_deferred_init(&state, &account.id, parse_id(&id)?).await?;
     Ok((StatusCode::ACCEPTED, Json(view::sandbox(&state, &record))))
 }
 

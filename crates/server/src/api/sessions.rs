@@ -12,7 +12,7 @@ use super::events::{EventsQuery, MAX_PAGE};
 use super::sandboxes::parse_id;
 use super::{ApiError, events};
 use crate::auth::Caller;
-use crate::{AppState, blocking, sandboxes};
+use crate::{AppState, sandboxes};
 
 pub(crate) fn view(session: &SessionRecord) -> Value {
     let now = caged_domain::time::now_ms();
@@ -47,15 +47,16 @@ pub(crate) async fn list(
             .settle(std::time::Duration::from_secs(5))
             .await;
     }
-    let store = state.store.clone();
     let id = record.id;
-    let (sessions, charged) = blocking::run(move || {
-        Ok::<_, caged_store::StoreError>((
-            store.sessions_of(&record.account_id, id)?,
-            store.charged_by_session(id)?,
-        ))
-    })
-    .await?;
+    let (sessions, charged) = state
+        .db
+        .run(move |store| {
+            Ok::<_, caged_store::StoreError>((
+                store.sessions_of(&record.account_id, id)?,
+                store.charged_by_session(id)?,
+            ))
+        })
+        .await?;
     let views = sessions
         .iter()
         .map(|session| {
@@ -74,9 +75,10 @@ pub(crate) async fn list(
 }
 
 async fn get(state: &AppState, account_id: &str, sid: &str) -> Result<SessionRecord, ApiError> {
-    let store = state.store.clone();
     let (account, id) = (account_id.to_string(), sid.to_string());
-    blocking::run(move || store.session(&account, &id))
+    state
+        .db
+        .run(move |store| store.session(&account, &id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("session {sid:?} not found")))
 }
@@ -116,12 +118,12 @@ pub(crate) async fn session_events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let session = get(&state, &account.id, &sid).await?;
-    let store = state.store.clone();
     let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let after = query.after;
-    let list =
-        blocking::run(move || store.session_events(&session.account_id, &session.id, after, limit))
-            .await?;
+    let list = state
+        .db
+        .run(move |store| store.session_events(&session.account_id, &session.id, after, limit))
+        .await?;
     Ok(Json(
         json!({ "events": list.iter().map(events::view).collect::<Vec<_>>() }),
     ))

@@ -65,9 +65,11 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     sandboxes::get(&state, &account.id, id).await?;
-    let store = state.store.clone();
     let account_id = account.id.clone();
-    let list = blocking::run(move || store.snapshots_of(&account_id, id)).await?;
+    let list = state
+        .db
+        .run(move |store| store.snapshots_of(&account_id, id))
+        .await?;
     Ok(Json(
         json!({ "snapshots": list.iter().map(snapshot_view).collect::<Vec<_>>() }),
     ))

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use caged_cost::Micros;
-use caged_domain::SandboxState;
 use caged_domain::time::{now_ms, rfc3339_from_ms};
 use caged_store::{DAY_MS, SandboxRecord, SessionRecord, WebhookTarget};
 use serde_json::{Value, json};
@@ -16,7 +15,7 @@ use super::ApiError;
 use super::sandboxes::{one_field_body, parse_id};
 use crate::auth::Caller;
 use crate::cost::{self, guard::format_percent};
-use crate::{AppState, blocking, sandboxes};
+use crate::{AppState, sandboxes};
 
 /// What a sandbox spent, for `inspect` (`cost`) and `usage`.
 pub(crate) fn cost_view(state: &AppState, record: &SandboxRecord) -> Value {
@@ -37,15 +36,16 @@ pub(crate) async fn usage(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    let store = state.store.clone();
     let (account_id, id) = (account.id.clone(), record.id);
-    let (sessions, alerts) = blocking::run(move || -> Result<_, caged_store::StoreError> {
-        Ok((
-            store.sessions_of(&account_id, id)?,
-            store.budget_alerts(id)?,
-        ))
-    })
-    .await?;
+    let (sessions, alerts) = state
+        .db
+        .run(move |store| -> Result<_, caged_store::StoreError> {
+            Ok((
+                store.sessions_of(&account_id, id)?,
+                store.budget_alerts(id)?,
+            ))
+        })
+        .await?;
     Ok(Json(usage_view(&state, &record, &sessions, &alerts)))
 }
 
@@ -136,14 +136,9 @@ pub(crate) async fn set_budget(
             ));
         }
     };
-    let _guard = state.locks.lock(id).await;
-    let record = sandboxes::get(&state, &account.id, id).await?;
-    if record.state == SandboxState::Destroyed {
-        return Err(ApiError::conflict(
-            "illegal_state",
-            format!("sandbox {id} is destroyed; its budget can no longer change"),
-        ));
-    }
+    let (_guard, record) =
+        sandboxes::live_locked(&state, &account.id, id, "; its budget can no longer change")
+            .await?;
     let spend = cost::spend(&state.costs.config.prices, &record).total();
     let payload = json!({
         "op": "set",
@@ -151,13 +146,14 @@ pub(crate) async fn set_budget(
         "previous_micros": record.budget_micros,
         "spend_micros": spend.0,
     });
-    let store = state.store.clone();
     let account_id = account.id.clone();
-    let event = blocking::run(move || {
-        store.set_budget(id, &account_id, budget.map(|b| b.0), now_ms(), &payload)
-    })
-    .await?;
-    state.publish(event);
+    let event = state
+        .db
+        .run(move |store| {
+            store.set_budget(id, &account_id, budget.map(|b| b.0), now_ms(), &payload)
+        })
+        .await?;
+    state.db.publish(event);
     state.costs.guard_wake.notify_one();
     let record = sandboxes::get(&state, &account.id, id).await?;
     Ok(Json(json!({
@@ -178,15 +174,16 @@ pub(crate) async fn get_webhook(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.store.clone();
     let account_id = account.id.clone();
-    let (target, deliveries) = blocking::run(move || -> Result<_, caged_store::StoreError> {
-        Ok((
-            store.webhook(&account_id)?,
-            store.webhook_deliveries(&account_id, 20)?,
-        ))
-    })
-    .await?;
+    let (target, deliveries) = state
+        .db
+        .run(move |store| -> Result<_, caged_store::StoreError> {
+            Ok((
+                store.webhook(&account_id)?,
+                store.webhook_deliveries(&account_id, 20)?,
+            ))
+        })
+        .await?;
     let mut view = webhook_view(target.as_ref());
     view["deliveries"] = deliveries
         .iter()
@@ -231,9 +228,11 @@ pub(crate) async fn set_webhook(
         url: url.to_string(),
         secret: format!("whsec_{}", caged_domain::random_hex(24)),
     };
-    let store = state.store.clone();
     let (account_id, stored) = (account.id.clone(), target.clone());
-    blocking::run(move || store.set_webhook(&account_id, Some(&stored))).await?;
+    state
+        .db
+        .run(move |store| store.set_webhook(&account_id, Some(&stored)))
+        .await?;
     Ok(Json(webhook_view(Some(&target))))
 }
 
@@ -241,9 +240,11 @@ pub(crate) async fn delete_webhook(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let store = state.store.clone();
     let account_id = account.id.clone();
-    blocking::run(move || store.set_webhook(&account_id, None)).await?;
+    state
+        .db
+        .run(move |store| store.set_webhook(&account_id, None))
+        .await?;
     Ok(Json(webhook_view(None)))
 }
 
@@ -278,15 +279,16 @@ pub(crate) async fn account_usage(
     let now = now_ms();
     let first_day = now / DAY_MS - days + 1;
     let from_ms = first_day * DAY_MS;
-    let store = state.store.clone();
     let account_id = account.id.clone();
-    let (records, llm) = blocking::run(move || -> Result<_, caged_store::StoreError> {
-        Ok((
-            store.sandboxes_since(&account_id, from_ms)?,
-            store.llm_cost_by_day(&account_id, from_ms)?,
-        ))
-    })
-    .await?;
+    let (records, llm) = state
+        .db
+        .run(move |store| -> Result<_, caged_store::StoreError> {
+            Ok((
+                store.sandboxes_since(&account_id, from_ms)?,
+                store.llm_cost_by_day(&account_id, from_ms)?,
+            ))
+        })
+        .await?;
     let prices = &state.costs.config.prices;
     let days: Vec<Value> = (first_day..first_day + days)
         .map(|day| {

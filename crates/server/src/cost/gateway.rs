@@ -32,7 +32,6 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
 use super::Costs;
-use crate::blocking;
 use crate::idle::{Busy, Idle};
 use crate::network::Link;
 
@@ -84,8 +83,7 @@ pub(crate) fn upstream_client() -> Result<UpstreamClient, String> {
 
 /// What the gateway needs of the server.
 pub(crate) struct Ctx {
-    pub store: Arc<caged_store::Store>,
-    pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
+    pub db: caged_store::Db,
     pub costs: Arc<Costs>,
     pub idle: Arc<Idle>,
     /// Last refusal event per sandbox.
@@ -95,8 +93,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub(crate) fn of(state: &crate::AppState) -> Arc<Ctx> {
         Arc::new(Ctx {
-            store: state.store.clone(),
-            events: state.events.clone(),
+            db: state.db.clone(),
             costs: state.costs.clone(),
             idle: state.idle.clone(),
             refused: Mutex::new(HashMap::new()),
@@ -311,16 +308,17 @@ async fn forward(
             ));
         }
     };
-    let store = ctx.store.clone();
     let id = link.id;
     let costs = ctx.costs.clone();
-    let (pending, record) = blocking::run(move || {
-        let (pending, record) = costs.spent_with(id, || store.sandbox_by_id(id));
-        record.map(|record| (pending, record))
-    })
-    .await
-    .ok()
-    .unwrap_or((0, None));
+    let (pending, record) = ctx
+        .db
+        .run(move |store| {
+            let (pending, record) = costs.spent_with(id, || store.sandbox_by_id(id));
+            record.map(|record| (pending, record))
+        })
+        .await
+        .ok()
+        .unwrap_or((0, None));
     let record = record.ok_or_else(|| {
         refuse(
             StatusCode::UNAUTHORIZED,
@@ -509,21 +507,22 @@ fn note_refusal(
         session.map(str::to_string),
     );
     tokio::spawn(async move {
-        let store = ctx.store.clone();
-        let recorded = blocking::run(move || {
-            store.record_event_in(
-                id,
-                &account,
-                now,
-                "llm",
-                &payload,
-                false,
-                session.as_deref(),
-            )
-        })
-        .await;
+        let recorded = ctx
+            .db
+            .run(move |store| {
+                store.record_event_in(
+                    id,
+                    &account,
+                    now,
+                    "llm",
+                    &payload,
+                    false,
+                    session.as_deref(),
+                )
+            })
+            .await;
         if let Ok(event) = recorded {
-            let _ = ctx.events.send(Arc::new(event));
+            ctx.db.publish(event);
         }
     });
 }
@@ -585,33 +584,33 @@ impl Call {
         self.ctx.idle.touch(self.sandbox, now, self.timeout);
         self.ctx.costs.charge_pending(self.sandbox, cost.0);
         runtime.spawn(async move {
-            let store = self.ctx.store.clone();
             let (id, account, session) =
                 (self.sandbox, self.account_id.clone(), self.session.clone());
             let provider = provider_name(self.protocol);
             let costs = self.ctx.costs.clone();
-            let recorded = blocking::run(move || {
-                costs.store_charge(id, cost.0, || {
-                    store.record_llm_call(NewLlmCall {
-                        sandbox_id: id,
-                        account_id: &account,
-                        session_id: session.as_deref(),
-                        at_ms: self.started_at_ms,
-                        provider,
-                        model: &model,
-                        tokens_in: usage.tokens_in() as i64,
-                        tokens_out: usage.output as i64,
-                        cost_micros: cost.0,
-                        status,
-                        payload: &payload,
+            let recorded = self
+                .ctx
+                .db
+                .run(move |store| {
+                    costs.store_charge(id, cost.0, || {
+                        store.record_llm_call(NewLlmCall {
+                            sandbox_id: id,
+                            account_id: &account,
+                            session_id: session.as_deref(),
+                            at_ms: self.started_at_ms,
+                            provider,
+                            model: &model,
+                            tokens_in: usage.tokens_in() as i64,
+                            tokens_out: usage.output as i64,
+                            cost_micros: cost.0,
+                            status,
+                            payload: &payload,
+                        })
                     })
                 })
-            })
-            .await;
+                .await;
             match recorded {
-                Ok(event) => {
-                    let _ = self.ctx.events.send(Arc::new(event));
-                }
+                Ok(event) => self.ctx.db.publish(event),
                 Err(err) => tracing::error!(sandbox = %id, "could not record an LLM call: {err}"),
             }
             self.ctx.costs.guard_wake.notify_one();

@@ -17,7 +17,7 @@ use caged_store::{NewAlert, SandboxRecord};
 use serde_json::{Value, json};
 
 use super::webhooks;
-use crate::{AppState, blocking};
+use crate::AppState;
 
 /// How often spend is compared with budgets when nothing wakes the guard sooner.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -44,8 +44,7 @@ async fn check_all(
     fired: &mut HashSet<(SandboxId, Level, i64)>,
     destroying: &Arc<Mutex<HashSet<SandboxId>>>,
 ) {
-    let store = state.store.clone();
-    let records = match blocking::run(move || store.budgeted_sandboxes()).await {
+    let records = match state.db.run(move |store| store.budgeted_sandboxes()).await {
         Ok(records) => records,
         Err(err) => {
             tracing::error!("budget guard: cannot read budgets: {err}");
@@ -119,28 +118,29 @@ async fn alert(
     // is); the other two at once.
     let hook = (level != Level::Exceeded)
         .then(|| webhooks::body(&format!("budget.{}", level.as_str()), record, &payload, at));
-    let store = state.store.clone();
     let (id, account) = (record.id, record.account_id.clone());
-    let event = blocking::run(move || {
-        store.record_budget_alert(NewAlert {
-            sandbox_id: id,
-            account_id: &account,
-            level: level.percent(),
-            budget_micros: budget,
-            spend_micros: spend.0,
-            at_ms: at,
-            payload: &payload,
-            webhook: hook
-                .as_ref()
-                .map(|(kind, body)| (kind.as_str(), body.as_str())),
+    let event = state
+        .db
+        .run(move |store| {
+            store.record_budget_alert(NewAlert {
+                sandbox_id: id,
+                account_id: &account,
+                level: level.percent(),
+                budget_micros: budget,
+                spend_micros: spend.0,
+                at_ms: at,
+                payload: &payload,
+                webhook: hook
+                    .as_ref()
+                    .map(|(kind, body)| (kind.as_str(), body.as_str())),
+            })
         })
-    })
-    .await?;
+        .await?;
     let Some(event) = event else {
         return Ok(false);
     };
     tracing::warn!(sandbox = %record.id, "{}", event.payload["message"].as_str().unwrap_or(""));
-    state.publish(event);
+    state.db.publish(event);
     state.costs.webhook_wake.notify_one();
     Ok(true)
 }
@@ -167,8 +167,7 @@ pub(crate) fn format_percent(spend: Micros, budget: Micros) -> String {
 async fn exceed(state: &Arc<AppState>, seen: &SandboxRecord) {
     let id = seen.id;
     let _guard = state.locks.lock(id).await;
-    let store = state.store.clone();
-    let Ok(Some(record)) = blocking::run(move || store.sandbox_by_id(id)).await else {
+    let Ok(Some(record)) = state.db.run(move |store| store.sandbox_by_id(id)).await else {
         return;
     };
     if record.state == SandboxState::Destroyed {
@@ -193,20 +192,19 @@ async fn exceed(state: &Arc<AppState>, seen: &SandboxRecord) {
         )
         .await
         .map(|snapshot| snapshot.id)
-        .map_err(|err| err.message)
+        .map_err(|err| err.to_string())
     };
     if let Err(err) = &snapshot {
         tracing::error!(sandbox = %id, "the final snapshot failed ({err}); destroying anyway: the budget is a hard limit");
     }
     // The snapshot's own state change and events happened; read the record as it is now.
-    let store = state.store.clone();
-    let Ok(Some(record)) = blocking::run(move || store.sandbox_by_id(id)).await else {
+    let Ok(Some(record)) = state.db.run(move |store| store.sandbox_by_id(id)).await else {
         return;
     };
     let destroyed =
         crate::sandboxes::apply(state, &record, SandboxState::Destroyed, "budget exceeded").await;
     if let Err(err) = destroyed {
-        tracing::error!(sandbox = %id, "cannot destroy a sandbox over its budget: {}", err.message);
+        tracing::error!(sandbox = %id, "cannot destroy a sandbox over its budget: {err}");
         return;
     }
     let at = now_ms();
@@ -223,15 +221,23 @@ async fn exceed(state: &Arc<AppState>, seen: &SandboxRecord) {
         "destroyed_at": rfc3339_from_ms(at),
     });
     let (kind, body) = webhooks::body("budget.exceeded", &record, &payload, at);
-    let store = state.store.clone();
     let account = record.account_id.clone();
-    match blocking::run(move || {
-        store.record_event_with_webhook(id, &account, at, "budget", &payload, Some((&kind, &body)))
-    })
-    .await
+    match state
+        .db
+        .run(move |store| {
+            store.record_event_with_webhook(
+                id,
+                &account,
+                at,
+                "budget",
+                &payload,
+                Some((&kind, &body)),
+            )
+        })
+        .await
     {
         Ok(event) => {
-            state.publish(event);
+            state.db.publish(event);
             state.costs.webhook_wake.notify_one();
         }
         Err(err) => tracing::error!(sandbox = %id, "cannot record the budget's end: {err}"),

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::{AppState, blocking};
+use crate::AppState;
 
 pub(crate) const MAX_ATTEMPTS: i64 = 12;
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
@@ -96,8 +96,9 @@ pub(crate) fn run(state: Arc<AppState>) {
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         loop {
-            let store = state.store.clone();
-            let due = blocking::run(move || store.due_webhooks(now_ms(), 16))
+            let due = state
+                .db
+                .run(move |store| store.due_webhooks(now_ms(), 16))
                 .await
                 .unwrap_or_default();
             for delivery in &due {
@@ -106,8 +107,9 @@ pub(crate) fn run(state: Arc<AppState>) {
             if due.len() == 16 {
                 continue;
             }
-            let store = state.store.clone();
-            let next = blocking::run(move || store.next_webhook_at())
+            let next = state
+                .db
+                .run(move |store| store.next_webhook_at())
                 .await
                 .ok()
                 .flatten();
@@ -124,9 +126,10 @@ pub(crate) fn run(state: Arc<AppState>) {
 }
 
 async fn attempt(state: &AppState, delivery: &WebhookDelivery) {
-    let store = state.store.clone();
     let account = delivery.account_id.clone();
-    let secret = blocking::run(move || store.webhook(&account))
+    let secret = state
+        .db
+        .run(move |store| store.webhook(&account))
         .await
         .ok()
         .flatten()
@@ -151,12 +154,12 @@ async fn attempt(state: &AppState, delivery: &WebhookDelivery) {
             if retry_at.is_some() { "; will retry" } else { "; giving up" }
         );
     }
-    let store = state.store.clone();
     let id = delivery.id;
     let error = result.err();
-    let _ =
-        blocking::run(move || store.webhook_attempted(id, now_ms(), error.as_deref(), retry_at))
-            .await;
+    let _ = state
+        .db
+        .run(move |store| store.webhook_attempted(id, now_ms(), error.as_deref(), retry_at))
+        .await;
 }
 
 async fn send(state: &AppState, delivery: &WebhookDelivery, secret: &str) -> Result<(), String> {

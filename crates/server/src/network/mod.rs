@@ -26,8 +26,8 @@ use caged_store::SandboxRecord;
 use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 
-use crate::api::ApiError;
-use crate::{AppState, blocking};
+use crate::AppState;
+use crate::error::{Error, Result};
 
 pub(crate) use dns::Resolver;
 
@@ -68,16 +68,14 @@ const EVENT_EVERY: Duration = Duration::from_secs(10);
 /// What the services on a link need of the server: the registry, and where events go.
 pub(crate) struct Ctx {
     pub network: Arc<Network>,
-    pub store: Arc<caged_store::Store>,
-    pub events: tokio::sync::broadcast::Sender<Arc<caged_store::Event>>,
+    pub db: caged_store::Db,
 }
 
 impl Ctx {
     pub(crate) fn of(state: &AppState) -> Arc<Ctx> {
         Arc::new(Ctx {
             network: state.network.clone(),
-            store: state.store.clone(),
-            events: state.events.clone(),
+            db: state.db.clone(),
         })
     }
 }
@@ -197,7 +195,7 @@ impl Network {
 
     /// Writes the firewall table for the links known now, if it differs from what the kernel
     /// holds (or always, with `force`).
-    async fn write_firewall(&self, force: bool) -> Result<(), String> {
+    async fn write_firewall(&self, force: bool) -> std::result::Result<(), String> {
         let mut written = self.written.lock().await;
         if *self.stopping.borrow() {
             return Err("the server is stopping".into());
@@ -286,23 +284,18 @@ pub(crate) async fn prepare(
     state: &AppState,
     id: SandboxId,
     mode: NetworkMode,
-) -> Result<Option<LinkSpec>, ApiError> {
+) -> Result<Option<LinkSpec>> {
     if mode == NetworkMode::None {
         return Ok(None);
     }
-    let store = state.store.clone();
     let capacity = state.network.config.pool.capacity();
-    let slot = blocking::run(move || store.allocate_link_slot(id, capacity))
+    let slot = state.db.run(move |store| store.allocate_link_slot(id, capacity))
         .await?
         .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "network_full",
-                format!(
-                    "all {capacity} sandbox links of the pool {} are in use; destroy a sandbox or give the server a larger --sandbox-network",
-                    state.network.config.pool
-                ),
-            )
+            Error::NetworkFull(format!(
+                "all {capacity} sandbox links of the pool {} are in use; destroy a sandbox or give the server a larger --sandbox-network",
+                state.network.config.pool
+            ))
         })?;
     Ok(spec_for_slot(state, id, mode, slot))
 }
@@ -312,12 +305,11 @@ pub(crate) async fn spec_of(
     state: &AppState,
     id: SandboxId,
     mode: NetworkMode,
-) -> Result<Option<LinkSpec>, ApiError> {
+) -> Result<Option<LinkSpec>> {
     if mode == NetworkMode::None {
         return Ok(None);
     }
-    let store = state.store.clone();
-    match blocking::run(move || store.link_slot(id)).await? {
+    match state.db.run(move |store| store.link_slot(id)).await? {
         Some(slot) => Ok(spec_for_slot(state, id, mode, slot)),
         None => prepare(state, id, mode).await,
     }
@@ -348,7 +340,7 @@ pub(crate) async fn register(
     account_id: &str,
     config: &caged_domain::SandboxConfig,
     spec: &LinkSpec,
-) -> Result<Arc<Link>, String> {
+) -> std::result::Result<Arc<Link>, String> {
     let mode = match config.network_mode {
         NetworkMode::Allowlist => Mode::Allowlist,
         _ => Mode::Full,
@@ -379,13 +371,14 @@ pub(crate) async fn register(
 pub(crate) async fn spec_of_existing(
     state: &AppState,
     record: &SandboxRecord,
-) -> Result<Option<LinkSpec>, ApiError> {
+) -> Result<Option<LinkSpec>> {
     if record.config.network_mode == NetworkMode::None {
         return Ok(None);
     }
-    let store = state.store.clone();
     let id = record.id;
-    Ok(blocking::run(move || store.link_slot(id))
+    Ok(state
+        .db
+        .run(move |store| store.link_slot(id))
         .await?
         .and_then(|slot| spec_for_slot(state, id, record.config.network_mode, slot)))
 }
@@ -393,7 +386,10 @@ pub(crate) async fn spec_of_existing(
 /// Takes charge of a started sandbox's link: its place in the firewall and its services. The
 /// link itself is made by the runtime; if it is missing (the engine restarted the container),
 /// it is made again here.
-pub(crate) async fn on_started(state: &AppState, record: &SandboxRecord) -> Result<(), String> {
+pub(crate) async fn on_started(
+    state: &AppState,
+    record: &SandboxRecord,
+) -> std::result::Result<(), String> {
     if record.config.network_mode == NetworkMode::None {
         return Ok(());
     }
@@ -402,7 +398,7 @@ pub(crate) async fn on_started(state: &AppState, record: &SandboxRecord) -> Resu
         None => {
             let spec = spec_of(state, record.id, record.config.network_mode)
                 .await
-                .map_err(|err| err.message)?
+                .map_err(|err| err.to_string())?
                 .ok_or("the sandbox's link slot is outside the pool")?;
             register(state, record.id, &record.account_id, &record.config, &spec).await?
         }
@@ -412,7 +408,10 @@ pub(crate) async fn on_started(state: &AppState, record: &SandboxRecord) -> Resu
 
 /// Gives a sandbox whose container started again (a new namespace) its link at once: the old
 /// link may still exist, in a namespace something still holds.
-pub(crate) async fn relink(state: &AppState, record: &SandboxRecord) -> Result<(), String> {
+pub(crate) async fn relink(
+    state: &AppState,
+    record: &SandboxRecord,
+) -> std::result::Result<(), String> {
     if record.config.network_mode == NetworkMode::None {
         return Ok(());
     }
@@ -438,7 +437,7 @@ async fn ensure_link(
     state: &AppState,
     record: &SandboxRecord,
     link: &Arc<Link>,
-) -> Result<(), String> {
+) -> std::result::Result<(), String> {
     use std::sync::atomic::Ordering;
     let ifname = &link.spec.host_ifname;
     let ifindex = match ifindex(ifname) {
@@ -480,7 +479,7 @@ fn ifindex(ifname: &str) -> Option<u32> {
         .ok()
 }
 
-fn start_services(state: &AppState, link: &Arc<Link>) -> Result<(), String> {
+fn start_services(state: &AppState, link: &Arc<Link>) -> std::result::Result<(), String> {
     let mut services = lock(&link.services);
     for task in services.drain(..) {
         task.abort();
@@ -533,15 +532,25 @@ pub(crate) fn on_transition(state: &AppState, id: SandboxId, to: SandboxState) {
 /// hosts no longer allowed are closed at once.
 pub(crate) async fn set_allowed_hosts(
     state: &AppState,
-    sandbox: &SandboxRecord,
+    account_id: &str,
+    id: SandboxId,
     hosts: Vec<String>,
-) -> Result<(), ApiError> {
-    let store = state.store.clone();
+) -> Result<()> {
+    let (_guard, sandbox) = crate::sandboxes::live_locked(state, account_id, id, "").await?;
+    if sandbox.config.network_mode != NetworkMode::Allowlist {
+        return Err(Error::NotAllowlist(format!(
+            "sandbox {id} has network_mode {}; allowed_hosts applies only to network_mode allowlist",
+            sandbox.config.network_mode.as_str()
+        )));
+    }
+    let sandbox = &sandbox;
     let (id, account) = (sandbox.id, sandbox.account_id.clone());
     let stored = hosts.clone();
-    let event =
-        blocking::run(move || store.set_allowed_hosts(id, &account, &stored, now_ms())).await?;
-    state.publish(event);
+    let event = state
+        .db
+        .run(move |store| store.set_allowed_hosts(id, &account, &stored, now_ms()))
+        .await?;
+    state.db.publish(event);
     if let Some(link) = state.network.link(sandbox.id) {
         let list = Allowlist::new(&hosts);
         let cut: Vec<(String, AbortHandle)> = {
@@ -601,27 +610,26 @@ pub(crate) fn record(ctx: &Ctx, link: &Link, key: &str, mut payload: Value) {
     if repeats > 0 {
         payload["repeats"] = json!(repeats);
     }
-    let store = ctx.store.clone();
     let (id, account) = (link.id, link.account_id.clone());
-    let events = ctx.events.clone();
+    let db = ctx.db.clone();
     tokio::spawn(async move {
-        match blocking::run(move || {
-            store.record_event(id, &account, now_ms(), "network", &payload, false)
-        })
-        .await
-        {
-            Ok(event) => {
-                let _ = events.send(Arc::new(event));
-            }
-            Err(err) => tracing::error!(sandbox = %id, "could not record a network event: {err}"),
+        let written = db
+            .write(move |store| {
+                store.record_event(id, &account, now_ms(), "network", &payload, false)
+            })
+            .await;
+        if let Err(err) = written {
+            tracing::error!(sandbox = %id, "could not record a network event: {err}");
         }
     });
 }
 
 /// Hosts a sandbox tried to reach (allowed or not), for `caged network learn`.
-pub(crate) async fn learned_hosts(state: &AppState, id: SandboxId) -> Result<Vec<Value>, ApiError> {
-    let store = state.store.clone();
-    let payloads = blocking::run(move || store.event_payloads(id, "network", 100_000)).await?;
+pub(crate) async fn learned_hosts(state: &AppState, id: SandboxId) -> Result<Vec<Value>> {
+    let payloads = state
+        .db
+        .run(move |store| store.event_payloads(id, "network", 100_000))
+        .await?;
     let mut hosts: std::collections::BTreeMap<String, (bool, u64)> = Default::default();
     for payload in payloads {
         let Some(host) = payload["host"].as_str() else {
@@ -670,8 +678,7 @@ pub(crate) async fn heal_once(state: &AppState) {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = nets;
     }
-    let store = state.store.clone();
-    let Ok(Ok(live)) = tokio::task::spawn_blocking(move || store.live_sandboxes()).await else {
+    let Ok(live) = state.db.run(|store| store.live_sandboxes()).await else {
         return;
     };
     // Sandboxes running (or paused) whose link this server does not hold yet: after a restart.
@@ -687,9 +694,8 @@ pub(crate) async fn heal_once(state: &AppState) {
             if let Err(err) = on_started(state, record).await {
                 tracing::warn!(sandbox = %record.id, "cannot take charge of its link: {err}");
             }
-            let store = state.store.clone();
             let id = record.id;
-            let now = blocking::run(move || store.sandbox_by_id(id)).await;
+            let now = state.db.run(move |store| store.sandbox_by_id(id)).await;
             if matches!(now, Ok(Some(ref r)) if r.state == SandboxState::Destroyed) {
                 on_transition(state, id, SandboxState::Destroyed);
             }
@@ -716,7 +722,7 @@ pub(crate) async fn heal_once(state: &AppState) {
 
 /// The host's own IPv4 networks (not sandbox links), from its interface addresses.
 /// The host's IPv4 addresses, with the interface each is on (`ip -4 -o addr show`).
-async fn host_addresses() -> Result<Vec<(String, Net4)>, String> {
+async fn host_addresses() -> std::result::Result<Vec<(String, Net4)>, String> {
     let output = tokio::process::Command::new("ip")
         .args(["-4", "-o", "addr", "show"])
         .output()
@@ -734,7 +740,7 @@ async fn host_addresses() -> Result<Vec<(String, Net4)>, String> {
 }
 
 /// The host's own IPv4 networks (not sandbox links, not loopback).
-async fn host_networks(pool: &Pool) -> Result<Vec<Net4>, String> {
+async fn host_networks(pool: &Pool) -> std::result::Result<Vec<Net4>, String> {
     Ok(host_addresses()
         .await?
         .into_iter()
@@ -746,7 +752,10 @@ async fn host_networks(pool: &Pool) -> Result<Vec<Net4>, String> {
 
 /// Refuses a pool that overlaps an address some other interface of the host has (another
 /// installation's links, or a real network): two owners of one address would misroute.
-pub(crate) async fn check_pool(pool: &Pool, installation_id: &str) -> Result<(), String> {
+pub(crate) async fn check_pool(
+    pool: &Pool,
+    installation_id: &str,
+) -> std::result::Result<(), String> {
     let prefix = caged_network::link_prefix(installation_id);
     let first = pool
         .addresses(0)

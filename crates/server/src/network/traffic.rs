@@ -16,7 +16,6 @@ use caged_network::firewall::Mode;
 use serde_json::json;
 
 use super::{Ctx, Link, lock};
-use crate::blocking;
 
 const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
@@ -98,22 +97,18 @@ fn report(ctx: &Ctx) {
                 })
             })
             .collect();
-        let store = ctx.store.clone();
-        let events = ctx.events.clone();
+        let db = ctx.db.clone();
         let (id, account) = (link.id, link.account_id.clone());
         tokio::spawn(async move {
             for payload in payloads {
-                let store = store.clone();
                 let account = account.clone();
-                match blocking::run(move || {
-                    store.record_event(id, &account, now_ms(), "network", &payload, false)
-                })
-                .await
-                {
-                    Ok(event) => {
-                        let _ = events.send(Arc::new(event));
-                    }
-                    Err(err) => tracing::error!(sandbox = %id, "could not record traffic: {err}"),
+                let written = db
+                    .write(move |store| {
+                        store.record_event(id, &account, now_ms(), "network", &payload, false)
+                    })
+                    .await;
+                if let Err(err) = written {
+                    tracing::error!(sandbox = %id, "could not record traffic: {err}");
                 }
             }
         });

@@ -22,7 +22,7 @@ use caged_trust::{Ledger, Observation, Policy, Rule};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::{AppState, blocking};
+use crate::AppState;
 use tracker::{Attribution, Command, Observed, Out, Stats, Tracker};
 
 /// Most observations written in one transaction.
@@ -152,7 +152,7 @@ pub(crate) fn run(state: Arc<AppState>) {
         .map(|file| (file.path.clone(), file.named))
         .collect();
     let tracker = Tracker::new(
-        state.store.clone(),
+        state.db.blocking(),
         observer.out.clone(),
         observer.commands.clone(),
         observer.stats.clone(),
@@ -190,12 +190,11 @@ pub(crate) fn run(state: Arc<AppState>) {
 }
 
 /// A sandbox's trust: its worst session (or its activity outside sessions), and why.
-pub(crate) async fn sandbox_trust(
-    state: &AppState,
-    id: SandboxId,
-) -> Result<Value, crate::api::ApiError> {
-    let store = state.store.clone();
-    let charged = blocking::run(move || store.charged_by_session(id)).await?;
+pub(crate) async fn sandbox_trust(state: &AppState, id: SandboxId) -> crate::error::Result<Value> {
+    let charged = state
+        .db
+        .run(move |store| store.charged_by_session(id))
+        .await?;
     let worst = charged.iter().map(|c| c.points).max().unwrap_or(0);
     let score = caged_trust::score(worst);
     Ok(json!({
@@ -213,10 +212,12 @@ pub(crate) async fn session_trust(
     state: &AppState,
     account: &str,
     session: &str,
-) -> Result<Value, crate::api::ApiError> {
-    let store = state.store.clone();
+) -> crate::error::Result<Value> {
     let (account, session) = (account.to_string(), session.to_string());
-    let penalties = blocking::run(move || store.session_penalties(&account, &session)).await?;
+    let penalties = state
+        .db
+        .run(move |store| store.session_penalties(&account, &session))
+        .await?;
     let points: u64 = penalties.iter().map(|p| u64::from(p.points)).sum();
     let score = caged_trust::score(points);
     Ok(json!({
@@ -251,8 +252,9 @@ async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
     let mut ledgers = Ledgers::default();
     // Network events are followed from the log, from where it stood at start-up (a penalty
     // charged twice is refused by the store, so re-reading a little is harmless).
-    let store = state.store.clone();
-    let mut network_seq = blocking::run(move || store.last_event_seq())
+    let mut network_seq = state
+        .db
+        .run(move |store| store.last_event_seq())
         .await
         .unwrap_or(0);
     let mut shutdown = state.shutdown.clone();
@@ -323,8 +325,9 @@ async fn sessions_of(
             if let Some(open) = cache.get(&sandbox) {
                 return open.clone();
             }
-            let store = state.store.clone();
-            let open = blocking::run(move || store.sessions_open_at(sandbox, at_ms, grace_ms))
+            let open = state
+                .db
+                .run(move |store| store.sessions_open_at(sandbox, at_ms, grace_ms))
                 .await
                 .unwrap_or_default();
             let open: Vec<Option<String>> = if open.is_empty() {
@@ -389,8 +392,11 @@ async fn record(state: &AppState, ledgers: &mut Ledgers, batch: Vec<Observed>) {
             event,
         });
     }
-    let store = state.store.clone();
-    let written = match blocking::run(move || store.record_events(&events)).await {
+    let written = match state
+        .db
+        .run(move |store| store.record_events(&events))
+        .await
+    {
         Ok(written) => written,
         Err(err) => {
             tracing::error!("could not record observations: {err}");
@@ -398,7 +404,7 @@ async fn record(state: &AppState, ledgers: &mut Ledgers, batch: Vec<Observed>) {
         }
     };
     for event in &written {
-        state.publish(event.clone());
+        state.db.publish(event.clone());
     }
     for item in items {
         let Some(observation) = &item.observed.observation else {
@@ -454,9 +460,10 @@ async fn charge(
 ) {
     let key = (sandbox, session.clone());
     if !ledgers.open.contains_key(&key) {
-        let store = state.store.clone();
         let session_id = session.clone();
-        let charged = blocking::run(move || store.charged_keys(sandbox, session_id.as_deref()))
+        let charged = state
+            .db
+            .run(move |store| store.charged_keys(sandbox, session_id.as_deref()))
             .await
             .unwrap_or_default();
         let ledger = Ledger::with_charged(
@@ -476,24 +483,25 @@ async fn charge(
         if let (Some(seq), Some(map)) = (seq, evidence.as_object_mut()) {
             map.insert("event".into(), json!(seq));
         }
-        let store = state.store.clone();
         let (account, session) = (account.to_string(), session.clone());
-        let recorded = blocking::run(move || {
-            store.charge_penalty(NewPenalty {
-                sandbox_id: sandbox,
-                account_id: &account,
-                session_id: session.as_deref(),
-                rule: penalty.rule.as_str(),
-                key: &penalty.key,
-                points: penalty.points,
-                reason: &penalty.reason,
-                evidence: &evidence,
-                at_ms,
+        let recorded = state
+            .db
+            .run(move |store| {
+                store.charge_penalty(NewPenalty {
+                    sandbox_id: sandbox,
+                    account_id: &account,
+                    session_id: session.as_deref(),
+                    rule: penalty.rule.as_str(),
+                    key: &penalty.key,
+                    points: penalty.points,
+                    reason: &penalty.reason,
+                    evidence: &evidence,
+                    at_ms,
+                })
             })
-        })
-        .await;
+            .await;
         match recorded {
-            Ok(events) => events.into_iter().for_each(|event| state.publish(event)),
+            Ok(events) => events.into_iter().for_each(|event| state.db.publish(event)),
             Err(err) => tracing::error!("could not record a penalty: {err}"),
         }
     }
@@ -501,8 +509,10 @@ async fn charge(
 
 /// Charges the network layer's events written since `after`; returns where it got to.
 async fn charge_network(state: &AppState, ledgers: &mut Ledgers, after: i64) -> i64 {
-    let store = state.store.clone();
-    let Ok(events) = blocking::run(move || store.events_of_kind("network", after, 2000)).await
+    let Ok(events) = state
+        .db
+        .run(move |store| store.events_of_kind("network", after, 2000))
+        .await
     else {
         return after;
     };

@@ -51,8 +51,7 @@ pub(super) fn run(state: Arc<AppState>) {
 /// Watches running sandboxes not watched yet (or now in another container) and forgets the
 /// ones that are gone.
 async fn sync(state: &Arc<AppState>) {
-    let store = state.store.clone();
-    let heads = match blocking::run(move || store.live_heads()).await {
+    let heads = match state.db.run(move |store| store.live_heads()).await {
         Ok(heads) => heads,
         Err(err) => {
             tracing::warn!("preview bookkeeping could not read the database: {err}");
@@ -75,7 +74,7 @@ async fn sync(state: &Arc<AppState>) {
             && head.state == caged_domain::SandboxState::Running
             && let Err(err) = attach(state, &head).await
         {
-            tracing::debug!(sandbox = %head.id, "not watching its ports yet: {}", err.message);
+            tracing::debug!(sandbox = %head.id, "not watching its ports yet: {err}");
         }
     }
 }
@@ -94,11 +93,14 @@ async fn scan(state: &Arc<AppState>, full: bool) {
     }
     let changed = blocking::run(move || changes(&cages)).await;
     for (cage, changes) in changed {
-        let store = state.store.clone();
         let (id, account) = (cage.id, cage.account_id.clone());
         let at = caged_domain::time::now_ms();
-        match blocking::run(move || store.update_preview_ports(id, &account, at, &changes)).await {
-            Ok(events) => events.into_iter().for_each(|event| state.publish(event)),
+        match state
+            .db
+            .run(move |store| store.update_preview_ports(id, &account, at, &changes))
+            .await
+        {
+            Ok(events) => events.into_iter().for_each(|event| state.db.publish(event)),
             Err(err) => tracing::warn!(sandbox = %id, "could not record its ports: {err}"),
         }
     }

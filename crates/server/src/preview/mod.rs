@@ -20,7 +20,8 @@ use caged_domain::{SandboxId, SandboxState};
 use caged_store::{PreviewPassword, SandboxHead};
 use serde_json::{Value, json};
 
-use crate::{AppState, blocking};
+use crate::AppState;
+use crate::error::{Error, Result};
 
 pub use tls::{PreviewTls, SELF_SIGNED_DIR};
 
@@ -146,9 +147,9 @@ impl Previews {
         match to {
             SandboxState::Destroyed => {
                 lock(&previews.cages).remove(&id);
-                let store = state.store.clone();
+                let db = state.db.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = blocking::run(move || store.clear_preview_ports(id)).await {
+                    if let Err(err) = db.run(move |store| store.clear_preview_ports(id)).await {
                         tracing::warn!(sandbox = %id, "could not forget its preview ports: {err}");
                     }
                 });
@@ -172,8 +173,9 @@ const UNREACHABLE_RETRY_MS: i64 = 5_000;
 /// restored into a new container.
 pub(crate) fn refresh(state: Arc<AppState>, id: SandboxId) {
     tokio::spawn(async move {
-        let store = state.store.clone();
-        let head = blocking::run(move || store.live_heads())
+        let head = state
+            .db
+            .run(move |store| store.live_heads())
             .await
             .ok()
             .and_then(|heads| heads.into_iter().find(|head| head.id == id));
@@ -184,26 +186,19 @@ pub(crate) fn refresh(state: Arc<AppState>, id: SandboxId) {
 }
 
 /// Opens the namespace of a running sandbox and starts watching it.
-pub(crate) async fn attach(
-    state: &AppState,
-    head: &SandboxHead,
-) -> Result<Arc<Cage>, crate::api::ApiError> {
+pub(crate) async fn attach(state: &AppState, head: &SandboxHead) -> Result<Arc<Cage>> {
     let Some(container_id) = head.container_id.clone() else {
-        return Err(crate::api::ApiError::conflict(
-            "not_ready",
-            format!("sandbox {} has no container yet", head.id),
-        ));
+        return Err(Error::NotReady(head.id));
     };
     let now = caged_domain::time::now_ms();
     if lock(&state.previews.unreachable)
         .get(&container_id)
         .is_some_and(|until| *until > now)
     {
-        return Err(crate::api::ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            "network_unreachable",
-            format!("sandbox {}'s network could not be opened recently", head.id),
-        ));
+        return Err(Error::NetworkUnreachable(format!(
+            "sandbox {}'s network could not be opened recently",
+            head.id
+        )));
     }
     let ns = match state.runtime.network_namespace(&container_id).await {
         Ok(ns) => ns,
@@ -221,12 +216,16 @@ pub(crate) async fn attach(
             None
         }
     };
-    let store = state.store.clone();
     let id = head.id;
-    let (ports, passwords) = blocking::run(move || {
-        Ok::<_, caged_store::StoreError>((store.preview_ports(id)?, store.preview_passwords(id)?))
-    })
-    .await?;
+    let (ports, passwords) = state
+        .db
+        .run(move |store| {
+            Ok::<_, caged_store::StoreError>((
+                store.preview_ports(id)?,
+                store.preview_passwords(id)?,
+            ))
+        })
+        .await?;
     let cage = Arc::new(Cage {
         id,
         account_id: head.account_id.clone(),
@@ -272,20 +271,21 @@ pub(crate) fn password_changed(
 }
 
 /// The previews of one sandbox for the API: listening ports and protected ones.
-pub(crate) async fn list(
-    state: &AppState,
-    record: &caged_store::SandboxRecord,
-) -> Result<Value, crate::api::ApiError> {
+pub(crate) async fn list(state: &AppState, record: &caged_store::SandboxRecord) -> Result<Value> {
     if record.state == SandboxState::Destroyed {
         // Its ports are forgotten as it goes; a crash in between must not bring them back.
         return Ok(Value::Array(Vec::new()));
     }
     let id = record.id;
-    let store = state.store.clone();
-    let (ports, passwords) = blocking::run(move || {
-        Ok::<_, caged_store::StoreError>((store.preview_ports(id)?, store.preview_passwords(id)?))
-    })
-    .await?;
+    let (ports, passwords) = state
+        .db
+        .run(move |store| {
+            Ok::<_, caged_store::StoreError>((
+                store.preview_ports(id)?,
+                store.preview_passwords(id)?,
+            ))
+        })
+        .await?;
     let mut previews: BTreeMap<u16, Value> = BTreeMap::new();
     for port in ports {
         previews.insert(

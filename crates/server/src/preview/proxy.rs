@@ -266,8 +266,9 @@ async fn cage_of(state: &Arc<AppState>, route: Route) -> Result<Arc<Cage>, Refus
             &format!("There is no live sandbox {}.", route.id),
         )
     };
-    let store = state.store.clone();
-    let heads = blocking::run(move || store.live_heads())
+    let heads = state
+        .db
+        .run(move |store| store.live_heads())
         .await
         .map_err(|err| unavailable(&format!("database: {err}")))?;
     let head = heads
@@ -280,21 +281,22 @@ async fn cage_of(state: &Arc<AppState>, route: Route) -> Result<Arc<Cage>, Refus
         return match state.previews.cage(route.id) {
             Some(cage) => Ok(cage),
             None => {
-                let store = state.store.clone();
-                let head = blocking::run(move || store.live_heads())
+                let head = state
+                    .db
+                    .run(move |store| store.live_heads())
                     .await
                     .ok()
                     .and_then(|heads| heads.into_iter().find(|head| head.id == route.id))
                     .ok_or_else(gone)?;
                 attach(state, &head)
                     .await
-                    .map_err(|err| unavailable(&err.message))
+                    .map_err(|err| unavailable(&err.to_string()))
             }
         };
     }
     attach(state, &head)
         .await
-        .map_err(|err| unavailable(&err.message))
+        .map_err(|err| unavailable(&err.to_string()))
 }
 
 async fn wake(
@@ -305,7 +307,7 @@ async fn wake(
     sandboxes::active(state, account_id, id, "a preview request")
         .await
         .map(|(_, busy)| busy)
-        .map_err(|err| unavailable(&err.message))
+        .map_err(|err| unavailable(&err.to_string()))
 }
 
 /// Whether the request carries this port's credential; removes it from the request if so.
@@ -708,20 +710,21 @@ fn note_activity(state: &Arc<AppState>, cage: &Cage, port: u16) {
     let log = now / 60_000 != last / 60_000;
     let (state, id, account) = (state.clone(), cage.id, cage.account_id.clone());
     tokio::spawn(async move {
-        let store = state.store.clone();
         let payload = serde_json::json!({ "port": port });
-        let result = blocking::run(move || {
-            if log {
-                store
-                    .record_event(id, &account, now, "http", &payload, true)
-                    .map(Some)
-            } else {
-                store.mark_active(id, now).map(|()| None)
-            }
-        })
-        .await;
+        let result = state
+            .db
+            .run(move |store| {
+                if log {
+                    store
+                        .record_event(id, &account, now, "http", &payload, true)
+                        .map(Some)
+                } else {
+                    store.mark_active(id, now).map(|()| None)
+                }
+            })
+            .await;
         match result {
-            Ok(Some(event)) => state.publish(event),
+            Ok(Some(event)) => state.db.publish(event),
             Ok(None) => {}
             Err(err) => tracing::warn!(sandbox = %id, "could not record preview traffic: {err}"),
         }
@@ -748,7 +751,7 @@ fn wake_for_traffic(state: &Arc<AppState>, cage: &Cage) {
     let (state, id, account) = (state.clone(), cage.id, cage.account_id.clone());
     tokio::spawn(async move {
         if let Err(err) = sandboxes::active(&state, &account, id, "preview traffic").await {
-            tracing::debug!(sandbox = %id, "could not wake for preview traffic: {}", err.message);
+            tracing::debug!(sandbox = %id, "could not wake for preview traffic: {err}");
         }
     });
 }

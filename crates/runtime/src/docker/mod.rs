@@ -6,17 +6,15 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    RemoveContainerOptionsBuilder, ResizeExecOptionsBuilder, UploadToContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use caged_domain::{Isolation, SandboxId};
@@ -24,10 +22,11 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use crate::{
-    ByteStream, ContainerSummary, EngineInfo, ExecHandle, ExecOutput, ExecSpec, FsChange,
-    KEPT_CAPABILITIES, PathStat, Result, Runtime, RuntimeError, SandboxSpec, Support, TemplateInfo,
-    proctree, seccomp,
+    ByteStream, ContainerSummary, EngineInfo, Exec, ExecSpec, FsChange, KEPT_CAPABILITIES,
+    PathStat, Result, Runtime, RuntimeError, SandboxSpec, Support, TemplateInfo, seccomp,
 };
+
+mod exec;
 
 pub const LABEL_INSTALLATION: &str = "dev.caged.installation";
 pub const LABEL_SANDBOX: &str = "dev.caged.sandbox";
@@ -38,28 +37,6 @@ const GVISOR_RUNTIME: &str = "runsc";
 /// PID 1 of every sandbox: a shell that sleeps forever. The engine's own init (tini) sits above
 /// it to reap orphans.
 const KEEPALIVE: &[&str] = &["/bin/sh", "-c", "while :; do sleep 3600; done"];
-/// Stops the process whose pid is in file `$1`, finds all its descendants through the sandbox's
-/// `/proc`, and kills them all. POSIX sh and `kill` only, so it runs on any template.
-const KILL_TREE_SCRIPT: &str = r#"root=$(cat "$1" 2>/dev/null) || exit 0
-kill -STOP "$root" 2>/dev/null
-all="$root"; frontier="$root"
-while [ -n "$frontier" ]; do
-  next=""
-  for status in /proc/[0-9]*/status; do
-    pid=${status#/proc/}; pid=${pid%/status}
-    parent=""
-    while read -r key value; do
-      if [ "$key" = "PPid:" ]; then parent=$value; break; fi
-    done < "$status" 2>/dev/null
-    for candidate in $frontier; do
-      if [ "$parent" = "$candidate" ]; then next="$next $pid"; kill -STOP "$pid" 2>/dev/null; fi
-    done
-  done
-  all="$all $next"; frontier=$next
-done
-kill -KILL $all 2>/dev/null
-exit 0"#;
-
 pub struct DockerRuntime {
     host: Option<String>,
     /// Connected on first use: the client library refuses to build a client for a socket that
@@ -68,8 +45,6 @@ pub struct DockerRuntime {
     installation_id: String,
     gvisor: OnceLock<Support>,
     seccomp_profile: String,
-    /// gVisor execs still running, with the file inside the sandbox that holds their pid.
-    gvisor_execs: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl DockerRuntime {
@@ -117,33 +92,6 @@ impl DockerRuntime {
             installation_id: installation_id.to_string(),
             gvisor: OnceLock::new(),
             seccomp_profile: seccomp::profile().to_string(),
-            gvisor_execs: std::sync::Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Kills a command and its descendants from inside the sandbox, for runtimes whose
-    /// processes the host cannot see (gVisor). This runs the sandbox's own `sh`, so a sandbox
-    /// that replaced it can keep its own processes alive; it can never reach anything else.
-    async fn kill_inside(&self, handle: &str, pid_file: &str) -> Result<()> {
-        let script = format!("{KILL_TREE_SCRIPT}\nrm -f {pid_file}");
-        let spec = ExecSpec {
-            cmd: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                script,
-                "caged-kill".into(),
-                pid_file.into(),
-            ],
-            ..ExecSpec::default()
-        };
-        let mut kill = self.exec(handle, &spec).await?;
-        drop(kill.input);
-        while kill.output.next().await.is_some() {}
-        match self.exec_status(&kill.exec_id).await? {
-            Some(0) => Ok(()),
-            other => Err(RuntimeError::KillFailed {
-                reason: format!("the kill inside the sandbox ended with {other:?}"),
-            }),
         }
     }
 
@@ -377,7 +325,7 @@ pub fn template_image(name: &str) -> String {
     format!("{TEMPLATE_REPO_PREFIX}{name}:latest")
 }
 
-fn engine_error(err: DockerError) -> RuntimeError {
+pub(crate) fn engine_error(err: DockerError) -> RuntimeError {
     match err {
         DockerError::DockerResponseServerError {
             status_code,
@@ -401,7 +349,7 @@ fn engine_error(err: DockerError) -> RuntimeError {
 }
 
 /// Errors about one container: a 404 means the container is gone, not that the path is missing.
-fn container_error(err: DockerError) -> RuntimeError {
+pub(crate) fn container_error(err: DockerError) -> RuntimeError {
     match err {
         DockerError::DockerResponseServerError {
             status_code: 404,
@@ -698,184 +646,8 @@ impl Runtime for DockerRuntime {
             .collect())
     }
 
-    async fn exec(&self, handle: &str, spec: &ExecSpec) -> Result<ExecHandle> {
-        let env: Vec<String> = spec
-            .env
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
-        // Under gVisor the host cannot see the command's processes; have it note its pid inside
-        // the sandbox, where a kill can find it.
-        let pid_file = (spec.isolation == Isolation::Gvisor)
-            .then(|| format!("/tmp/.caged-exec-{}.pid", caged_domain::random_hex(8)));
-        let cmd = match &pid_file {
-            Some(pid_file) => {
-                let mut wrapped: Vec<String> = vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    format!("echo $$ > {pid_file}; exec \"$@\""),
-                    "caged-exec".into(),
-                ];
-                wrapped.extend(spec.cmd.iter().cloned());
-                wrapped
-            }
-            None => spec.cmd.clone(),
-        };
-        let options = CreateExecOptions {
-            attach_stdin: Some(spec.stdin),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(spec.tty),
-            env: Some(env),
-            cmd: Some(cmd),
-            working_dir: spec.cwd.clone(),
-            ..Default::default()
-        };
-        let exec = self
-            .docker()?
-            .create_exec(handle, options)
-            .await
-            .map_err(container_error)?;
-        if let Some(pid_file) = pid_file {
-            let mut execs = self
-                .gvisor_execs
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Entries of commands that ended on their own are dropped here, not kept forever.
-            if execs.len() > 4096 {
-                execs.clear();
-            }
-            execs.insert(exec.id.clone(), pid_file);
-        }
-        let started = self
-            .docker()?
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: spec.tty,
-                    output_capacity: None,
-                }),
-            )
-            .await
-            .map_err(container_error)?;
-        let StartExecResults::Attached { output, input } = started else {
-            return Err(RuntimeError::Engine {
-                status: 500,
-                message: "exec started detached".into(),
-            });
-        };
-        let output = output.map(|item| match item {
-            Ok(bollard::container::LogOutput::StdErr { message }) => {
-                Ok(ExecOutput::Stderr(message))
-            }
-            Ok(other) => Ok(ExecOutput::Stdout(other.into_bytes())),
-            Err(err) => Err(engine_error(err)),
-        });
-        Ok(ExecHandle {
-            exec_id: exec.id,
-            output: Box::pin(output),
-            input,
-        })
-    }
-
-    async fn exec_status(&self, exec_id: &str) -> Result<Option<i64>> {
-        // The engine closes the output a moment before it records the exit code; wait for it.
-        for attempt in 0..50 {
-            let inspect = self
-                .docker()?
-                .inspect_exec(exec_id)
-                .await
-                .map_err(engine_error)?;
-            if inspect.running != Some(true)
-                && let Some(code) = inspect.exit_code
-            {
-                self.gvisor_execs
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .remove(exec_id);
-                return Ok(Some(code));
-            }
-            tokio::time::sleep(Duration::from_millis(2 + attempt * 2)).await;
-        }
-        Ok(None)
-    }
-
-    async fn exec_pid(&self, exec_id: &str) -> Result<Option<i32>> {
-        if self
-            .gvisor_execs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains_key(exec_id)
-        {
-            return Ok(None);
-        }
-        // The engine records the pid a moment after the exec starts; a fast command may have
-        // finished by then, and its pid is still recorded.
-        for attempt in 0..40u64 {
-            let inspect = self
-                .docker()?
-                .inspect_exec(exec_id)
-                .await
-                .map_err(engine_error)?;
-            if let Some(pid) = inspect
-                .pid
-                .and_then(|pid| i32::try_from(pid).ok())
-                .filter(|pid| *pid > 0)
-            {
-                return Ok(Some(pid));
-            }
-            tokio::time::sleep(Duration::from_millis(1 + attempt)).await;
-        }
-        Ok(None)
-    }
-
-    async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()> {
-        let options = ResizeExecOptionsBuilder::default()
-            .w(cols as i32)
-            .h(rows as i32)
-            .build();
-        self.docker()?
-            .resize_exec(exec_id, options)
-            .await
-            .map_err(engine_error)
-    }
-
-    async fn exec_kill(&self, handle: &str, exec_id: &str) -> Result<()> {
-        let inspect = self
-            .docker()?
-            .inspect_exec(exec_id)
-            .await
-            .map_err(engine_error)?;
-        if inspect.running != Some(true) {
-            return Ok(());
-        }
-        let pid_file = self
-            .gvisor_execs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(exec_id);
-        if let Some(pid_file) = pid_file {
-            return self.kill_inside(handle, &pid_file).await;
-        }
-        let pid = inspect.pid.unwrap_or(0);
-        if pid <= 0 {
-            return Err(RuntimeError::KillFailed {
-                reason: "the engine did not report the command's process".into(),
-            });
-        }
-        let pid = i32::try_from(pid).map_err(|_| RuntimeError::KillFailed {
-            reason: format!("bad pid {pid}"),
-        })?;
-        tokio::task::spawn_blocking(move || proctree::kill_tree(pid))
-            .await
-            .map_err(|err| RuntimeError::KillFailed {
-                reason: err.to_string(),
-            })?
-            .map_err(|err| RuntimeError::KillFailed {
-                reason: format!("reading /proc: {err}"),
-            })?;
-        Ok(())
+    async fn exec(&self, handle: &str, spec: &ExecSpec) -> Result<Exec> {
+        exec::start(self.docker()?, handle, spec).await
     }
 
     async fn stat_path(&self, handle: &str, path: &str) -> Result<PathStat> {

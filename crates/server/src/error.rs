@@ -1,0 +1,71 @@
+//! What can go wrong below the API: each variant says what failed, in words a user can act on.
+//! Which HTTP status and error code that is, is the API's business (`api::error`), decided in
+//! one place; so is what reaches the log.
+
+use caged_domain::SandboxId;
+use caged_runtime::RuntimeError;
+use caged_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("{0}")]
+    EngineUnavailable(String),
+    /// A sandbox, snapshot or session that does not exist, or is someone else's: the two look
+    /// the same.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request asked for something that cannot be (`code` names the field or rule).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("a live sandbox is already named {0:?}")]
+    NameTaken(String),
+    #[error("sandbox {0} has no container yet")]
+    NotReady(SandboxId),
+    /// The sandbox is not in a state the operation works in.
+    #[error("{0}")]
+    WrongState(String),
+    /// The state machine refused the change, or the state changed meanwhile.
+    #[error("{0}")]
+    IllegalTransition(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    TemplateMismatch(String),
+    #[error("sandbox {0} has no init_script")]
+    NoInitScript(SandboxId),
+    #[error("sandbox {0}'s init_script has already run")]
+    InitStarted(SandboxId),
+    #[error("{0}")]
+    NotAllowlist(String),
+    #[error("{0}")]
+    IsDirectory(String),
+    #[error("{0}")]
+    NotADirectory(String),
+    #[error("{0}")]
+    SnapshotLimit(String),
+    #[error("{0}")]
+    SnapshotQuota(String),
+    #[error("{0}")]
+    BadSnapshot(String),
+    #[error("{0}")]
+    NetworkFull(String),
+    #[error("{0}")]
+    NetworkUnreachable(String),
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
