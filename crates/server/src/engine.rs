@@ -25,15 +25,28 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub(crate) fn watch(
     runtime: Arc<dyn Runtime>,
     probe_gvisor: bool,
+    tasks: &crate::tasks::Tasks,
 ) -> Arc<watch::Sender<EngineStatus>> {
     let tx = Arc::new(watch::Sender::new(EngineStatus::Starting));
     let watched = tx.clone();
-    tokio::spawn(async move {
+    let stop = tasks.stopping();
+    tasks.spawn("engine.watch", async move {
         let tx = watched;
+        let pause = |wait| {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => true,
+                    () = stop.cancelled() => false,
+                }
+            }
+        };
         loop {
             let up = matches!(*tx.borrow(), EngineStatus::Up(_));
             if up {
-                tokio::time::sleep(HEARTBEAT).await;
+                if !pause(HEARTBEAT).await {
+                    return;
+                }
                 if let Err(err) = runtime.ping().await {
                     tracing::error!(
                         "container engine went away: {err}; API calls that need it answer 503 until it is back"
@@ -75,7 +88,9 @@ pub(crate) fn watch(
                     tx.send_replace(EngineStatus::Down {
                         reason: err.to_string(),
                     });
-                    tokio::time::sleep(RETRY).await;
+                    if !pause(RETRY).await {
+                        return;
+                    }
                 }
             }
         }

@@ -18,9 +18,9 @@ use serde_json::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
-use crate::idle::Busy;
 use crate::sessions::Session;
 use crate::{AppState, sandboxes};
+use caged_activity::Busy;
 
 /// A command to run, as every door asks for it.
 #[derive(Deserialize)]

@@ -22,6 +22,7 @@ mod reconcile;
 mod sandboxes;
 mod sessions;
 mod snapshots;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ pub use cost::{CostConfig, Upstream};
 pub use engine::EngineStatus;
 pub use network::NetworkConfig;
 pub use preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
+
+/// How long a stopping server waits for its loops to end before it aborts them.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Name of the file in the data folder that holds the admin's API key.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
@@ -120,12 +124,12 @@ pub(crate) struct AppState {
     pub installation_id: String,
     pub config: ServerConfig,
     pub locks: sandboxes::Locks,
-    pub idle: Arc<idle::Idle>,
+    pub activity: Arc<caged_activity::Activity>,
     pub snapshots: Arc<dyn caged_snapshot::Storage>,
     /// Sandboxes that just paused, for the auto-snapshot worker.
     pub auto_snapshots: tokio::sync::mpsc::UnboundedSender<caged_domain::SandboxId>,
-    /// Becomes true when the server is stopping; long-lived streams end on it.
-    pub shutdown: watch::Receiver<bool>,
+    /// Cancelled when the server is stopping; loops and long-lived streams end on it.
+    pub stop: tokio_util::sync::CancellationToken,
     pub previews: Arc<preview::Previews>,
     pub network: Arc<network::Network>,
     pub observer: Arc<observe::Observer>,
@@ -198,7 +202,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.docker_host.as_deref(),
         &installation_id,
     ));
-    let engine = engine::watch(runtime.clone(), config.probe_gvisor_at_start);
+    let tasks = tasks::Tasks::new();
+    let engine = engine::watch(runtime.clone(), config.probe_gvisor_at_start, &tasks);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -246,11 +251,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     network::check_pool(&config.network.pool, &installation_id)
         .await
         .map_err(|reason| StartError::Network { reason })?;
-    let (stopping_tx, stopping) = watch::channel(false);
     let network = Arc::new(network::Network::new(
         config.network.clone(),
         &installation_id,
-        stopping.clone(),
+        tasks.stopping(),
     ));
 
     let gateway_key = db
@@ -279,10 +283,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         installation_id: installation_id.clone(),
         config,
         locks: sandboxes::Locks::default(),
-        idle: Arc::new(idle::Idle::default()),
+        activity: Arc::new(caged_activity::Activity::default()),
         snapshots,
         auto_snapshots,
-        shutdown: stopping,
+        stop: tasks.stopping(),
         previews,
         network,
         observer,
@@ -290,28 +294,43 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     });
     snapshots::remove_orphans(&state).await;
     sessions::end_orphans(&state).await;
-    snapshots::run_auto(state.clone(), paused);
-    idle::run(state.clone());
-    reconcile::run(state.clone());
-    preview::run(state.clone());
-    network::run(state.clone());
-    observe::run(state.clone());
-    cost::run(state.clone());
-    tokio::spawn(preview::serve(state.clone(), preview_listener, tls));
+    tasks.spawn("snapshots.auto", snapshots::run_auto(state.clone(), paused));
+    tasks.spawn("idle", idle::run(state.clone()));
+    tasks.spawn("reconcile", reconcile::run(state.clone()));
+    tasks.spawn("preview.detect", preview::detect::run(state.clone()));
+    tasks.spawn(
+        "preview.serve",
+        preview::serve(state.clone(), preview_listener, tls),
+    );
+    tasks.spawn("network.heal", network::heal(state.clone()));
+    tasks.spawn(
+        "network.refusals",
+        network::refusals::run(network::Ctx::of(&state), tasks.stopping()),
+    );
+    tasks.spawn(
+        "network.traffic",
+        network::traffic::run(network::Ctx::of(&state), tasks.stopping()),
+    );
+    observe::run(state.clone(), &tasks);
+    tasks.spawn("budget.guard", cost::guard::run(state.clone()));
+    tasks.spawn("webhooks", cost::webhooks::run(state.clone()));
     let network = state.network.clone();
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopping = tasks.stopping();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = shutdown_rx.await;
-                // Followers of the event stream would otherwise hold the shutdown open forever.
-                let _ = stopping_tx.send(true);
+                // Followers of the event stream end on it; otherwise they would hold the
+                // shutdown open forever.
+                stopping.cancel();
             })
             .await;
         if let Err(err) = served {
             tracing::error!("server stopped: {err}");
         }
+        tasks.stop(STOP_DEADLINE).await;
         // Stopped means the firewall is no longer being written either.
         network.quiesce().await;
     });

@@ -20,35 +20,32 @@ use crate::{AppState, sandboxes};
 
 const EVERY: Duration = Duration::from_secs(30);
 
-pub(crate) fn run(state: Arc<AppState>) {
-    tokio::spawn(async move {
-        let mut engine = state.engine.subscribe();
-        let mut shutdown = state.shutdown.clone();
-        loop {
-            let up = matches!(&*engine.borrow_and_update(), EngineStatus::Up(_));
-            let mut next = EVERY;
-            if up {
-                match reconcile_once(&state).await {
-                    Ok(pass) => {
-                        if pass.fixed > 0 {
-                            tracing::info!("reconciled {} sandbox(es) with the engine", pass.fixed);
-                        }
-                        // A sandbox busy with other work was left alone: look again soon
-                        // rather than a whole period later (a lost container waits meanwhile).
-                        if pass.skipped > 0 {
-                            next = SOON;
-                        }
+pub(crate) async fn run(state: Arc<AppState>) {
+    let mut engine = state.engine.subscribe();
+    loop {
+        let up = matches!(&*engine.borrow_and_update(), EngineStatus::Up(_));
+        let mut next = EVERY;
+        if up {
+            match reconcile_once(&state).await {
+                Ok(pass) => {
+                    if pass.fixed > 0 {
+                        tracing::info!("reconciled {} sandbox(es) with the engine", pass.fixed);
                     }
-                    Err(err) => tracing::warn!("reconcile skipped: {err}"),
+                    // A sandbox busy with other work was left alone: look again soon
+                    // rather than a whole period later (a lost container waits meanwhile).
+                    if pass.skipped > 0 {
+                        next = SOON;
+                    }
                 }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(next) => {}
-                changed = engine.changed() => if changed.is_err() { return },
-                _ = shutdown.changed() => return,
+                Err(err) => tracing::warn!("reconcile skipped: {err}"),
             }
         }
-    });
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            changed = engine.changed() => if changed.is_err() { return },
+            () = state.stop.cancelled() => return,
+        }
+    }
 }
 
 /// What one pass did.
@@ -226,7 +223,7 @@ async fn fix(
             Ok(true)
         }
         (SandboxState::Running, "running") => {
-            state.idle.touch(id, record.last_active_ms, timeout);
+            state.activity.touch(id, record.last_active_ms, timeout);
             Ok(false)
         }
         (SandboxState::Paused, "paused") => Ok(false),
@@ -269,7 +266,7 @@ async fn fix(
                     {
                         state.db.publish(event);
                     }
-                    state.idle.touch(id, at, timeout);
+                    state.activity.touch(id, at, timeout);
                 }
             }
             Ok(true)

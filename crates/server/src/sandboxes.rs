@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::engine::EngineStatus;
 use crate::error::{Error, Result};
-use crate::idle::Busy;
 use crate::{AppState, failpoint};
+use caged_activity::Busy;
 
 /// One async lock per sandbox: operations on one sandbox never interleave, and different
 /// sandboxes never wait on each other.
@@ -349,7 +349,7 @@ pub(crate) async fn active(
             )));
         }
     }
-    let busy = state.idle.busy(id);
+    let busy = state.activity.busy(id);
     Ok((record, busy))
 }
 
@@ -390,7 +390,7 @@ pub(crate) async fn record_activity_in(
         .await
     {
         Ok(event) => {
-            state.idle.touch(id, at, record.config.timeout);
+            state.activity.touch(id, at, record.config.timeout);
             state.db.publish(event);
         }
         Err(err) => tracing::error!(sandbox = %id, "could not record a {kind} event: {err}"),
@@ -415,9 +415,9 @@ pub(crate) async fn record_transition(
     crate::preview::Previews::on_transition(state, id, to);
     crate::network::on_transition(state, id, to);
     if to == SandboxState::Running {
-        state.idle.touch(id, at, timeout_seconds);
+        state.activity.touch(id, at, timeout_seconds);
     } else {
-        state.idle.forget(id);
+        state.activity.forget(id);
     }
     if to == SandboxState::Paused {
         // A closed channel means the server is stopping; the pause itself stands.

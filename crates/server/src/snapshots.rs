@@ -456,17 +456,22 @@ pub(crate) async fn remove_orphans(state: &AppState) {
 }
 
 /// Serves auto-snapshots, one at a time, for sandboxes that just went to sleep.
-pub(crate) fn run_auto(
+pub(crate) async fn run_auto(
     state: Arc<AppState>,
     mut paused: tokio::sync::mpsc::UnboundedReceiver<SandboxId>,
 ) {
-    tokio::spawn(async move {
-        while let Some(id) = paused.recv().await {
-            if let Err(err) = auto(&state, id).await {
-                tracing::warn!(sandbox = %id, "auto-snapshot failed: {err}");
-            }
+    loop {
+        let id = tokio::select! {
+            next = paused.recv() => match next {
+                Some(id) => id,
+                None => return,
+            },
+            () = state.stop.cancelled() => return,
+        };
+        if let Err(err) = auto(&state, id).await {
+            tracing::warn!(sandbox = %id, "auto-snapshot failed: {err}");
         }
-    });
+    }
 }
 
 /// The snapshot taken when a sandbox pauses. It is captured without holding the sandbox's lock,

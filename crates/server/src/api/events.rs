@@ -86,7 +86,6 @@ fn follow(
     // sequence number drops any that arrive twice.
     let mut live = state.db.subscribe();
     tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
         let mut last = after;
         // Backlog, page by page; then whatever the live feed skipped if it lagged.
         let mut catch_up = true;
@@ -121,7 +120,7 @@ fn follow(
                     Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = shutdown.changed() => return,
+                () = state.stop.cancelled() => return,
                 () = tx.closed() => return,
             }
         }

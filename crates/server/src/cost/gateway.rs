@@ -32,8 +32,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
 use super::Costs;
-use crate::idle::{Busy, Idle};
 use crate::network::Link;
+use caged_activity::{Activity, Busy};
 
 pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -85,7 +85,7 @@ pub(crate) fn upstream_client() -> Result<UpstreamClient, String> {
 pub(crate) struct Ctx {
     pub db: caged_store::Db,
     pub costs: Arc<Costs>,
-    pub idle: Arc<Idle>,
+    pub activity: Arc<Activity>,
     /// Last refusal event per sandbox.
     refused: Mutex<HashMap<SandboxId, i64>>,
 }
@@ -95,7 +95,7 @@ impl Ctx {
         Arc::new(Ctx {
             db: state.db.clone(),
             costs: state.costs.clone(),
-            idle: state.idle.clone(),
+            activity: state.activity.clone(),
             refused: Mutex::new(HashMap::new()),
         })
     }
@@ -428,7 +428,7 @@ async fn forward(
         asked_model: asked.model,
         started: Instant::now(),
         started_at_ms: now_ms(),
-        _busy: ctx.idle.busy(id),
+        _busy: ctx.activity.busy(id),
     };
     let response = match ctx.costs.client.request(outgoing).await {
         Ok(response) => response,
@@ -581,7 +581,7 @@ impl Call {
             "ttfb_ms": ttfb.map(|t| t.as_secs_f64() * 1000.0),
             "latency_ms": latency.as_secs_f64() * 1000.0,
         });
-        self.ctx.idle.touch(self.sandbox, now, self.timeout);
+        self.ctx.activity.touch(self.sandbox, now, self.timeout);
         self.ctx.costs.charge_pending(self.sandbox, cost.0);
         runtime.spawn(async move {
             let (id, account, session) =

@@ -22,21 +22,18 @@ use crate::AppState;
 /// How often spend is compared with budgets when nothing wakes the guard sooner.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-pub(crate) fn run(state: Arc<AppState>) {
-    tokio::spawn(async move {
-        // (sandbox, level, budget) known to have fired: spares the store a write per second.
-        let mut fired: HashSet<(SandboxId, Level, i64)> = HashSet::new();
-        let destroying: Arc<Mutex<HashSet<SandboxId>>> = Arc::default();
-        let mut shutdown = state.shutdown.clone();
-        loop {
-            check_all(&state, &mut fired, &destroying).await;
-            tokio::select! {
-                _ = tokio::time::sleep(CHECK_EVERY) => {}
-                _ = state.costs.guard_wake.notified() => {}
-                _ = shutdown.wait_for(|stopping| *stopping) => break,
-            }
+pub(crate) async fn run(state: Arc<AppState>) {
+    // (sandbox, level, budget) known to have fired: spares the store a write per second.
+    let mut fired: HashSet<(SandboxId, Level, i64)> = HashSet::new();
+    let destroying: Arc<Mutex<HashSet<SandboxId>>> = Arc::default();
+    loop {
+        check_all(&state, &mut fired, &destroying).await;
+        tokio::select! {
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+            _ = state.costs.guard_wake.notified() => {}
+            () = state.stop.cancelled() => break,
         }
-    });
+    }
 }
 
 async fn check_all(

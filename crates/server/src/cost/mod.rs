@@ -271,9 +271,3 @@ pub(crate) fn session_running_ms(record: &SandboxRecord, session: &SessionRecord
         .min(clock_ms(record));
     running_millis_between(&record.transitions, session.started_at_ms, end)
 }
-
-/// Runs the guard and the webhook sender.
-pub(crate) fn run(state: Arc<crate::AppState>) {
-    guard::run(state.clone());
-    webhooks::run(state);
-}

@@ -92,37 +92,34 @@ pub(crate) fn denied(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     caged_network::ranges::denied(ip, &[], &[])
 }
 
-pub(crate) fn run(state: Arc<AppState>) {
-    tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
-        loop {
-            let due = state
-                .db
-                .run(move |store| store.due_webhooks(now_ms(), 16))
-                .await
-                .unwrap_or_default();
-            for delivery in &due {
-                attempt(&state, delivery).await;
-            }
-            if due.len() == 16 {
-                continue;
-            }
-            let next = state
-                .db
-                .run(move |store| store.next_webhook_at())
-                .await
-                .ok()
-                .flatten();
-            let wait = next.map_or(Duration::from_secs(60), |at| {
-                Duration::from_millis((at - now_ms()).clamp(0, 60_000) as u64)
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = state.costs.webhook_wake.notified() => {}
-                _ = shutdown.wait_for(|stopping| *stopping) => break,
-            }
+pub(crate) async fn run(state: Arc<AppState>) {
+    loop {
+        let due = state
+            .db
+            .run(move |store| store.due_webhooks(now_ms(), 16))
+            .await
+            .unwrap_or_default();
+        for delivery in &due {
+            attempt(&state, delivery).await;
         }
-    });
+        if due.len() == 16 {
+            continue;
+        }
+        let next = state
+            .db
+            .run(move |store| store.next_webhook_at())
+            .await
+            .ok()
+            .flatten();
+        let wait = next.map_or(Duration::from_secs(60), |at| {
+            Duration::from_millis((at - now_ms()).clamp(0, 60_000) as u64)
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.costs.webhook_wake.notified() => {}
+            () = state.stop.cancelled() => break,
+        }
+    }
 }
 
 async fn attempt(state: &AppState, delivery: &WebhookDelivery) {

@@ -9,8 +9,8 @@
 
 mod dns;
 mod egress;
-mod refusals;
-mod traffic;
+pub(crate) mod refusals;
+pub(crate) mod traffic;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -90,10 +90,10 @@ pub(crate) struct Network {
     host_nets: RwLock<Vec<Net4>>,
     /// What Caged last wrote, and the tables as the kernel listed them after.
     written: tokio::sync::Mutex<Option<Written>>,
-    /// True once the server is stopping: from then on the firewall is left as it is (its
+    /// Cancelled once the server is stopping: from then on the firewall is left as it is (its
     /// tables keep enforcing until the server is back, and whoever stops it may be removing
     /// them).
-    stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 struct Written {
@@ -144,7 +144,7 @@ impl Network {
     pub(crate) fn new(
         config: NetworkConfig,
         installation_id: &str,
-        stopping: tokio::sync::watch::Receiver<bool>,
+        stopping: tokio_util::sync::CancellationToken,
     ) -> Network {
         let upstream = caged_network::dns::Upstream {
             servers: config.upstream.clone().unwrap_or_else(|| {
@@ -197,7 +197,7 @@ impl Network {
     /// holds (or always, with `force`).
     async fn write_firewall(&self, force: bool) -> std::result::Result<(), String> {
         let mut written = self.written.lock().await;
-        if *self.stopping.borrow() {
+        if self.stopping.is_cancelled() {
             return Err("the server is stopping".into());
         }
         let rules: Vec<LinkRule> = {
@@ -517,7 +517,7 @@ pub(crate) fn on_transition(state: &AppState, id: SandboxId, to: SandboxState) {
                 let ifname = link.spec.host_ifname.clone();
                 drop(link);
                 let _ = caged_network::link::detach(&ifname).await;
-                if *network.stopping.borrow() {
+                if network.stopping.is_cancelled() {
                     return;
                 }
                 if let Err(err) = network.write_firewall(false).await {
@@ -653,21 +653,16 @@ pub(crate) async fn learned_hosts(state: &AppState, id: SandboxId) -> Result<Vec
         .collect())
 }
 
-/// Starts the healer: at once (taking charge of the links of sandboxes already running), then
-/// every [`HEAL_EVERY`].
-pub(crate) fn run(state: Arc<AppState>) {
-    refusals::run(Ctx::of(&state));
-    traffic::run(Ctx::of(&state));
-    tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
-        loop {
-            heal_once(&state).await;
-            tokio::select! {
-                _ = tokio::time::sleep(HEAL_EVERY) => {}
-                _ = shutdown.wait_for(|stopping| *stopping) => break,
-            }
+/// The healer: at once (taking charge of the links of sandboxes already running), then every
+/// [`HEAL_EVERY`].
+pub(crate) async fn heal(state: Arc<AppState>) {
+    loop {
+        heal_once(&state).await;
+        tokio::select! {
+            _ = tokio::time::sleep(HEAL_EVERY) => {}
+            () = state.stop.cancelled() => break,
         }
-    });
+    }
 }
 
 pub(crate) async fn heal_once(state: &AppState) {
@@ -701,7 +696,7 @@ pub(crate) async fn heal_once(state: &AppState) {
             }
         }
     }
-    if *state.network.stopping.borrow() {
+    if state.network.stopping.is_cancelled() {
         return;
     }
     if let Err(err) = state.network.write_firewall(false).await {

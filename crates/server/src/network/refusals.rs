@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{Ctx, lock, record};
 
-pub(crate) fn run(ctx: Arc<Ctx>) {
+pub(crate) async fn run(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken) {
     let group = ctx.network.firewall.log_group;
     let mut listener = match Listener::bind(group) {
         Ok(listener) => listener,
@@ -22,21 +22,23 @@ pub(crate) fn run(ctx: Arc<Ctx>) {
             return;
         }
     };
-    tokio::spawn(async move {
-        loop {
-            match listener.next().await {
-                Ok(refusals) => {
-                    for refusal in refusals {
-                        note(&ctx, &refusal);
-                    }
-                }
-                Err(err) => {
-                    tracing::error!("reading the firewall's log failed: {err}");
-                    return;
+    loop {
+        let next = tokio::select! {
+            next = listener.next() => next,
+            () = stop.cancelled() => return,
+        };
+        match next {
+            Ok(refusals) => {
+                for refusal in refusals {
+                    note(&ctx, &refusal);
                 }
             }
+            Err(err) => {
+                tracing::error!("reading the firewall's log failed: {err}");
+                return;
+            }
         }
-    });
+    }
 }
 
 fn note(ctx: &Ctx, refusal: &Refusal) {

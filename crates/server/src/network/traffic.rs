@@ -22,7 +22,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Per destination: connections, bytes out, bytes in.
 pub(crate) type Totals = HashMap<(Ipv4Addr, Option<u16>, u8), (u64, u64, u64)>;
 
-pub(crate) fn run(ctx: Arc<Ctx>) {
+pub(crate) async fn run(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken) {
     let mut listener = match Listener::bind() {
         Ok(listener) => listener,
         Err(err) => {
@@ -32,21 +32,20 @@ pub(crate) fn run(ctx: Arc<Ctx>) {
             return;
         }
     };
-    tokio::spawn(async move {
-        let mut flush = tokio::time::interval(FLUSH_EVERY);
-        loop {
-            tokio::select! {
-                batch = listener.next() => match batch {
-                    Ok(ended) => add(&ctx, &ended),
-                    Err(err) => {
-                        tracing::error!("following connection tracking failed: {err}");
-                        return;
-                    }
-                },
-                _ = flush.tick() => report(&ctx),
-            }
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            batch = listener.next() => match batch {
+                Ok(ended) => add(&ctx, &ended),
+                Err(err) => {
+                    tracing::error!("following connection tracking failed: {err}");
+                    return;
+                }
+            },
+            _ = flush.tick() => report(&ctx),
+            () = stop.cancelled() => return,
         }
-    });
+    }
 }
 
 fn add(ctx: &Ctx, ended: &[Ended]) {

@@ -116,7 +116,7 @@ impl Observer {
 }
 
 /// Starts the observer thread and the task that records and scores what it sees.
-pub(crate) fn run(state: Arc<AppState>) {
+pub(crate) fn run(state: Arc<AppState>, tasks: &crate::tasks::Tasks) {
     let observer = &state.observer;
     let Some(incoming) = observer
         .incoming
@@ -126,7 +126,7 @@ pub(crate) fn run(state: Arc<AppState>) {
     else {
         return;
     };
-    tokio::spawn(consume(state.clone(), incoming));
+    tasks.spawn("observe.record", consume(state.clone(), incoming));
     if !observer.enabled {
         return;
     }
@@ -169,9 +169,8 @@ pub(crate) fn run(state: Arc<AppState>) {
     }
     // Tell the tracker where sandboxes' files are once the engine says, and stop it at shutdown.
     let state = state.clone();
-    tokio::spawn(async move {
+    tasks.spawn("observe.follow_engine", async move {
         let mut engine = state.engine.subscribe();
-        let mut shutdown = state.shutdown.clone();
         loop {
             let filesystems = match &*engine.borrow_and_update() {
                 crate::EngineStatus::Up(info) => info.sandbox_filesystems.clone(),
@@ -182,7 +181,7 @@ pub(crate) fn run(state: Arc<AppState>) {
             }
             tokio::select! {
                 changed = engine.changed() => if changed.is_err() { break },
-                _ = shutdown.wait_for(|stopping| *stopping) => break,
+                () = state.stop.cancelled() => break,
             }
         }
         stop.store(true, Ordering::Relaxed);
@@ -257,7 +256,6 @@ async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
         .run(move |store| store.last_event_seq())
         .await
         .unwrap_or(0);
-    let mut shutdown = state.shutdown.clone();
     let mut last_network = Instant::now();
     loop {
         let mut batch = Vec::new();
@@ -268,7 +266,7 @@ async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
                 None => break,
             },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => break,
+            () = state.stop.cancelled() => break,
         }
         if !batch.is_empty() || !settled.is_empty() {
             // Let the batch fill without being woken for each item (a wake per process would

@@ -27,25 +27,23 @@ const SYNC_EVERY_SCANS: u32 = 4;
 /// A sandbox active this recently is scanned at every tick.
 const LIVELY_MS: i64 = 60_000;
 
-pub(super) fn run(state: Arc<AppState>) {
-    tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
-        let mut ticker = tokio::time::interval(SCAN_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick: u32 = 0;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let full = tick.is_multiple_of(SYNC_EVERY_SCANS);
-            if full && matches!(&*state.engine.borrow(), EngineStatus::Up(_)) {
-                sync(&state).await;
-            }
-            tick = tick.wrapping_add(1);
-            scan(&state, full).await;
+/// The detector, and the bookkeeping that attaches and detaches sandboxes.
+pub(crate) async fn run(state: Arc<AppState>) {
+    let mut ticker = tokio::time::interval(SCAN_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = state.stop.cancelled() => return,
         }
-    });
+        let full = tick.is_multiple_of(SYNC_EVERY_SCANS);
+        if full && matches!(&*state.engine.borrow(), EngineStatus::Up(_)) {
+            sync(&state).await;
+        }
+        tick = tick.wrapping_add(1);
+        scan(&state, full).await;
+    }
 }
 
 /// Watches running sandboxes not watched yet (or now in another container) and forgets the
@@ -86,7 +84,7 @@ async fn scan(state: &Arc<AppState>, full: bool) {
         .cages()
         .into_iter()
         .filter(|cage| cage.running.load(Ordering::Acquire))
-        .filter(|cage| full || state.idle.lively(cage.id, lively_since))
+        .filter(|cage| full || state.activity.lively(cage.id, lively_since))
         .collect();
     if cages.is_empty() {
         return;

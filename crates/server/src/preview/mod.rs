@@ -5,7 +5,7 @@
 //! proxy dials its loopback. Nothing is published on the host, so a preview works in every
 //! network mode (`none` included) and reaches servers bound to 127.0.0.1 only.
 
-mod detect;
+pub(crate) mod detect;
 mod gate;
 mod host;
 mod proxy;
@@ -311,11 +311,6 @@ pub(crate) async fn list(state: &AppState, record: &caged_store::SandboxRecord) 
         entry["protected"] = json!(true);
     }
     Ok(Value::Array(previews.into_values().collect()))
-}
-
-/// Starts the detector (and the bookkeeping that attaches and detaches sandboxes).
-pub(crate) fn run(state: Arc<AppState>) {
-    detect::run(state);
 }
 
 pub(crate) use tls::acceptor as tls_acceptor;

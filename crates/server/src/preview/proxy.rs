@@ -51,7 +51,6 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Opti
         .build(Dialer {
             previews: state.previews.clone(),
         });
-    let mut shutdown = state.shutdown.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
@@ -64,7 +63,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener, tls: Opti
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            () = state.stop.cancelled() => return,
         };
         // Past the cap a new connection is closed at once rather than starving the others.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -303,7 +302,7 @@ async fn wake(
     state: &AppState,
     account_id: &str,
     id: caged_domain::SandboxId,
-) -> Result<crate::idle::Busy, Refusal> {
+) -> Result<caged_activity::Busy, Refusal> {
     sandboxes::active(state, account_id, id, "a preview request")
         .await
         .map(|(_, busy)| busy)
@@ -503,7 +502,7 @@ async fn forward(
     let id = route.id;
     // Busy first, then check: a sandbox seen running with its lock free cannot be put to
     // sleep under this request any more.
-    let mut busy = state.idle.busy(id);
+    let mut busy = state.activity.busy(id);
     let settled = cage.running.load(Ordering::Acquire) && state.locks.try_lock(id).is_some();
     if !settled {
         match wake(state, &cage.account_id, id).await {
@@ -603,7 +602,7 @@ const READ_AHEAD_FRAMES: usize = 8;
 /// frame only once the last one is written, so reading and writing never overlap and a large
 /// response takes twice as long. The read-ahead is bounded, so a slow client still slows the
 /// sandbox down rather than filling memory.
-fn pipelined(mut body: Incoming, busy: crate::idle::Busy) -> Body {
+fn pipelined(mut body: Incoming, busy: caged_activity::Busy) -> Body {
     let (frames, mut ahead) = tokio::sync::mpsc::channel(READ_AHEAD_FRAMES);
     tokio::spawn(async move {
         let _busy = busy; // busy until the last frame has been read
@@ -703,7 +702,7 @@ fn clean_response_headers(headers: &mut HeaderMap, upgrade: bool) {
 /// most once a second, and as a logged `http` event at most once a minute).
 fn note_activity(state: &Arc<AppState>, cage: &Cage, port: u16) {
     let now = caged_domain::time::now_ms();
-    state.idle.touch(cage.id, now, cage.timeout);
+    state.activity.touch(cage.id, now, cage.timeout);
     let Some(last) = claim_second(&cage.last_marked_ms, now) else {
         return;
     };
