@@ -59,6 +59,16 @@ pub(crate) enum Error {
     Internal(String),
 }
 
+impl From<caged_netpolicy::Error> for Error {
+    fn from(err: caged_netpolicy::Error) -> Self {
+        match err {
+            caged_netpolicy::Error::PoolFull { .. } => Error::NetworkFull(err.to_string()),
+            caged_netpolicy::Error::Store(err) => Error::Store(err),
+            other => Error::Internal(format!("cannot set up the sandbox's network: {other}")),
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Error {
         Error::Invalid {

@@ -14,7 +14,6 @@ mod failpoint;
 mod files;
 mod html;
 mod idle;
-mod network;
 mod observe;
 mod paths;
 mod preview;
@@ -34,10 +33,10 @@ use caged_store::{Db, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use caged_netpolicy::NetworkConfig;
 pub use caged_runtime::DEFAULT_PIDS_LIMIT;
 pub use cost::{CostConfig, Upstream};
 pub use engine::EngineStatus;
-pub use network::NetworkConfig;
 pub use preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
 
 /// How long a stopping server waits for its loops to end before it aborts them.
@@ -131,7 +130,7 @@ pub(crate) struct AppState {
     /// Cancelled when the server is stopping; loops and long-lived streams end on it.
     pub stop: tokio_util::sync::CancellationToken,
     pub previews: Arc<preview::Previews>,
-    pub network: Arc<network::Network>,
+    pub network: Arc<caged_netpolicy::Network>,
     pub observer: Arc<observe::Observer>,
     pub costs: Arc<cost::Costs>,
 }
@@ -248,15 +247,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     ));
     preview::warn_if_detection_is_costly();
 
-    network::check_pool(&config.network.pool, &installation_id)
+    caged_netpolicy::Network::check_pool(&config.network.pool, &installation_id)
         .await
         .map_err(|reason| StartError::Network { reason })?;
-    let network = Arc::new(network::Network::new(
-        config.network.clone(),
-        &installation_id,
-        tasks.stopping(),
-    ));
-
     let gateway_key = db
         .run(|store| store.meta_get_or_insert("llm_gateway_key", || caged_domain::random_hex(32)))
         .await?;
@@ -276,6 +269,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.trust_policy.clone(),
         config.observe,
     ));
+    let activity = Arc::new(caged_activity::Activity::default());
+    let gateway = cost::gateway::Service::new(db.clone(), costs.clone(), activity.clone());
+    let network = Arc::new(caged_netpolicy::Network::new(
+        config.network.clone(),
+        &installation_id,
+        db.clone(),
+        runtime.clone(),
+        Some(Arc::new(gateway)),
+        Some(observer.clone()),
+        tasks.stopping(),
+    ));
     let state = Arc::new(AppState {
         db,
         runtime,
@@ -283,7 +287,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         installation_id: installation_id.clone(),
         config,
         locks: sandboxes::Locks::default(),
-        activity: Arc::new(caged_activity::Activity::default()),
+        activity,
         snapshots,
         auto_snapshots,
         stop: tasks.stopping(),
@@ -302,14 +306,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         "preview.serve",
         preview::serve(state.clone(), preview_listener, tls),
     );
-    tasks.spawn("network.heal", network::heal(state.clone()));
+    tasks.spawn("network.heal", state.network.clone().heal(tasks.stopping()));
     tasks.spawn(
         "network.refusals",
-        network::refusals::run(network::Ctx::of(&state), tasks.stopping()),
+        state.network.clone().refusals(tasks.stopping()),
     );
     tasks.spawn(
         "network.traffic",
-        network::traffic::run(network::Ctx::of(&state), tasks.stopping()),
+        state.network.clone().traffic(tasks.stopping()),
     );
     observe::run(state.clone(), &tasks);
     tasks.spawn("budget.guard", cost::guard::run(state.clone()));

@@ -243,7 +243,7 @@ async fn fix(
             }
             state.previews.forget(id); // a new namespace came with the restart
             state.observer.watch(record);
-            if let Err(err) = crate::network::relink(state, record).await {
+            if let Err(err) = state.network.restarted(record).await {
                 tracing::warn!(sandbox = %id, "its link could not be made again yet (the healer retries): {err}");
             }
             let reason = format!(

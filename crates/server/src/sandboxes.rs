@@ -129,7 +129,13 @@ pub(crate) async fn create(
     };
     state.db.publish(event);
     failpoint::hit("create.after_insert");
-    let link = match prepare_link(state, id, account_id, &config).await {
+    // The link is in the firewall before the sandbox exists.
+    let link = match state
+        .network
+        .prepare(id, account_id, &config)
+        .await
+        .map_err(Error::from)
+    {
         Ok(link) => link,
         Err(err) => {
             give_up_create(state, id, &err.to_string()).await?;
@@ -174,7 +180,7 @@ pub(crate) async fn create(
     crate::preview::refresh(state.clone(), id);
     let record = get(state, account_id, id).await?;
     state.observer.watch(&record);
-    if let Err(err) = crate::network::on_started(state, &record).await {
+    if let Err(err) = state.network.started(&record).await {
         // The link is in the firewall (so nothing leaks); its services come when the healer
         // manages to start them.
         tracing::error!(sandbox = %id, "its network services did not start: {err}");
@@ -197,24 +203,6 @@ async fn give_up_create(state: &AppState, id: SandboxId, why: &str) -> Result<()
         0,
     )
     .await
-}
-
-/// Reserves the sandbox's link and puts it in the firewall before the sandbox exists.
-async fn prepare_link(
-    state: &AppState,
-    id: SandboxId,
-    account_id: &str,
-    config: &SandboxConfig,
-) -> Result<Option<caged_network::LinkSpec>> {
-    let Some(spec) = crate::network::prepare(state, id, config.network_mode).await? else {
-        return Ok(None);
-    };
-    crate::network::register(state, id, account_id, config, &spec)
-        .await
-        .map_err(|reason| {
-            Error::Internal(format!("cannot set up the sandbox's network: {reason}"))
-        })?;
-    Ok(Some(spec))
 }
 
 /// Runs `init_script` in the background, in `/workspace`, recording its output and status.
@@ -301,6 +289,23 @@ pub(crate) async fn live_locked(
         )));
     }
     Ok((guard, record))
+}
+
+/// Changes a live `allowlist` sandbox's allowed hosts (see `caged_netpolicy`).
+pub(crate) async fn set_allowed_hosts(
+    state: &AppState,
+    account_id: &str,
+    id: SandboxId,
+    hosts: Vec<String>,
+) -> Result<()> {
+    let (_guard, sandbox) = live_locked(state, account_id, id, "").await?;
+    if sandbox.config.network_mode != caged_domain::NetworkMode::Allowlist {
+        return Err(Error::NotAllowlist(format!(
+            "sandbox {id} has network_mode {}; allowed_hosts applies only to network_mode allowlist",
+            sandbox.config.network_mode.as_str()
+        )));
+    }
+    Ok(state.network.set_allowed_hosts(&sandbox, hosts).await?)
 }
 
 /// Starts a deferred `init_script` (see `defer_init` on create).
@@ -413,7 +418,7 @@ pub(crate) async fn record_transition(
         .await?;
     state.db.publish(event);
     crate::preview::Previews::on_transition(state, id, to);
-    crate::network::on_transition(state, id, to);
+    state.network.transitioned(id, to);
     if to == SandboxState::Running {
         state.activity.touch(id, at, timeout_seconds);
     } else {

@@ -291,7 +291,10 @@ pub(crate) async fn restore(
     }
     let limits = limits_for(&record.config);
     let deletions = validate(state, &snapshot, limits).await?;
-    let link = crate::network::spec_of(state, id, record.config.network_mode).await?;
+    let link = state
+        .network
+        .prepare(id, &record.account_id, &record.config)
+        .await?;
     let spec = spec_for(state, &record, link);
     let staged = state.runtime.create_staged(&spec).await?;
     if let Err(err) = apply(state, &staged, &snapshot, deletions, limits).await {
@@ -319,7 +322,7 @@ pub(crate) async fn restore(
     }
     let restored = get(state, account_id, id).await?;
     state.observer.watch(&restored);
-    if let Err(err) = crate::network::on_started(state, &restored).await {
+    if let Err(err) = state.network.started(&restored).await {
         tracing::error!(sandbox = %id, "its network services did not restart: {err}");
     }
     let reason = format!("restored from snapshot {}", snapshot.id);

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::sandboxes::{one_field_body, parse_id};
 use crate::auth::Caller;
-use crate::{AppState, network, sandboxes};
+use crate::error::Error;
+use crate::{AppState, sandboxes};
 
 pub(crate) async fn inspect(
     State(state): State<Arc<AppState>>,
@@ -22,9 +23,13 @@ pub(crate) async fn inspect(
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let link = match record.state {
         SandboxState::Destroyed => None,
-        _ => network::spec_of_existing(&state, &record).await?,
+        _ => state.network.link_of(&record).await.map_err(Error::from)?,
     };
-    let hosts = network::learned_hosts(&state, record.id).await?;
+    let hosts = state
+        .network
+        .learned_hosts(record.id)
+        .await
+        .map_err(Error::from)?;
     Ok(Json(json!({
         "network_mode": record.config.network_mode,
         "allowed_hosts": record.config.allowed_hosts,
@@ -45,12 +50,14 @@ pub(crate) async fn learn(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    let hosts = network::learned_hosts(&state, record.id).await?;
+    let hosts = state
+        .network
+        .learned_hosts(record.id)
+        .await
+        .map_err(Error::from)?;
     let mut block = String::from("network_mode: allowlist\nallowed_hosts:\n");
     for host in &hosts {
-        if let Some(name) = host["host"].as_str() {
-            block.push_str(&format!("  - {name}\n"));
-        }
+        block.push_str(&format!("  - {}\n", host.host));
     }
     if hosts.is_empty() {
         block = "network_mode: allowlist\nallowed_hosts: []\n".into();
@@ -87,7 +94,7 @@ pub(crate) async fn set_allowed_hosts(
             ));
         }
     };
-    network::set_allowed_hosts(&state, &account.id, id, hosts.clone()).await?;
+    sandboxes::set_allowed_hosts(&state, &account.id, id, hosts.clone()).await?;
     Ok(Json(
         json!({ "network_mode": "allowlist", "allowed_hosts": hosts }),
     ))

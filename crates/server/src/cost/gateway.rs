@@ -32,7 +32,6 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
 use super::Costs;
-use crate::network::Link;
 use caged_activity::{Activity, Busy};
 
 pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -90,39 +89,52 @@ pub(crate) struct Ctx {
     refused: Mutex<HashMap<SandboxId, i64>>,
 }
 
-impl Ctx {
-    pub(crate) fn of(state: &crate::AppState) -> Arc<Ctx> {
-        Arc::new(Ctx {
-            db: state.db.clone(),
-            costs: state.costs.clone(),
-            activity: state.activity.clone(),
+/// The gateway as the service on every sandbox's link.
+pub(crate) struct Service(Arc<Ctx>);
+
+impl Service {
+    pub(crate) fn new(db: caged_store::Db, costs: Arc<Costs>, activity: Arc<Activity>) -> Service {
+        Service(Arc::new(Ctx {
+            db,
+            costs,
+            activity,
             refused: Mutex::new(HashMap::new()),
-        })
+        }))
+    }
+}
+
+impl caged_netpolicy::LinkService for Service {
+    fn name(&self) -> &'static str {
+        "the LLM gateway"
+    }
+
+    fn serve(
+        &self,
+        sandbox: SandboxId,
+        listener: tokio::net::TcpListener,
+    ) -> tokio::task::AbortHandle {
+        serve(self.0.clone(), sandbox, listener).abort_handle()
     }
 }
 
 /// Serves the gateway on a link's listener.
-pub(crate) fn serve(
-    ctx: Arc<Ctx>,
-    link: Arc<Link>,
-    listener: tokio::net::TcpListener,
-) -> JoinHandle<()> {
+fn serve(ctx: Arc<Ctx>, link: SandboxId, listener: tokio::net::TcpListener) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::warn!(sandbox = %link.id, "gateway accept failed: {err}");
+                    tracing::warn!(sandbox = %link, "gateway accept failed: {err}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
-            let (ctx, link) = (ctx.clone(), link.clone());
+            let ctx = ctx.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
-                    let (ctx, link) = (ctx.clone(), link.clone());
-                    async move { Ok::<_, Infallible>(handle(&ctx, &link, request).await) }
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(handle(&ctx, link, request).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -205,7 +217,7 @@ fn presented_credential(headers: &HeaderMap) -> Option<&str> {
 
 async fn handle(
     ctx: &Arc<Ctx>,
-    link: &Arc<Link>,
+    link: SandboxId,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let Some((protocol, _)) = route(request.uri().path()) else {
@@ -272,7 +284,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 
 async fn forward(
     ctx: &Arc<Ctx>,
-    link: &Arc<Link>,
+    link: SandboxId,
     protocol: Protocol,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Refusal> {
@@ -299,7 +311,7 @@ async fn forward(
         )
     })?;
     let session = match ctx.costs.check_credential(credential) {
-        Some((sandbox, session)) if sandbox == link.id => session,
+        Some((sandbox, session)) if sandbox == link => session,
         _ => {
             return Err(refuse(
                 StatusCode::UNAUTHORIZED,
@@ -308,7 +320,7 @@ async fn forward(
             ));
         }
     };
-    let id = link.id;
+    let id = link;
     let costs = ctx.costs.clone();
     let (pending, record) = ctx
         .db

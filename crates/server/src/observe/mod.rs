@@ -3,8 +3,8 @@
 //! [`tracker`] runs on its own thread and turns the kernel's process, file and open events into
 //! attributed observations; [`consume`] writes them to the event log in batches (`process`,
 //! `fs`, `file_open` events) and charges each session's [`Ledger`] under the trust policy. The
-//! network layer's own events (`network`) are read back from the log and charged the same way,
-//! to the sessions open when they happened.
+//! network layer's own events (`network`) reach it as they are written and are charged the same
+//! way, to the sessions open when they happened.
 //!
 //! A sandbox's score is its worst: the lowest of its sessions' scores and of the activity outside
 //! any session (API execs, its own processes), each 100 minus what it was charged.
@@ -112,6 +112,13 @@ impl Observer {
             "file_events": stats.file_events,
             "lost": stats.lost,
         })
+    }
+}
+
+impl caged_netpolicy::Watcher for Observer {
+    fn network_event(&self, event: &caged_store::Event) {
+        // Charged by the recorder, in order with what the kernel reported before it.
+        let _ = self.out.send(Out::Network(event.clone()));
     }
 }
 
@@ -249,26 +256,20 @@ struct Ledgers {
 
 async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
     let mut ledgers = Ledgers::default();
-    // Network events are followed from the log, from where it stood at start-up (a penalty
-    // charged twice is refused by the store, so re-reading a little is harmless).
-    let mut network_seq = state
-        .db
-        .run(move |store| store.last_event_seq())
-        .await
-        .unwrap_or(0);
-    let mut last_network = Instant::now();
+    let mut last_prune = Instant::now();
     loop {
         let mut batch = Vec::new();
         let mut settled = Vec::new();
+        let mut network = Vec::new();
         tokio::select! {
             first = incoming.recv() => match first {
-                Some(first) => take(first, &mut batch, &mut settled),
+                Some(first) => take(first, &mut batch, &mut settled, &mut network),
                 None => break,
             },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = state.stop.cancelled() => break,
         }
-        if !batch.is_empty() || !settled.is_empty() {
+        if !batch.is_empty() || !settled.is_empty() || !network.is_empty() {
             // Let the batch fill without being woken for each item (a wake per process would
             // cost more than the rest of the work on it), unless someone waits for it.
             if settled.is_empty() {
@@ -276,24 +277,20 @@ async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
             }
             while batch.len() < BATCH {
                 match incoming.try_recv() {
-                    Ok(next) => take(next, &mut batch, &mut settled),
+                    Ok(next) => take(next, &mut batch, &mut settled, &mut network),
                     Err(_) => break,
                 }
             }
             if !batch.is_empty() {
                 record(&state, &mut ledgers, batch).await;
             }
-            // Network events up to now count too.
-            if !settled.is_empty() {
-                network_seq = charge_network(&state, &mut ledgers, network_seq).await;
-            }
+            charge_network(&state, &mut ledgers, network).await;
             settled.into_iter().for_each(|done| {
                 let _ = done.send(());
             });
         }
-        if last_network.elapsed() >= Duration::from_secs(1) {
-            network_seq = charge_network(&state, &mut ledgers, network_seq).await;
-            last_network = Instant::now();
+        if last_prune.elapsed() >= Duration::from_secs(1) {
+            last_prune = Instant::now();
             ledgers
                 .open
                 .retain(|_, (_, used)| used.elapsed() < LEDGER_IDLE);
@@ -301,10 +298,16 @@ async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
     }
 }
 
-fn take(out: Out, batch: &mut Vec<Observed>, settled: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
+fn take(
+    out: Out,
+    batch: &mut Vec<Observed>,
+    settled: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    network: &mut Vec<caged_store::Event>,
+) {
     match out {
         Out::Observed(observed) => batch.push(observed),
         Out::Settled(done) => settled.push(done),
+        Out::Network(event) => network.push(event),
     }
 }
 
@@ -505,19 +508,10 @@ async fn charge(
     }
 }
 
-/// Charges the network layer's events written since `after`; returns where it got to.
-async fn charge_network(state: &AppState, ledgers: &mut Ledgers, after: i64) -> i64 {
-    let Ok(events) = state
-        .db
-        .run(move |store| store.events_of_kind("network", after, 2000))
-        .await
-    else {
-        return after;
-    };
-    let mut last = after;
+/// Charges the network layer's events, as they were written.
+async fn charge_network(state: &AppState, ledgers: &mut Ledgers, events: Vec<caged_store::Event>) {
     let mut open_cache = HashMap::new();
     for event in events {
-        last = event.seq;
         let Some(observation) = network_observation(&event.payload) else {
             continue;
         };
@@ -545,7 +539,6 @@ async fn charge_network(state: &AppState, ledgers: &mut Ledgers, after: i64) -> 
             .await;
         }
     }
-    last
 }
 
 /// What a `network` event means for trust: a refusal, or (`full` mode, seen by the firewall) a

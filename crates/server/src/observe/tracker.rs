@@ -84,6 +84,8 @@ pub(crate) enum Out {
     Observed(Observed),
     /// Everything before this has been sent; answer once it is recorded and scored.
     Settled(tokio::sync::oneshot::Sender<()>),
+    /// A `network` event the network layer wrote (not the tracker's own).
+    Network(caged_store::Event),
 }
 
 /// Commands from the async side, and the eventfd that wakes the tracker for them.

@@ -8,10 +8,10 @@ use caged_network::firewall::{LOG_FLOW, LOG_HOST, LOG_RANGE, LOG_ROUTED, LOG_SAN
 use caged_network::nflog::{Listener, Refusal};
 use serde_json::json;
 
-use super::{Ctx, lock, record};
+use super::{Network, lock};
 
-pub(crate) async fn run(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken) {
-    let group = ctx.network.firewall.log_group;
+pub(super) async fn run(net: Arc<Network>, stop: tokio_util::sync::CancellationToken) {
+    let group = net.firewall.log_group;
     let mut listener = match Listener::bind(group) {
         Ok(listener) => listener,
         Err(err) => {
@@ -30,7 +30,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken
         match next {
             Ok(refusals) => {
                 for refusal in refusals {
-                    note(&ctx, &refusal);
+                    note(&net, &refusal);
                 }
             }
             Err(err) => {
@@ -41,11 +41,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken
     }
 }
 
-fn note(ctx: &Ctx, refusal: &Refusal) {
-    let links = lock(&ctx.network.links)
-        .values()
-        .cloned()
-        .collect::<Vec<_>>();
+fn note(net: &Network, refusal: &Refusal) {
+    let links = lock(&net.links).values().cloned().collect::<Vec<_>>();
     let Some(link) = links
         .iter()
         .find(|link| link.bound_ifindex.load(Ordering::Acquire) == refusal.in_ifindex)
@@ -60,8 +57,7 @@ fn note(ctx: &Ctx, refusal: &Refusal) {
         .port
         .map_or(String::new(), |port| format!(":{port}"));
     if refusal.prefix == LOG_FLOW {
-        record(
-            ctx,
+        net.record(
             link,
             &format!("flow {}{port}/{}", refusal.destination, refusal.protocol),
             json!({
@@ -85,14 +81,11 @@ fn note(ctx: &Ctx, refusal: &Refusal) {
         LOG_SPOOF => "a source address that is not the sandbox's".to_string(),
         LOG_RANGE => format!(
             "a denied range: {}",
-            ctx.network
-                .denied(refusal.destination.into())
-                .unwrap_or("denied")
+            net.denied(refusal.destination.into()).unwrap_or("denied")
         ),
         other => other.to_string(),
     };
-    record(
-        ctx,
+    net.record(
         link,
         &format!("fw {}{port}/{}", refusal.destination, refusal.protocol),
         json!({

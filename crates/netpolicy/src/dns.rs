@@ -17,24 +17,24 @@ use caged_network::firewall::Mode;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::{Ctx, Link, lock, record};
+use super::{Link, Network, lock};
 
 /// Queries a sandbox may send per second (burst: twice that): far above what builds and package
 /// managers do (glibc has no cache and asks A and AAAA for every connection), far below a flood.
-pub(crate) const QUERIES_PER_SECOND: f64 = 500.0;
+pub(super) const QUERIES_PER_SECOND: f64 = 500.0;
 /// Longest a handed-out answer is trusted, whatever the upstream's TTL.
 const MAX_TTL: u32 = 300;
 const MIN_TTL: u32 = 5;
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
 /// Caged's own lookups, cached by TTL.
-pub(crate) struct Resolver {
+pub(super) struct Resolver {
     upstream: Upstream,
     cache: Mutex<HashMap<String, (Instant, Resolved)>>,
 }
 
 impl Resolver {
-    pub(crate) fn new(upstream: Upstream) -> Resolver {
+    pub(super) fn new(upstream: Upstream) -> Resolver {
         Resolver {
             upstream,
             cache: Mutex::new(HashMap::new()),
@@ -42,7 +42,7 @@ impl Resolver {
     }
 
     /// A records of `name`, TTLs clamped to [`MIN_TTL`]..[`MAX_TTL`] and counted down.
-    pub(crate) async fn resolve(&self, name: &str) -> Result<Resolved, ResolveError> {
+    pub(super) async fn resolve(&self, name: &str) -> Result<Resolved, ResolveError> {
         let now = Instant::now();
         if let Some((expires, resolved)) = lock(&self.cache).get(name)
             && *expires > now
@@ -100,8 +100,8 @@ impl Bucket {
     }
 }
 
-pub(crate) fn serve(
-    ctx: Arc<Ctx>,
+pub(super) fn serve(
+    net: Arc<Network>,
     link: Arc<Link>,
     socket: tokio::net::UdpSocket,
 ) -> JoinHandle<()> {
@@ -121,8 +121,7 @@ pub(crate) fn serve(
                 }
             };
             if !bucket.take(Instant::now()) {
-                record(
-                    &ctx,
+                net.record(
                     &link,
                     "dns rate",
                     json!({
@@ -140,16 +139,16 @@ pub(crate) fn serve(
                 }
                 Err(None) => continue,
             };
-            let (ctx, link, socket) = (ctx.clone(), link.clone(), socket.clone());
+            let (net, link, socket) = (net.clone(), link.clone(), socket.clone());
             tokio::spawn(async move {
-                let reply = answer(&ctx, &link, &query).await;
+                let reply = answer(&net, &link, &query).await;
                 let _ = socket.send_to(&reply, from).await;
             });
         }
     })
 }
 
-async fn answer(ctx: &Ctx, link: &Link, query: &wire::Query) -> Vec<u8> {
+async fn answer(net: &Network, link: &Link, query: &wire::Query) -> Vec<u8> {
     let name = &query.name;
     if link.mode == Mode::Allowlist {
         let allowed = link
@@ -158,8 +157,7 @@ async fn answer(ctx: &Ctx, link: &Link, query: &wire::Query) -> Vec<u8> {
             .unwrap_or_else(|p| p.into_inner())
             .allows(name);
         if !allowed {
-            record(
-                ctx,
+            net.record(
                 link,
                 &format!("dns {name}"),
                 json!({
@@ -176,8 +174,7 @@ async fn answer(ctx: &Ctx, link: &Link, query: &wire::Query) -> Vec<u8> {
         QueryKind::A => {}
         QueryKind::Aaaa => return wire::answer(query, &[]),
         QueryKind::Other(_) => {
-            record(
-                ctx,
+            net.record(
                 link,
                 &format!("dns {} {name}", query.kind),
                 json!({
@@ -193,14 +190,13 @@ async fn answer(ctx: &Ctx, link: &Link, query: &wire::Query) -> Vec<u8> {
     if !caged_network::allow::is_host_name(name) {
         return wire::nxdomain(query);
     }
-    match ctx.network.resolver.resolve(name).await {
+    match net.resolver.resolve(name).await {
         Ok(Resolved::Addresses(addrs)) => {
             let (kept, stripped): (Vec<(Ipv4Addr, u32)>, Vec<_>) = addrs
                 .into_iter()
-                .partition(|(ip, _)| ctx.network.denied((*ip).into()).is_none());
+                .partition(|(ip, _)| net.denied((*ip).into()).is_none());
             if !stripped.is_empty() {
-                record(
-                    ctx,
+                net.record(
                     link,
                     &format!("rebind {name}"),
                     json!({

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::{Ctx, Link, lock, record};
+use super::{Link, Network, lock};
 
 /// How long a client may take to say which host it wants.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,8 +33,8 @@ const MAX_CONNECTIONS: usize = 1024;
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-pub(crate) fn serve(
-    ctx: Arc<Ctx>,
+pub(super) fn serve(
+    net: Arc<Network>,
     link: Arc<Link>,
     listener: tokio::net::TcpListener,
 ) -> JoinHandle<()> {
@@ -54,9 +54,9 @@ pub(crate) fn serve(
             }
             let _ = stream.set_nodelay(true);
             let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-            let (ctx, task_link) = (ctx.clone(), link.clone());
+            let (net, task_link) = (net.clone(), link.clone());
             let task = tokio::spawn(async move {
-                handle(&ctx, &task_link, stream, number).await;
+                handle(&net, &task_link, stream, number).await;
                 lock(&task_link.connections).remove(&number);
             });
             // Registered with no host until one is allowed; an allowlist change closes it then.
@@ -75,7 +75,7 @@ enum Asked {
     Opaque,
 }
 
-async fn handle(ctx: &Ctx, link: &Link, mut client: TcpStream, number: u64) {
+async fn handle(net: &Network, link: &Link, mut client: TcpStream, number: u64) {
     let Ok(original) = caged_network::sockets::original_destination(&client) else {
         caged_network::sockets::reset(client);
         return;
@@ -85,18 +85,18 @@ async fn handle(ctx: &Ctx, link: &Link, mut client: TcpStream, number: u64) {
         caged_network::sockets::reset(client);
         return;
     };
-    match decide(ctx, link, asked, original).await {
+    match decide(net, link, asked, original).await {
         Ok((name, addresses)) => {
-            connect(ctx, link, client, buf, &name, original, addresses, number).await
+            connect(net, link, client, buf, &name, original, addresses, number).await
         }
-        Err((name, why)) => refuse(ctx, link, client, &buf, name.as_deref(), original, why).await,
+        Err((name, why)) => refuse(net, link, client, &buf, name.as_deref(), original, why).await,
     }
 }
 
 /// The name a connection may go to and the addresses to try, or the name it asked for (if any)
 /// and why it may not.
 async fn decide(
-    ctx: &Ctx,
+    net: &Network,
     link: &Link,
     asked: Asked,
     original: SocketAddrV4,
@@ -125,7 +125,7 @@ async fn decide(
     if !allows(link, &name) {
         return Err((Some(name), "not in allowed_hosts"));
     }
-    match ctx.network.resolver.resolve(&name).await {
+    match net.resolver.resolve(&name).await {
         Ok(Resolved::Addresses(addrs)) if !addrs.is_empty() => {
             Ok((name, addrs.into_iter().map(|(ip, _)| ip).collect()))
         }
@@ -194,7 +194,7 @@ async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Asked> 
 }
 
 async fn refuse(
-    ctx: &Ctx,
+    net: &Network,
     link: &Link,
     mut client: TcpStream,
     buf: &[u8],
@@ -203,8 +203,7 @@ async fn refuse(
     why: &str,
 ) {
     let target = name.map_or_else(|| original.ip().to_string(), str::to_string);
-    record(
-        ctx,
+    net.record(
         link,
         &format!("blocked {target}:{}", original.port()),
         json!({
@@ -242,7 +241,7 @@ async fn refuse(
 
 #[allow(clippy::too_many_arguments)]
 async fn connect(
-    ctx: &Ctx,
+    net: &Network,
     link: &Link,
     client: TcpStream,
     hello: Vec<u8>,
@@ -261,10 +260,10 @@ async fn connect(
     // Checked again right before connecting: the answer may have changed since it was cached.
     let Some(target) = ordered
         .into_iter()
-        .find(|ip| ctx.network.denied(IpAddr::V4(*ip)).is_none())
+        .find(|ip| net.denied(IpAddr::V4(*ip)).is_none())
     else {
         refuse(
-            ctx,
+            net,
             link,
             client,
             &hello,
@@ -280,8 +279,7 @@ async fn connect(
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(stream)) => stream,
         _ => {
-            record(
-                ctx,
+            net.record(
                 link,
                 &format!("unreachable {name}:{}", original.port()),
                 json!({
@@ -309,8 +307,7 @@ async fn connect(
     .await;
     let (up, down) = copied.unwrap_or((0, 0));
     sent += up;
-    record(
-        ctx,
+    net.record(
         link,
         &format!("connect {number}"),
         json!({

@@ -10,19 +10,18 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use caged_domain::time::now_ms;
 use caged_network::conntrack::{Ended, Listener};
 use caged_network::firewall::Mode;
 use serde_json::json;
 
-use super::{Ctx, Link, lock};
+use super::{Link, Network, lock};
 
 const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
 /// Per destination: connections, bytes out, bytes in.
-pub(crate) type Totals = HashMap<(Ipv4Addr, Option<u16>, u8), (u64, u64, u64)>;
+pub(super) type Totals = HashMap<(Ipv4Addr, Option<u16>, u8), (u64, u64, u64)>;
 
-pub(crate) async fn run(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken) {
+pub(super) async fn run(net: Arc<Network>, stop: tokio_util::sync::CancellationToken) {
     let mut listener = match Listener::bind() {
         Ok(listener) => listener,
         Err(err) => {
@@ -36,22 +35,22 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: tokio_util::sync::CancellationToken
     loop {
         tokio::select! {
             batch = listener.next() => match batch {
-                Ok(ended) => add(&ctx, &ended),
+                Ok(ended) => add(&net, &ended),
                 Err(err) => {
                     tracing::error!("following connection tracking failed: {err}");
                     return;
                 }
             },
-            _ = flush.tick() => report(&ctx),
+            _ = flush.tick() => report(&net),
             () = stop.cancelled() => return,
         }
     }
 }
 
-fn add(ctx: &Ctx, ended: &[Ended]) {
-    let links: Vec<Arc<Link>> = lock(&ctx.network.links).values().cloned().collect();
+fn add(net: &Network, ended: &[Ended]) {
+    let links: Vec<Arc<Link>> = lock(&net.links).values().cloned().collect();
     for connection in ended {
-        if !ctx.network.config.pool.contains(connection.source) {
+        if !net.config.pool.contains(connection.source) {
             continue;
         }
         let Some(link) = links
@@ -70,8 +69,8 @@ fn add(ctx: &Ctx, ended: &[Ended]) {
     }
 }
 
-fn report(ctx: &Ctx) {
-    let links: Vec<Arc<Link>> = lock(&ctx.network.links).values().cloned().collect();
+fn report(net: &Network) {
+    let links: Vec<Arc<Link>> = lock(&net.links).values().cloned().collect();
     for link in links {
         let totals = std::mem::take(&mut *lock(&link.traffic));
         if totals.is_empty() {
@@ -96,20 +95,8 @@ fn report(ctx: &Ctx) {
                 })
             })
             .collect();
-        let db = ctx.db.clone();
-        let (id, account) = (link.id, link.account_id.clone());
-        tokio::spawn(async move {
-            for payload in payloads {
-                let account = account.clone();
-                let written = db
-                    .write(move |store| {
-                        store.record_event(id, &account, now_ms(), "network", &payload, false)
-                    })
-                    .await;
-                if let Err(err) = written {
-                    tracing::error!(sandbox = %id, "could not record traffic: {err}");
-                }
-            }
-        });
+        for payload in payloads {
+            net.write_event(link.id, link.account_id.clone(), payload);
+        }
     }
 }
