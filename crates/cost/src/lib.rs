@@ -5,10 +5,12 @@
 //!   compute cost of exact running time and the cost of one LLM call.
 //! - [`usage`]: token usage read from OpenAI- and Anthropic-format responses, whole or streamed
 //!   (server-sent events), without holding up the stream.
+//! - [`spend`]: what a sandbox spent, from its history of transitions and its LLM total.
 //! - [`budget`]: the alert levels of a budget (80%, 95%, 100%).
 
 pub mod budget;
 pub mod prices;
+pub mod spend;
 pub mod usage;
 
 use std::fmt;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use budget::Level;
 pub use prices::{ModelPrice, Prices};
+pub use spend::{Spend, compute_cost, session_running_ms, spend};
 pub use usage::{Protocol, Usage, UsageMeter};
 
 /// An amount of money in micro-dollars (1 USD = 1,000,000).

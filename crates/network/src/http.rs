@@ -68,8 +68,90 @@ fn strip_port(value: &str) -> String {
     normalize(name)
 }
 
+/// The tokens of a request's or answer's `Connection` headers.
+pub fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// What a proxy passes on of a request's or answer's headers: not those meant for one hop only,
+/// nor those the `Connection` header names (RFC 9110, 7.6.1). An upgrade keeps
+/// `Connection: upgrade` and its `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
+    let named: Vec<http::HeaderName> = connection_tokens(headers)
+        .filter_map(|token| http::HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == http::header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    } else {
+        headers.remove(http::header::UPGRADE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hop_by_hop_headers_go_and_named_ones_with_them() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", http::HeaderValue::from_static("1"));
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        headers.insert("x-kept", http::HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[http::header::CONNECTION], "upgrade");
+        assert_eq!(headers[http::header::UPGRADE], "websocket");
+    }
+
     use super::*;
 
     fn host(raw: &str) -> Option<String> {

@@ -246,8 +246,8 @@ impl Interactive {
         let session_id = crate::sessions::new_id();
         let mut spec = request.spec(record.config.isolation);
         if record.config.network_mode != caged_domain::NetworkMode::None {
-            let credential = state.costs.credential(record.id, Some(&session_id));
-            for (name, value) in crate::cost::key_env(&credential) {
+            let credential = state.gateway.credential(record.id, Some(&session_id));
+            for (name, value) in caged_gateway::keys::key_env(&credential) {
                 spec.env.entry(name.to_string()).or_insert(value);
             }
         }

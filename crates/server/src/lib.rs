@@ -5,7 +5,8 @@
 mod api;
 mod auth;
 mod blocking;
-mod cost;
+mod config;
+mod controllers;
 mod dashboard;
 mod engine;
 mod error;
@@ -13,11 +14,9 @@ mod exec;
 mod failpoint;
 mod files;
 mod html;
-mod idle;
 mod observe;
 mod paths;
 mod preview;
-mod reconcile;
 mod sandboxes;
 mod sessions;
 mod snapshots;
@@ -33,9 +32,10 @@ use caged_store::{Db, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use caged_gateway::Upstream;
 pub use caged_netpolicy::NetworkConfig;
 pub use caged_runtime::DEFAULT_PIDS_LIMIT;
-pub use cost::{CostConfig, Upstream};
+pub use config::{CostConfig, ServerConfig};
 pub use engine::EngineStatus;
 pub use preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
 
@@ -44,51 +44,6 @@ const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Name of the file in the data folder that holds the admin's API key.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
-
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    /// `DOCKER_HOST`-style engine address; `None` for the local socket.
-    pub docker_host: Option<String>,
-    /// Largest request body accepted for file uploads and template imports.
-    pub max_upload_bytes: usize,
-    pub pids_limit: i64,
-    /// Snapshots one sandbox may keep.
-    pub max_snapshots_per_sandbox: usize,
-    /// Compressed snapshot bytes one account may keep.
-    pub snapshot_quota_bytes: u64,
-    /// Check at start-up (with a test sandbox) whether gVisor works, rather than on first use.
-    pub probe_gvisor_at_start: bool,
-    pub preview: PreviewConfig,
-    pub network: NetworkConfig,
-    /// Watch sandboxes from the host (process events, file changes) and score sessions.
-    pub observe: bool,
-    /// What risky behaviour costs; the product's rules by default.
-    pub trust_policy: caged_trust::Policy,
-    /// Prices, the LLM gateway's providers, webhooks.
-    pub cost: CostConfig,
-}
-
-impl ServerConfig {
-    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
-        ServerConfig {
-            data_dir,
-            listen,
-            docker_host: None,
-            max_upload_bytes: 1 << 30,
-            pids_limit: caged_runtime::DEFAULT_PIDS_LIMIT,
-            max_snapshots_per_sandbox: 20,
-            snapshot_quota_bytes: 10_000_000_000,
-            probe_gvisor_at_start: true,
-            preview: PreviewConfig::default(),
-            network: NetworkConfig::default(),
-            observe: true,
-            trust_policy: caged_trust::Policy::default(),
-            cost: CostConfig::default(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -132,7 +87,11 @@ pub(crate) struct AppState {
     pub previews: Arc<preview::Previews>,
     pub network: Arc<caged_netpolicy::Network>,
     pub observer: Arc<observe::Observer>,
-    pub costs: Arc<cost::Costs>,
+    pub gateway: caged_gateway::Gateway,
+    /// Tells the budget guard to look now (an LLM call was charged, a budget changed).
+    pub budget_checks: Arc<tokio::sync::Notify>,
+    /// Tells the webhook sender a delivery was queued.
+    pub webhook_sends: tokio::sync::Notify,
 }
 
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -253,14 +212,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let gateway_key = db
         .run(|store| store.meta_get_or_insert("llm_gateway_key", || caged_domain::random_hex(32)))
         .await?;
-    let costs = Arc::new(
-        cost::Costs::new(
-            config.cost.clone(),
-            config.network.gateway_port,
-            &gateway_key,
-        )
-        .map_err(|reason| StartError::Gateway { reason })?,
-    );
 
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
@@ -270,13 +221,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.observe,
     ));
     let activity = Arc::new(caged_activity::Activity::default());
-    let gateway = cost::gateway::Service::new(db.clone(), costs.clone(), activity.clone());
+    let budget_checks = Arc::new(tokio::sync::Notify::new());
+    let gateway = caged_gateway::Gateway::new(
+        caged_gateway::Config {
+            prices: config.cost.prices.clone(),
+            openai: config.cost.openai.clone(),
+            anthropic: config.cost.anthropic.clone(),
+            port: config.network.gateway_port,
+        },
+        &gateway_key,
+        db.clone(),
+        activity.clone(),
+        budget_checks.clone(),
+    )
+    .map_err(|reason| StartError::Gateway { reason })?;
     let network = Arc::new(caged_netpolicy::Network::new(
         config.network.clone(),
         &installation_id,
         db.clone(),
         runtime.clone(),
-        Some(Arc::new(gateway)),
+        Some(Arc::new(gateway.clone())),
         Some(observer.clone()),
         tasks.stopping(),
     ));
@@ -294,13 +258,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         previews,
         network,
         observer,
-        costs,
+        gateway,
+        budget_checks,
+        webhook_sends: tokio::sync::Notify::new(),
     });
     snapshots::remove_orphans(&state).await;
     sessions::end_orphans(&state).await;
-    tasks.spawn("snapshots.auto", snapshots::run_auto(state.clone(), paused));
-    tasks.spawn("idle", idle::run(state.clone()));
-    tasks.spawn("reconcile", reconcile::run(state.clone()));
+    tasks.spawn(
+        "auto_snapshot",
+        controllers::auto_snapshot::run(state.clone(), paused),
+    );
+    tasks.spawn("idle", controllers::idle::run(state.clone()));
+    tasks.spawn("reconcile", controllers::reconcile::run(state.clone()));
     tasks.spawn("preview.detect", preview::detect::run(state.clone()));
     tasks.spawn(
         "preview.serve",
@@ -316,8 +285,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         state.network.clone().traffic(tasks.stopping()),
     );
     observe::run(state.clone(), &tasks);
-    tasks.spawn("budget.guard", cost::guard::run(state.clone()));
-    tasks.spawn("webhooks", cost::webhooks::run(state.clone()));
+    tasks.spawn("budget", controllers::budget::run(state.clone()));
+    tasks.spawn("webhooks", controllers::webhooks::run(state.clone()));
     let network = state.network.clone();
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

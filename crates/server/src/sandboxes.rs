@@ -142,19 +142,7 @@ pub(crate) async fn create(
             return Err(err);
         }
     };
-    let spec = SandboxSpec {
-        id,
-        account_id: account_id.to_string(),
-        installation_id: state.installation_id.clone(),
-        template: config.template.clone(),
-        isolation: config.isolation,
-        resources: config.resources,
-        network_mode: config.network_mode,
-        env: crate::cost::environment(state, id, &config, link.as_ref()),
-        enforce_disk: disk_enforced,
-        pids_limit: state.config.pids_limit,
-        link,
-    };
+    let spec = spec_for(state, &get(state, account_id, id).await?, link);
     match state.runtime.create(&spec).await {
         Ok(container_id) => {
             failpoint::hit("create.after_container");
@@ -189,6 +177,35 @@ pub(crate) async fn create(
         start_init(state.clone(), account_id.to_string(), id);
     }
     get(state, account_id, id).await
+}
+
+/// What the runtime is given to make a sandbox's container: its record's config, its link, and
+/// an environment of the gateway's variables under the user's own `env` (what the user set
+/// explicitly wins).
+pub(crate) fn spec_for(
+    state: &AppState,
+    record: &SandboxRecord,
+    link: Option<caged_network::LinkSpec>,
+) -> SandboxSpec {
+    let config = &record.config;
+    let mut env = link
+        .as_ref()
+        .map(|link| state.gateway.environment(record.id, link))
+        .unwrap_or_default();
+    env.extend(config.env.clone());
+    SandboxSpec {
+        id: record.id,
+        account_id: record.account_id.clone(),
+        installation_id: state.installation_id.clone(),
+        template: config.template.clone(),
+        isolation: config.isolation,
+        resources: config.resources,
+        network_mode: config.network_mode,
+        env,
+        enforce_disk: record.disk_enforced,
+        pids_limit: state.config.pids_limit,
+        link,
+    }
 }
 
 /// Records a create that failed: the sandbox ends destroyed, with the reason.

@@ -91,6 +91,20 @@ pub struct SandboxRecord {
     pub llm: LlmTotals,
 }
 
+impl SandboxRecord {
+    /// Where the sandbox's clock stands, for running time and billing: now, or (destroyed) its
+    /// last transition.
+    pub fn clock_ms(&self) -> i64 {
+        if self.state == SandboxState::Destroyed {
+            self.transitions
+                .last()
+                .map_or(self.created_at_ms, |last| last.at_ms)
+        } else {
+            caged_domain::time::now_ms()
+        }
+    }
+}
+
 /// What a sandbox's (or a session's) LLM calls added up to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LlmTotals {

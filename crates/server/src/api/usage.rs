@@ -14,12 +14,13 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::sandboxes::{one_field_body, parse_id};
 use crate::auth::Caller;
-use crate::cost::{self, guard::format_percent};
+use crate::controllers::budget::{format_percent, spend};
+use crate::controllers::webhooks;
 use crate::{AppState, sandboxes};
 
 /// What a sandbox spent, for `inspect` (`cost`) and `usage`.
 pub(crate) fn cost_view(state: &AppState, record: &SandboxRecord) -> Value {
-    let spend = cost::spend(&state.costs.config.prices, record);
+    let spend = spend(&state.config.cost.prices, record);
     let budget = record.budget_micros.map(Micros);
     json!({
         "compute_micros": spend.compute.0,
@@ -55,14 +56,19 @@ fn usage_view(
     sessions: &[SessionRecord],
     alerts: &[(i64, i64, i64, i64)],
 ) -> Value {
-    let prices = &state.costs.config.prices;
-    let spend = cost::spend(prices, record);
+    let prices = &state.config.cost.prices;
+    let spend = spend(prices, record);
     let resources = &record.config.resources;
     let sessions: Vec<Value> = sessions
         .iter()
         .map(|session| {
-            let running_ms = cost::session_running_ms(record, session);
-            let compute = cost::compute_cost(prices, record, running_ms);
+            let running_ms = caged_cost::session_running_ms(
+                &record.transitions,
+                record.clock_ms(),
+                session.started_at_ms,
+                session.ended_at_ms,
+            );
+            let compute = caged_cost::compute_cost(prices, &record.config.resources, running_ms);
             json!({
                 "id": session.id,
                 "agent_type": session.agent_type,
@@ -139,7 +145,7 @@ pub(crate) async fn set_budget(
     let (_guard, record) =
         sandboxes::live_locked(&state, &account.id, id, "; its budget can no longer change")
             .await?;
-    let spend = cost::spend(&state.costs.config.prices, &record).total();
+    let spend = spend(&state.config.cost.prices, &record).total();
     let payload = json!({
         "op": "set",
         "budget_micros": budget.map(|b| b.0),
@@ -154,7 +160,7 @@ pub(crate) async fn set_budget(
         })
         .await?;
     state.db.publish(event);
-    state.costs.guard_wake.notify_one();
+    state.budget_checks.notify_one();
     let record = sandboxes::get(&state, &account.id, id).await?;
     Ok(Json(json!({
         "sandbox_id": id,
@@ -214,11 +220,11 @@ pub(crate) async fn set_webhook(
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("url: required, a string".into()))?;
-    let uri = cost::webhooks::check_url(url).map_err(invalid)?;
+    let uri = webhooks::check_url(url).map_err(invalid)?;
     // An address written in the URL is checked now (a name is checked at each delivery).
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     if let Ok(ip) = host.parse::<std::net::IpAddr>()
-        && let Some(why) = cost::webhooks::denied(ip, state.costs.config.webhooks_to_private)
+        && let Some(why) = webhooks::denied(ip, state.config.cost.webhooks_to_private)
     {
         return Err(invalid(format!(
             "url: {ip} is {why}; webhooks go there only if the server runs with --webhook-allow-private"
@@ -289,13 +295,13 @@ pub(crate) async fn account_usage(
             ))
         })
         .await?;
-    let prices = &state.costs.config.prices;
+    let prices = &state.config.cost.prices;
     let days: Vec<Value> = (first_day..first_day + days)
         .map(|day| {
             let (start, end) = (day * DAY_MS, ((day + 1) * DAY_MS).min(now));
             let (mut running_ms, mut compute, mut sandboxes) = (0i64, 0i64, 0i64);
             for record in &records {
-                let clock = cost::clock_ms(record).min(end);
+                let clock = record.clock_ms().min(end);
                 let ms = caged_domain::running_millis_between(&record.transitions, start, clock);
                 if ms > 0 {
                     let resources = &record.config.resources;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 pub(crate) fn sandbox(state: &crate::AppState, record: &SandboxRecord) -> Value {
     let config = &record.config;
     // A destroyed sandbox's clock stopped at its last transition.
-    let running_ms = running_millis(&record.transitions, crate::cost::clock_ms(record));
+    let running_ms = running_millis(&record.transitions, record.clock_ms());
     json!({
         "id": record.id,
         "name": config.name,

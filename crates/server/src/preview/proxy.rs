@@ -18,7 +18,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -525,7 +525,7 @@ async fn forward(
         .map_or("/", |path| path.as_str())
         .to_string();
     let mut headers = std::mem::take(&mut parts.headers);
-    strip_hop_by_hop(&mut headers, upgrade);
+    caged_network::http::strip_hop_by_hop(&mut headers, upgrade);
     if !headers.contains_key(header::HOST)
         && let Some(value) = authority.and_then(|authority| HeaderValue::from_str(&authority).ok())
     {
@@ -620,49 +620,8 @@ fn pipelined(mut body: Incoming, busy: caged_activity::Busy) -> Body {
 fn wants_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && connection_tokens(req.headers()).any(|token| token.eq_ignore_ascii_case("upgrade"))
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-}
-
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-/// Removes headers meant for one hop only (and those the Connection header names); an upgrade
-/// keeps `Connection: upgrade` and its `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
+        && caged_network::http::connection_tokens(req.headers())
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
 }
 
 fn append_forwarded(headers: &mut HeaderMap, ctx: &Ctx) {
@@ -683,7 +642,7 @@ fn append_forwarded(headers: &mut HeaderMap, ctx: &Ctx) {
 
 /// The sandbox's response made safe to pass on: no hop-by-hop headers, cookies host-only.
 fn clean_response_headers(headers: &mut HeaderMap, upgrade: bool) {
-    strip_hop_by_hop(headers, upgrade);
+    caged_network::http::strip_hop_by_hop(headers, upgrade);
     let cookies: Vec<String> = headers
         .get_all(header::SET_COOKIE)
         .iter()
@@ -965,32 +924,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_and_named_ones_with_them() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers, false);
-        assert_eq!(headers.len(), 1, "{headers:?}");
-        assert!(headers.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn upgrades_keep_their_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut headers, true);
-        assert_eq!(headers[header::CONNECTION], "upgrade");
-        assert_eq!(headers[header::UPGRADE], "websocket");
-    }
 
     #[test]
     fn login_redirects_stay_on_the_host() {

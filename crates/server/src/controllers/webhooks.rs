@@ -116,7 +116,7 @@ pub(crate) async fn run(state: Arc<AppState>) {
         });
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = state.costs.webhook_wake.notified() => {}
+            _ = state.webhook_sends.notified() => {}
             () = state.stop.cancelled() => break,
         }
     }
@@ -172,7 +172,7 @@ async fn send(state: &AppState, delivery: &WebhookDelivery, secret: &str) -> Res
         .await
         .map_err(|err| format!("cannot resolve {host}: {err}"))?
         .collect();
-    let allow_private = state.costs.config.webhooks_to_private;
+    let allow_private = state.config.cost.webhooks_to_private;
     let address = addresses
         .iter()
         .find(|addr| denied(addr.ip(), allow_private).is_none())
@@ -207,7 +207,7 @@ async fn send(state: &AppState, delivery: &WebhookDelivery, secret: &str) -> Res
         .map_err(|err| err.to_string())?;
     let status = if https {
         let connector =
-            tokio_rustls::TlsConnector::from(Arc::new(super::gateway::tls_client_config()?));
+            tokio_rustls::TlsConnector::from(Arc::new(caged_gateway::tls_client_config()?));
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|err| format!("{host}: {err}"))?;
         let tls = connector

@@ -19,6 +19,17 @@ use serde_json::{Value, json};
 use super::webhooks;
 use crate::AppState;
 
+/// What a sandbox has spent, by its clock.
+pub(crate) fn spend(prices: &caged_cost::Prices, record: &SandboxRecord) -> caged_cost::Spend {
+    caged_cost::spend(
+        prices,
+        &record.transitions,
+        record.clock_ms(),
+        &record.config.resources,
+        record.llm.cost_micros,
+    )
+}
+
 /// How often spend is compared with budgets when nothing wakes the guard sooner.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -30,7 +41,7 @@ pub(crate) async fn run(state: Arc<AppState>) {
         check_all(&state, &mut fired, &destroying).await;
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
-            _ = state.costs.guard_wake.notified() => {}
+            _ = state.budget_checks.notified() => {}
             () = state.stop.cancelled() => break,
         }
     }
@@ -48,14 +59,14 @@ async fn check_all(
             return;
         }
     };
-    state.costs.prune_pending();
+    state.gateway.prune_pending();
     let live: HashSet<SandboxId> = records.iter().map(|record| record.id).collect();
     fired.retain(|(id, _, _)| live.contains(id));
     for record in records {
         let Some(budget) = record.budget_micros else {
             continue;
         };
-        let spend = super::spend(&state.costs.config.prices, &record).total();
+        let spend = spend(&state.config.cost.prices, &record).total();
         for level in caged_cost::budget::reached(spend, Micros(budget)) {
             if level == Level::Exceeded {
                 let started = destroying
@@ -138,7 +149,7 @@ async fn alert(
     };
     tracing::warn!(sandbox = %record.id, "{}", event.payload["message"].as_str().unwrap_or(""));
     state.db.publish(event);
-    state.costs.webhook_wake.notify_one();
+    state.webhook_sends.notify_one();
     Ok(true)
 }
 
@@ -171,7 +182,7 @@ async fn exceed(state: &Arc<AppState>, seen: &SandboxRecord) {
         return;
     }
     // Looked at again under the lock: the budget may have been raised meanwhile.
-    let spend = super::spend(&state.costs.config.prices, &record).total();
+    let spend = spend(&state.config.cost.prices, &record).total();
     let Some(budget) = record.budget_micros.filter(|budget| spend.0 >= *budget) else {
         return;
     };
@@ -235,7 +246,7 @@ async fn exceed(state: &Arc<AppState>, seen: &SandboxRecord) {
     {
         Ok(event) => {
             state.db.publish(event);
-            state.costs.webhook_wake.notify_one();
+            state.webhook_sends.notify_one();
         }
         Err(err) => tracing::error!(sandbox = %id, "cannot record the budget's end: {err}"),
     }
