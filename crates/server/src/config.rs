@@ -8,7 +8,7 @@ use caged_cost::Prices;
 use caged_gateway::Upstream;
 use caged_netpolicy::NetworkConfig;
 
-use crate::preview::PreviewConfig;
+use caged_preview::PreviewConfig;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {

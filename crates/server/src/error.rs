@@ -69,6 +69,21 @@ impl From<caged_netpolicy::Error> for Error {
     }
 }
 
+impl From<caged_preview::Error> for Error {
+    fn from(err: caged_preview::Error) -> Self {
+        match err {
+            caged_preview::Error::BadPassword(why) => {
+                Error::invalid("invalid_preview", format!("password: {why}"))
+            }
+            caged_preview::Error::NotReady(id) => Error::NotReady(id),
+            caged_preview::Error::NetworkUnreachable(why) => Error::NetworkUnreachable(why),
+            caged_preview::Error::Runtime(err) => Error::Runtime(err),
+            caged_preview::Error::Store(err) => Error::Store(err),
+            caged_preview::Error::Internal(why) => Error::Internal(why),
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Error {
         Error::Invalid {

@@ -13,10 +13,8 @@ mod error;
 mod exec;
 mod failpoint;
 mod files;
-mod html;
 mod observe;
 mod paths;
-mod preview;
 mod sandboxes;
 mod sessions;
 mod snapshots;
@@ -34,10 +32,10 @@ use tokio::sync::watch;
 
 pub use caged_gateway::Upstream;
 pub use caged_netpolicy::NetworkConfig;
+pub use caged_preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
 pub use caged_runtime::DEFAULT_PIDS_LIMIT;
 pub use config::{CostConfig, ServerConfig};
 pub use engine::EngineStatus;
-pub use preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
 
 /// How long a stopping server waits for its loops to end before it aborts them.
 const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -84,7 +82,7 @@ pub(crate) struct AppState {
     pub auto_snapshots: tokio::sync::mpsc::UnboundedSender<caged_domain::SandboxId>,
     /// Cancelled when the server is stopping; loops and long-lived streams end on it.
     pub stop: tokio_util::sync::CancellationToken,
-    pub previews: Arc<preview::Previews>,
+    pub previews: Arc<caged_preview::Previews>,
     pub network: Arc<caged_netpolicy::Network>,
     pub observer: Arc<observe::Observer>,
     pub gateway: caged_gateway::Gateway,
@@ -174,9 +172,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
 
-    let domain = preview::check_domain(&config.preview.domain)
+    let domain = caged_preview::check_domain(&config.preview.domain)
         .map_err(|reason| StartError::Preview { reason })?;
-    let tls = preview::tls_acceptor(&config.preview.tls, &data_dir, &domain)
+    let tls = caged_preview::tls_acceptor(&config.preview.tls, &data_dir, &domain)
         .map_err(|reason| StartError::Preview { reason })?;
     let preview_listener = TcpListener::bind(config.preview.listen)
         .await
@@ -195,16 +193,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             store.meta_get_or_insert("preview_cookie_key", || caged_domain::random_hex(32))
         })
         .await?;
-    let previews = Arc::new(preview::Previews::new(
-        &preview::PreviewConfig {
+    let activity = Arc::new(caged_activity::Activity::default());
+    let previews = Arc::new(caged_preview::Previews::new(
+        &caged_preview::PreviewConfig {
             domain: domain.clone(),
             ..config.preview.clone()
         },
         preview_addr.port(),
         tls.is_some(),
         &cookie_key,
+        db.clone(),
+        runtime.clone(),
+        activity.clone(),
     ));
-    preview::warn_if_detection_is_costly();
+    caged_preview::warn_if_detection_is_costly();
 
     caged_netpolicy::Network::check_pool(&config.network.pool, &installation_id)
         .await
@@ -220,7 +222,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.trust_policy.clone(),
         config.observe,
     ));
-    let activity = Arc::new(caged_activity::Activity::default());
     let budget_checks = Arc::new(tokio::sync::Notify::new());
     let gateway = caged_gateway::Gateway::new(
         caged_gateway::Config {
@@ -270,10 +271,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     );
     tasks.spawn("idle", controllers::idle::run(state.clone()));
     tasks.spawn("reconcile", controllers::reconcile::run(state.clone()));
-    tasks.spawn("preview.detect", preview::detect::run(state.clone()));
+    let lifecycle: Arc<dyn caged_preview::Lifecycle> =
+        Arc::new(sandboxes::ForPreviews(state.clone()));
+    tasks.spawn(
+        "preview.detect",
+        state
+            .previews
+            .clone()
+            .detect(lifecycle.clone(), tasks.stopping()),
+    );
     tasks.spawn(
         "preview.serve",
-        preview::serve(state.clone(), preview_listener, tls),
+        state
+            .previews
+            .clone()
+            .serve(preview_listener, tls, lifecycle, tasks.stopping()),
     );
     tasks.spawn("network.heal", state.network.clone().heal(tasks.stopping()));
     tasks.spawn(

@@ -16,6 +16,33 @@ use crate::error::{Error, Result};
 use crate::{AppState, failpoint};
 use caged_activity::Busy;
 
+/// The lifecycle as previews see it: a request may wake a sandbox, and one whose lock is free
+/// is settled.
+pub(crate) struct ForPreviews(pub Arc<AppState>);
+
+#[async_trait::async_trait]
+impl caged_preview::Lifecycle for ForPreviews {
+    async fn wake(
+        &self,
+        account_id: &str,
+        id: SandboxId,
+        why: &'static str,
+    ) -> std::result::Result<caged_activity::Busy, String> {
+        active(&self.0, account_id, id, why)
+            .await
+            .map(|(_, busy)| busy)
+            .map_err(|err| err.to_string())
+    }
+
+    fn settled(&self, id: SandboxId) -> bool {
+        self.0.locks.try_lock(id).is_some()
+    }
+
+    fn engine_up(&self) -> bool {
+        matches!(&*self.0.engine.borrow(), EngineStatus::Up(_))
+    }
+}
+
 /// One async lock per sandbox: operations on one sandbox never interleave, and different
 /// sandboxes never wait on each other.
 #[derive(Default)]
@@ -165,7 +192,7 @@ pub(crate) async fn create(
             return Err(err.into());
         }
     }
-    crate::preview::refresh(state.clone(), id);
+    state.previews.refresh(id);
     let record = get(state, account_id, id).await?;
     state.observer.watch(&record);
     if let Err(err) = state.network.started(&record).await {
@@ -434,7 +461,7 @@ pub(crate) async fn record_transition(
         .run(move |store| store.transition(id, from, to, at, reason.as_deref()))
         .await?;
     state.db.publish(event);
-    crate::preview::Previews::on_transition(state, id, to);
+    state.previews.transitioned(id, to);
     state.network.transitioned(id, to);
     if to == SandboxState::Running {
         state.activity.touch(id, at, timeout_seconds);

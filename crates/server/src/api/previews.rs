@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::sandboxes::{json_body, parse_id};
 use crate::auth::Caller;
-use crate::{AppState, blocking, preview, sandboxes};
+use crate::error::Error;
+use crate::{AppState, sandboxes};
 
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
@@ -18,7 +19,7 @@ pub(crate) async fn list(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    let previews = preview::list(&state, &record).await?;
+    let previews = state.previews.list(&record).await.map_err(Error::from)?;
     Ok(Json(json!({ "previews": previews })))
 }
 
@@ -63,44 +64,12 @@ pub(crate) async fn protect(
             format!("sandbox {} is destroyed", record.id),
         ));
     }
-    let hash = match password {
-        Some(password) => {
-            preview::check_password(&password).map_err(|err| {
-                ApiError::bad_request("invalid_preview", format!("password: {err}"))
-            })?;
-            Some(
-                blocking::run(move || preview::hash_password(&password))
-                    .await
-                    .map_err(ApiError::internal)?,
-            )
-        }
-        None => None,
-    };
-    let (id, account_id) = (record.id, record.account_id.clone());
-    let at = caged_domain::time::now_ms();
-    let stored = hash.clone();
-    let event = state
-        .db
-        .run(move |store| store.set_preview_password(id, &account_id, port, stored.as_deref(), at))
-        .await?;
-    state.db.publish(event);
-    preview::password_changed(
-        &state,
-        id,
-        port,
-        hash.map(|hash| caged_store::PreviewPassword {
-            port,
-            hash,
-            set_at_ms: at,
-        }),
-    );
-    let previews = preview::list(&state, &record).await?;
-    let this = previews
-        .as_array()
-        .and_then(|all| all.iter().find(|preview| preview["port"] == port))
-        .cloned()
-        .unwrap_or_else(|| json!({ "port": port, "url": state.previews.url(id, port), "protected": false, "listening": false }));
-    Ok(Json(this))
+    let preview = state
+        .previews
+        .protect(&record, port, password)
+        .await
+        .map_err(Error::from)?;
+    Ok(Json(json!(preview)))
 }
 
 fn parse_port(raw: &str) -> Result<u16, ApiError> {

@@ -14,6 +14,7 @@ use super::{ApiError, view};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::engine::EngineStatus;
+use crate::error::Error;
 use crate::sandboxes::{self, CreateOptions};
 
 pub(crate) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
@@ -139,7 +140,7 @@ pub(crate) async fn inspect(
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let mut view = view::sandbox(&state, &record);
-    view["previews"] = crate::preview::list(&state, &record).await?;
+    view["previews"] = json!(state.previews.list(&record).await.map_err(Error::from)?);
     let trust = crate::observe::sandbox_trust(&state, record.id).await?;
     view["trust_score"] = trust["score"].clone();
     view["trust"] = trust;

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::api::ApiError;
 use crate::auth::{self, SESSION_COOKIE};
-use crate::html::escape;
+use html_escape::encode_quoted_attribute as escape;
 
 /// How long a sign-in lasts.
 const SESSION_LIFETIME_MS: i64 = 12 * 3600 * 1000;

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use caged_store::PortChange;
 
-use super::{Cage, attach, lock};
-use crate::engine::EngineStatus;
-use crate::{AppState, blocking};
+use crate::{Cage, Lifecycle, Previews, lock};
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// Docker's embedded DNS server listens inside every sandbox on a user-defined network, at this
@@ -28,28 +26,32 @@ const SYNC_EVERY_SCANS: u32 = 4;
 const LIVELY_MS: i64 = 60_000;
 
 /// The detector, and the bookkeeping that attaches and detaches sandboxes.
-pub(crate) async fn run(state: Arc<AppState>) {
+pub(crate) async fn run(
+    previews: Arc<Previews>,
+    lifecycle: Arc<dyn Lifecycle>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut ticker = tokio::time::interval(SCAN_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick: u32 = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = state.stop.cancelled() => return,
+            () = stop.cancelled() => return,
         }
         let full = tick.is_multiple_of(SYNC_EVERY_SCANS);
-        if full && matches!(&*state.engine.borrow(), EngineStatus::Up(_)) {
-            sync(&state).await;
+        if full && lifecycle.engine_up() {
+            sync(&previews).await;
         }
         tick = tick.wrapping_add(1);
-        scan(&state, full).await;
+        scan(&previews, full).await;
     }
 }
 
 /// Watches running sandboxes not watched yet (or now in another container) and forgets the
 /// ones that are gone.
-async fn sync(state: &Arc<AppState>) {
-    let heads = match state.db.run(move |store| store.live_heads()).await {
+async fn sync(previews: &Arc<Previews>) {
+    let heads = match previews.db.run(move |store| store.live_heads()).await {
         Ok(heads) => heads,
         Err(err) => {
             tracing::warn!("preview bookkeeping could not read the database: {err}");
@@ -57,9 +59,9 @@ async fn sync(state: &Arc<AppState>) {
         }
     };
     let live: HashSet<_> = heads.iter().map(|head| head.id).collect();
-    lock(&state.previews.cages).retain(|id, _| live.contains(id));
+    lock(&previews.cages).retain(|id, _| live.contains(id));
     for head in heads {
-        let current = state.previews.cage(head.id);
+        let current = previews.cage(head.id);
         if let Some(cage) = &current {
             cage.running.store(
                 head.state == caged_domain::SandboxState::Running,
@@ -70,36 +72,37 @@ async fn sync(state: &Arc<AppState>) {
             current.is_none_or(|cage| Some(&cage.container_id) != head.container_id.as_ref());
         if stale
             && head.state == caged_domain::SandboxState::Running
-            && let Err(err) = attach(state, &head).await
+            && let Err(err) = previews.attach(&head).await
         {
             tracing::debug!(sandbox = %head.id, "not watching its ports yet: {err}");
         }
     }
 }
 
-async fn scan(state: &Arc<AppState>, full: bool) {
+async fn scan(previews: &Arc<Previews>, full: bool) {
     let lively_since = caged_domain::time::now_ms() - LIVELY_MS;
-    let cages: Vec<Arc<Cage>> = state
-        .previews
+    let cages: Vec<Arc<Cage>> = previews
         .cages()
         .into_iter()
         .filter(|cage| cage.running.load(Ordering::Acquire))
-        .filter(|cage| full || state.activity.lively(cage.id, lively_since))
+        .filter(|cage| full || previews.activity.lively(cage.id, lively_since))
         .collect();
     if cages.is_empty() {
         return;
     }
-    let changed = blocking::run(move || changes(&cages)).await;
+    let changed = match tokio::task::spawn_blocking(move || changes(&cages)).await {
+        Ok(changed) => changed,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    };
     for (cage, changes) in changed {
         let (id, account) = (cage.id, cage.account_id.clone());
         let at = caged_domain::time::now_ms();
-        match state
+        let written = previews
             .db
-            .run(move |store| store.update_preview_ports(id, &account, at, &changes))
-            .await
-        {
-            Ok(events) => events.into_iter().for_each(|event| state.db.publish(event)),
-            Err(err) => tracing::warn!(sandbox = %id, "could not record its ports: {err}"),
+            .write(move |store| store.update_preview_ports(id, &account, at, &changes))
+            .await;
+        if let Err(err) = written {
+            tracing::warn!(sandbox = %id, "could not record its ports: {err}");
         }
     }
 }

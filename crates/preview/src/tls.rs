@@ -24,7 +24,7 @@ pub enum PreviewTls {
 /// Folder in the data folder that holds a generated certificate.
 pub const SELF_SIGNED_DIR: &str = "preview-tls";
 
-pub(crate) fn acceptor(
+pub fn acceptor(
     tls: &PreviewTls,
     data_dir: &Path,
     domain: &str,
