@@ -1,73 +1,294 @@
-//! Watching sandboxes from the host, where nothing inside them can reach: the kernel reports
-//! every fork, exec and exit (the process connector, [`connector`]) and every file created,
-//! written, moved or deleted on the engine's filesystem ([`fanotify`]); [`procfs`] reads what a
-//! process is (its command line, program, cgroup, pipes) while it lives.
+//! Watching sandboxes from the host, where nothing inside them can reach, and the trust scores
+//! made from what is seen.
 //!
-//! These are readers only; deciding what an event means, and whose it is, is the server's job.
+//! - [`kernel`]: the readers: the kernel's process connector (every fork, exec and exit),
+//!   fanotify (every file created, written, moved or deleted; opens of sensitive files), and
+//!   `/proc` facts about a process while it lives.
+//! - `tracker`: a thread of its own that turns the kernel's reports into observations, each
+//!   attributed to a sandbox (by cgroup, by the root filesystem a path is in) and a session (by
+//!   the process tree).
+//! - `record`: writes them to the event log in batches (`process`, `fs`, `file_open` events)
+//!   and charges each session's ledger under the trust policy. The network layer's own events
+//!   (`network`) reach it as they are written ([`Observer::network_event`]) and are charged the
+//!   same way, to the sessions open when they happened.
+//!
+//! A sandbox's score is its worst: the lowest of its sessions' scores and of the activity outside
+//! any session (API execs, its own processes), each 100 minus what it was charged.
 
-pub mod connector;
-pub mod fanotify;
-pub mod procfs;
-pub mod rootfs;
+pub mod kernel;
+mod record;
+mod tracker;
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Waits until one of `fds` is readable or `timeout_ms` passes; returns which are readable.
-pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+use caged_domain::SandboxId;
+use caged_runtime::HostView;
+use caged_store::{Db, StoreError};
+use caged_trust::Policy;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio_util::sync::CancellationToken;
+
+use tracker::{Command, Out, Stats, Tracker};
+
+pub use tracker::names_file;
+
+pub struct Observer {
+    policy: Arc<Policy>,
+    enabled: bool,
+    db: Db,
+    commands: Arc<tracker::Commands>,
+    stats: Arc<Mutex<Stats>>,
+    out: UnboundedSender<Out>,
+    incoming: Mutex<Option<UnboundedReceiver<Out>>>,
+    /// Why observation is not running, when it is not.
+    unavailable: Mutex<Option<String>>,
+}
+
+/// For `caged system`: whether observation runs, and its counters.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    pub enabled: bool,
+    pub detail: String,
+    pub processes: u64,
+    pub unread_processes: u64,
+    pub file_events: u64,
+    pub lost: u64,
+}
+
+/// A sandbox's trust: its worst session (or its activity outside sessions).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SandboxTrust {
+    pub score: u32,
+    pub rating: &'static str,
+    pub charged: Vec<ChargedSession>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChargedSession {
+    pub session_id: Option<String>,
+    pub score: u32,
+}
+
+/// A session's score, rating and penalties with their evidence.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionTrust {
+    pub score: u32,
+    pub rating: &'static str,
+    pub penalties: Vec<Penalty>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Penalty {
+    pub rule: String,
+    pub key: String,
+    pub points: u32,
+    pub reason: String,
+    pub evidence: serde_json::Value,
+    pub event_seq: i64,
+    pub at: String,
+}
+
+impl Observer {
+    /// `enabled: false` is `--observe off`: nothing is watched (network events are still
+    /// charged).
+    pub fn new(policy: Policy, enabled: bool, db: Db) -> Observer {
+        let (out, incoming) = tokio::sync::mpsc::unbounded_channel();
+        Observer {
+            policy: Arc::new(policy),
+            enabled,
+            db,
+            commands: Arc::new(tracker::Commands::new()),
+            stats: Arc::default(),
+            out,
+            incoming: Mutex::new(Some(incoming)),
+            unavailable: Mutex::new((!enabled).then(|| "turned off (--observe off)".to_string())),
+        }
+    }
+
+    fn command(&self, command: Command) {
+        self.commands.push(command);
+    }
+
+    /// The command whose first process is `pid` belongs to `session` (or to none).
+    pub fn bind(&self, pid: i32, session: Option<String>) {
+        if self.enabled {
+            self.command(Command::Bind { pid, session });
+        }
+    }
+
+    /// Starts watching a sandbox that just started (its sensitive files, before any process of
+    /// its can open them). Sandboxes are also picked up when first seen, and every few seconds.
+    pub fn watch(&self, record: &caged_store::SandboxRecord) {
+        if let Some(container) = &record.container_id
+            && self.enabled
+        {
+            self.command(Command::Watch(container.clone()));
+        }
+    }
+
+    /// Waits until what the host saw before now is recorded and scored (at most `limit`).
+    pub async fn settle(&self, limit: Duration) {
+        if !self.enabled
+            || self
+                .unavailable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+        {
+            return;
+        }
+        let (done, waiting) = tokio::sync::oneshot::channel();
+        self.command(Command::Settle(done));
+        let _ = tokio::time::timeout(limit, waiting).await;
+    }
+
+    /// For `caged system`: whether observation runs, and its counters.
+    pub fn status(&self) -> Status {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let unavailable = self
+            .unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Status {
+            enabled: unavailable.is_none(),
+            detail: unavailable.unwrap_or_else(|| {
+                "process events, file changes and sensitive opens, from the host".into()
+            }),
+            processes: stats.processes,
+            unread_processes: stats.unread_processes,
+            file_events: stats.file_events,
+            lost: stats.lost,
+        }
+    }
+
+    /// Where sandboxes' files are, as the runtime says once its engine answers (`None`: the
+    /// host cannot see them; file observation waits for a view).
+    pub fn files(&self, view: Option<Arc<dyn HostView>>) {
+        if let Some(view) = view
+            && self.enabled
+        {
+            self.command(Command::Files(view));
+        }
+    }
+
+    /// A `network` event the network layer wrote; charged to the sessions open when it
+    /// happened, in order with what the kernel reported before it.
+    pub fn network_event(&self, event: &caged_store::Event) {
+        let _ = self.out.send(Out::Network(event.clone()));
+    }
+    /// Starts the tracker thread (when enabled and the kernel lets it) and returns the task
+    /// that records and scores what it sees, to run until `stop`. The thread ends with it.
+    pub fn start(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let incoming = self
+            .incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if incoming.is_some() && self.enabled {
+            self.start_tracker();
+        }
+        let observer = self.clone();
+        async move {
+            if let Some(incoming) = incoming {
+                record::run(&observer, incoming, stop).await;
+            }
+        }
+    }
+
+    fn start_tracker(&self) {
+        let observer = self;
+        use kernel::connector::{EVENTS_EXEC, EVENTS_FORK_EXIT, ProcConnector};
+        let connectors = ProcConnector::open(EVENTS_EXEC)
+            .and_then(|execs| Ok((execs, ProcConnector::open(EVENTS_FORK_EXIT)?)));
+        let (execs, lineage) = match connectors {
+            Ok(connectors) => connectors,
+            Err(err) => {
+                let why = format!("cannot subscribe to the kernel's process events: {err}");
+                tracing::warn!("observation off: {why}");
+                *observer
+                    .unavailable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(why);
+                return;
+            }
+        };
+        let sensitive = observer
+            .policy
+            .sensitive_files
+            .iter()
+            .map(|file| (file.path.clone(), file.named))
+            .collect();
+        let tracker = Tracker::new(
+            self.db.blocking(),
+            observer.out.clone(),
+            observer.commands.clone(),
+            observer.stats.clone(),
+            sensitive,
+        );
+        let spawned = std::thread::Builder::new()
+            .name("caged-observer".into())
+            .spawn(move || tracker.run(execs, lineage, Arc::new(AtomicBool::new(false))));
+        if let Err(err) = spawned {
+            tracing::error!("cannot start the observer thread: {err}");
+        }
+    }
+
+    /// A sandbox's trust: its worst session (or its activity outside sessions), and why.
+    pub async fn sandbox_trust(&self, id: SandboxId) -> Result<SandboxTrust, StoreError> {
+        let charged = self
+            .db
+            .run(move |store| store.charged_by_session(id))
+            .await?;
+        let worst = charged.iter().map(|c| c.points).max().unwrap_or(0);
+        let score = caged_trust::score(worst);
+        Ok(SandboxTrust {
+            score,
+            rating: caged_trust::Rating::of(score).as_str(),
+            charged: charged
+                .iter()
+                .map(|c| ChargedSession {
+                    session_id: c.session_id.clone(),
+                    score: caged_trust::score(c.points),
+                })
+                .collect(),
         })
-        .collect();
-    // SAFETY: `polls` is a valid array of pollfd of the given length.
-    let rc = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout_ms) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
-        }
-        return Err(err);
-    }
-    Ok(polls
-        .iter()
-        .map(|p| p.revents & (libc::POLLIN | libc::POLLERR) != 0)
-        .collect())
-}
-
-/// Wakes a thread that waits in [`poll_readable`] (an eventfd in its set).
-pub struct Waker(std::os::fd::OwnedFd);
-
-impl Waker {
-    pub fn new() -> io::Result<Waker> {
-        // SAFETY: eventfd takes flags only; the result is checked.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor nobody else owns.
-        Ok(Waker(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }))
     }
 
-    pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes we own to an eventfd.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    /// Clears pending wakes.
-    pub fn drain(&self) {
-        let mut count: u64 = 0;
-        // SAFETY: reading 8 bytes into a u64 we own from a non-blocking eventfd.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-    }
-}
-
-impl std::os::fd::AsFd for Waker {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+    /// A session's score, rating and penalties with their evidence.
+    pub async fn session_trust(
+        &self,
+        account: &str,
+        session: &str,
+    ) -> Result<SessionTrust, StoreError> {
+        let (account, session) = (account.to_string(), session.to_string());
+        let penalties = self
+            .db
+            .run(move |store| store.session_penalties(&account, &session))
+            .await?;
+        let points: u64 = penalties.iter().map(|p| u64::from(p.points)).sum();
+        let score = caged_trust::score(points);
+        Ok(SessionTrust {
+            score,
+            rating: caged_trust::Rating::of(score).as_str(),
+            penalties: penalties
+                .iter()
+                .map(|p| Penalty {
+                    rule: p.rule.clone(),
+                    key: p.key.clone(),
+                    points: p.points,
+                    reason: p.reason.clone(),
+                    evidence: p.evidence.clone(),
+                    event_seq: p.event_seq,
+                    at: caged_domain::time::rfc3339_from_ms(p.at_ms),
+                })
+                .collect(),
+        })
     }
 }

@@ -1,9 +1,12 @@
 //! The runtime a sandbox runs on, behind one trait so the server does not care whether it is a
 //! container (runc), a gVisor sandbox (runsc) or, later, a microVM. The Docker driver lives in
-//! [`docker`].
+//! [`docker`]; `tests/conformance.rs` says what any driver must do.
+//!
+//! What differs between drivers is said by [`Capabilities`], not found out by trying: whether a
+//! sandbox can be frozen, whether the host can see its processes and files from outside
+//! ([`HostView`]), which isolations it offers.
 
 pub mod docker;
-pub mod layout;
 mod proctree;
 mod seccomp;
 mod syscalls;
@@ -16,7 +19,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use caged_domain::{Isolation, NetworkMode, Resources, SandboxId};
 use futures_util::Stream;
-use serde_json::Value;
 use tokio::io::AsyncWrite;
 
 pub use docker::DockerRuntime;
@@ -111,8 +113,8 @@ pub struct EngineInfo {
     pub disk_limits: Support,
     /// Whether `isolation: gvisor` works here, and its limits.
     pub gvisor: Support,
-    /// Where this host keeps sandboxes' root filesystems, when it can watch them (a local engine
-    /// whose storage layout [`layout`] knows); `None` otherwise.
+    /// Where this host keeps sandboxes' root filesystems, when it can watch them (see
+    /// [`Runtime::host_view`]); `None` otherwise.
     pub sandbox_filesystems: Option<std::path::PathBuf>,
 }
 
@@ -130,12 +132,88 @@ pub struct TemplateInfo {
     pub created_at: i64,
 }
 
-/// A sandbox container as the engine lists it, for reconciling with the store.
+/// A sandbox as the engine lists it, for reconciling with the store.
 #[derive(Clone, Debug)]
 pub struct ContainerSummary {
     pub container_id: String,
     pub sandbox_id: Option<SandboxId>,
-    pub state: String,
+    pub state: EngineState,
+}
+
+/// What the engine says a sandbox's processes are doing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineState {
+    Running,
+    /// Frozen in memory.
+    Paused,
+    /// Its processes are gone (exited, killed, or the engine restarted); its files are kept.
+    Stopped,
+    /// Anything else the engine may say (created, restarting, dead, ...), as it said it.
+    Other(String),
+}
+
+impl std::fmt::Display for EngineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineState::Running => f.write_str("running"),
+            EngineState::Paused => f.write_str("paused"),
+            EngineState::Stopped => f.write_str("exited"),
+            EngineState::Other(state) => f.write_str(state),
+        }
+    }
+}
+
+/// Driver facts about one sandbox, for `inspect` and for making sure it still exists.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Description {
+    /// `docker`, or another driver's name.
+    pub engine: &'static str,
+    pub handle: String,
+    /// The engine's runtime (runc, runsc) when it says.
+    pub runtime: Option<String>,
+    pub state: EngineState,
+    /// The host pid of its first process, where the host sees one.
+    pub pid: Option<i64>,
+}
+
+/// What a driver can do. Callers ask this rather than trying and failing.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Capabilities {
+    /// The isolations it can run (each still subject to [`Runtime::isolation_support`]).
+    pub isolations: Vec<Isolation>,
+    /// A sandbox can be frozen with its memory kept, and thawed.
+    pub pause: bool,
+    /// A paused sandbox's memory can be saved and brought back (not only its files).
+    pub memory_snapshot: bool,
+    /// Snapshots are of the filesystem's changes from the template ([`Runtime::changes`],
+    /// [`Runtime::export`]).
+    pub filesystem_snapshot: bool,
+    /// The host sees the sandbox's processes (their pids, cgroups, /proc) under `container`
+    /// isolation; under gVisor or a VM it sees only the sandbox's own processes, not those
+    /// inside.
+    pub host_processes: bool,
+    /// The host can read the sandbox's files from outside it ([`Runtime::host_view`]).
+    pub host_files: bool,
+    /// The sandbox's network namespace can be opened from the host
+    /// ([`Runtime::network_namespace`]).
+    pub network_namespace: bool,
+}
+
+/// How the host sees sandboxes' files from outside them, when the driver can say (a local
+/// engine whose storage it knows; a VM's disk has no such view). The observer watches
+/// [`HostView::roots`] and asks the view where each change it sees belongs.
+pub trait HostView: Send + Sync + std::fmt::Debug + 'static {
+    /// The directory under which every sandbox's root filesystem lies, on one filesystem.
+    fn roots(&self) -> &std::path::Path;
+    /// Which root a directory under [`HostView::roots`] is in (its name among the roots) and
+    /// the path inside that root; `None` for what is not a sandbox's root.
+    fn locate(&self, dir: &std::path::Path) -> Option<(String, std::path::PathBuf)>;
+    /// The sandbox (by handle) whose root is the one named `root`, if any (it may look through
+    /// the engine's records: callers cache the answer).
+    fn handle_of(&self, root: &str) -> Option<String>;
+    /// A sandbox's root: its name among the roots and where it is on the host.
+    fn root_of(&self, handle: &str) -> Option<(String, std::path::PathBuf)>;
 }
 
 #[derive(Clone, Debug, Default)]
@@ -199,13 +277,18 @@ pub struct PathStat {
 
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
+    /// What this driver can do.
+    fn capabilities(&self) -> Capabilities;
     /// Connects, learns the engine's capabilities and prepares shared resources. Cheap enough
     /// to call again when the engine comes back. `gvisor` is as last found by
-    /// [`Runtime::gvisor_support`], which is slower and asked separately.
+    /// [`Runtime::isolation_support`], which is slower and asked separately.
     async fn probe(&self) -> Result<EngineInfo>;
-    /// Whether `isolation: gvisor` really works here: a definite answer is found once (by
-    /// running a test sandbox) and remembered.
-    async fn gvisor_support(&self) -> Support;
+    /// Whether an isolation really works here: a definite answer is found once (by running a
+    /// test sandbox, where that is what it takes) and remembered.
+    async fn isolation_support(&self, isolation: Isolation) -> Support;
+    /// How the host sees sandboxes' files, once [`Runtime::probe`] has found out; `None` where
+    /// it cannot.
+    fn host_view(&self) -> Option<Arc<dyn HostView>>;
     /// Quick liveness check.
     async fn ping(&self) -> Result<()>;
 
@@ -248,8 +331,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// staged sandbox has no link: its name is the original's until then).
     async fn promote(&self, staged: &str, spec: &SandboxSpec) -> Result<()>;
 
-    /// Driver-specific facts for `inspect`.
-    async fn describe(&self, handle: &str) -> Result<Value>;
+    /// Driver facts about one sandbox; [`RuntimeError::ContainerGone`] when it no longer
+    /// exists.
+    async fn describe(&self, handle: &str) -> Result<Description>;
 
     /// The running sandbox's network namespace, opened (not looked up by PID) so it stays the
     /// same namespace for as long as the caller holds it. The preview proxy dials and the port

@@ -102,7 +102,9 @@ pub(crate) fn watch(
 /// the answer in the engine status.
 pub(crate) fn refresh_gvisor(runtime: Arc<dyn Runtime>, tx: Arc<watch::Sender<EngineStatus>>) {
     tokio::spawn(async move {
-        let support = runtime.gvisor_support().await;
+        let support = runtime
+            .isolation_support(caged_domain::Isolation::Gvisor)
+            .await;
         if support.available {
             tracing::info!("isolation gvisor available: {}", support.detail);
         } else {

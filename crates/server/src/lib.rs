@@ -13,7 +13,6 @@ mod error;
 mod exec;
 mod failpoint;
 mod files;
-mod observe;
 mod paths;
 mod sandboxes;
 mod sessions;
@@ -84,7 +83,7 @@ pub(crate) struct AppState {
     pub stop: tokio_util::sync::CancellationToken,
     pub previews: Arc<caged_preview::Previews>,
     pub network: Arc<caged_netpolicy::Network>,
-    pub observer: Arc<observe::Observer>,
+    pub observer: Arc<caged_observe::Observer>,
     pub gateway: caged_gateway::Gateway,
     /// Tells the budget guard to look now (an LLM call was charged, a budget changed).
     pub budget_checks: Arc<tokio::sync::Notify>,
@@ -218,9 +217,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
-    let observer = Arc::new(observe::Observer::new(
+    let observer = Arc::new(caged_observe::Observer::new(
         config.trust_policy.clone(),
         config.observe,
+        db.clone(),
     ));
     let budget_checks = Arc::new(tokio::sync::Notify::new());
     let gateway = caged_gateway::Gateway::new(
@@ -242,7 +242,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         db.clone(),
         runtime.clone(),
         Some(Arc::new(gateway.clone())),
-        Some(observer.clone()),
+        Some(Arc::new(NetworkToObserver(observer.clone()))),
         tasks.stopping(),
     ));
     let state = Arc::new(AppState {
@@ -296,7 +296,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         "network.traffic",
         state.network.clone().traffic(tasks.stopping()),
     );
-    observe::run(state.clone(), &tasks);
+    tasks.spawn("observe.record", state.observer.start(tasks.stopping()));
+    tasks.spawn("observe.files", follow_host_view(state.clone()));
     tasks.spawn("budget", controllers::budget::run(state.clone()));
     tasks.spawn("webhooks", controllers::webhooks::run(state.clone()));
     let network = state.network.clone();
@@ -331,6 +332,29 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         task,
         engine: engine.subscribe(),
     })
+}
+
+/// The observer hears of each network event as it is written.
+struct NetworkToObserver(Arc<caged_observe::Observer>);
+
+impl caged_netpolicy::Watcher for NetworkToObserver {
+    fn network_event(&self, event: &caged_store::Event) {
+        self.0.network_event(event);
+    }
+}
+
+/// Tells the observer where sandboxes' files are each time the engine comes up.
+async fn follow_host_view(state: Arc<AppState>) {
+    let mut engine = state.engine.subscribe();
+    loop {
+        if matches!(&*engine.borrow_and_update(), EngineStatus::Up(_)) {
+            state.observer.files(state.runtime.host_view());
+        }
+        tokio::select! {
+            changed = engine.changed() => if changed.is_err() { return },
+            () = state.stop.cancelled() => return,
+        }
+    }
 }
 
 fn restrict_permissions(path: &std::path::Path, mode: u32) -> std::io::Result<()> {

@@ -21,6 +21,17 @@ pub struct Package {
     pub source: Option<String>,
 }
 
+/// Programs that install packages (what they and their children write is charged as a
+/// package's, not the agent's).
+pub const MANAGERS: &[&str] = &[
+    "apt", "apt-get", "aptitude", "dpkg", "pip", "pip3", "npm", "pnpm", "yarn", "cargo",
+];
+
+/// Whether `program` (a program's name) installs packages.
+pub fn is_manager(program: &str) -> bool {
+    MANAGERS.contains(&program)
+}
+
 /// Names compare as the ecosystem does: pip folds case and `-_.`; the others are exact.
 pub fn normalize(ecosystem: &str, name: &str) -> String {
     if ecosystem == "pip" {

@@ -5,7 +5,7 @@
 //! can share one engine.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -19,14 +19,15 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use caged_domain::{Isolation, SandboxId};
 use futures_util::{StreamExt, TryStreamExt};
-use serde_json::{Value, json};
 
 use crate::{
-    ByteStream, ContainerSummary, EngineInfo, Exec, ExecSpec, FsChange, KEPT_CAPABILITIES,
-    PathStat, Result, Runtime, RuntimeError, SandboxSpec, Support, TemplateInfo, seccomp,
+    ByteStream, Capabilities, ContainerSummary, Description, EngineInfo, EngineState, Exec,
+    ExecSpec, FsChange, HostView, KEPT_CAPABILITIES, PathStat, Result, Runtime, RuntimeError,
+    SandboxSpec, Support, TemplateInfo, seccomp,
 };
 
 mod exec;
+mod layout;
 
 pub const LABEL_INSTALLATION: &str = "dev.caged.installation";
 pub const LABEL_SANDBOX: &str = "dev.caged.sandbox";
@@ -44,6 +45,8 @@ pub struct DockerRuntime {
     client: std::sync::Mutex<Option<Docker>>,
     installation_id: String,
     gvisor: OnceLock<Support>,
+    /// Where the engine keeps sandboxes' files, as the last probe found.
+    host_view: std::sync::Mutex<Option<Arc<dyn HostView>>>,
     seccomp_profile: String,
 }
 
@@ -91,6 +94,7 @@ impl DockerRuntime {
             client: std::sync::Mutex::new(None),
             installation_id: installation_id.to_string(),
             gvisor: OnceLock::new(),
+            host_view: std::sync::Mutex::new(None),
             seccomp_profile: seccomp::profile().to_string(),
         }
     }
@@ -321,6 +325,16 @@ impl DockerRuntime {
     }
 }
 
+/// The engine's word for a container's state, as an [`EngineState`].
+fn engine_state(state: Option<String>) -> EngineState {
+    match state.as_deref() {
+        Some("running") => EngineState::Running,
+        Some("paused") => EngineState::Paused,
+        Some("exited") => EngineState::Stopped,
+        other => EngineState::Other(other.unwrap_or_default().to_string()),
+    }
+}
+
 pub fn template_image(name: &str) -> String {
     format!("{TEMPLATE_REPO_PREFIX}{name}:latest")
 }
@@ -399,7 +413,10 @@ impl Runtime for DockerRuntime {
             .docker_root_dir
             .as_deref()
             .map(std::path::PathBuf::from)
-            .filter(|root| crate::layout::watchable(&driver, root));
+            .filter(|root| layout::watchable(&driver, root));
+        *self.host_view.lock().unwrap_or_else(|p| p.into_inner()) = sandbox_filesystems
+            .clone()
+            .map(|root| Arc::new(layout::Btrfs::new(root)) as Arc<dyn HostView>);
         Ok(EngineInfo {
             sandbox_filesystems,
             version: version.version.unwrap_or_default(),
@@ -410,7 +427,32 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    async fn gvisor_support(&self) -> Support {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolations: vec![Isolation::Container, Isolation::Gvisor],
+            pause: true,
+            memory_snapshot: false,
+            filesystem_snapshot: true,
+            host_processes: true,
+            host_files: self.host_view().is_some(),
+            network_namespace: true,
+        }
+    }
+
+    fn host_view(&self) -> Option<Arc<dyn HostView>> {
+        self.host_view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn isolation_support(&self, isolation: Isolation) -> Support {
+        if isolation == Isolation::Container {
+            return Support {
+                available: true,
+                detail: "runc".into(),
+            };
+        }
         if let Some(support) = self.gvisor.get() {
             return support.clone();
         }
@@ -511,7 +553,7 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String> {
         if spec.isolation == Isolation::Gvisor {
-            let support = self.gvisor_support().await;
+            let support = self.isolation_support(Isolation::Gvisor).await;
             if !support.available {
                 return Err(RuntimeError::IsolationUnavailable {
                     reason: support.detail,
@@ -638,10 +680,7 @@ impl Runtime for DockerRuntime {
                     .as_ref()
                     .and_then(|labels| labels.get(LABEL_SANDBOX))
                     .and_then(|id| id.parse().ok()),
-                state: container
-                    .state
-                    .map(|state| state.to_string())
-                    .unwrap_or_default(),
+                state: engine_state(container.state.map(|state| state.to_string())),
             })
             .collect())
     }
@@ -709,20 +748,20 @@ impl Runtime for DockerRuntime {
             .map_err(|err| path_error(dir, err))
     }
 
-    async fn describe(&self, handle: &str) -> Result<Value> {
+    async fn describe(&self, handle: &str) -> Result<Description> {
         let inspect = self
             .docker()?
             .inspect_container(handle, None)
             .await
             .map_err(container_error)?;
         let state = inspect.state.unwrap_or_default();
-        Ok(json!({
-            "engine": "docker",
-            "container_id": inspect.id,
-            "runtime": inspect.host_config.and_then(|host| host.runtime),
-            "engine_state": state.status.map(|status| status.to_string()),
-            "pid": state.pid,
-        }))
+        Ok(Description {
+            engine: "docker",
+            handle: inspect.id.unwrap_or_else(|| handle.to_string()),
+            runtime: inspect.host_config.and_then(|host| host.runtime),
+            state: engine_state(state.status.map(|status| status.to_string())),
+            pid: state.pid,
+        })
     }
 
     async fn network_namespace(&self, handle: &str) -> Result<caged_netns::NetNs> {

@@ -141,9 +141,9 @@ pub(crate) async fn inspect(
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let mut view = view::sandbox(&state, &record);
     view["previews"] = json!(state.previews.list(&record).await.map_err(Error::from)?);
-    let trust = crate::observe::sandbox_trust(&state, record.id).await?;
-    view["trust_score"] = trust["score"].clone();
-    view["trust"] = trust;
+    let trust = state.observer.sandbox_trust(record.id).await?;
+    view["trust_score"] = json!(trust.score);
+    view["trust"] = json!(trust);
     // The config it was made from, as the `.caged.yaml` that makes it again.
     view["caged_yaml"] = json!(record.config.to_yaml());
     Ok(Json(view))
@@ -213,6 +213,6 @@ pub(crate) async fn system(State(state): State<Arc<AppState>>, Caller(_): Caller
         "version": env!("CARGO_PKG_VERSION"),
         "installation_id": state.installation_id,
         "engine": engine,
-        "observation": state.observer.status(),
+        "observation": json!(state.observer.status()),
     }))
 }

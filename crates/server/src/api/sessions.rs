@@ -104,10 +104,13 @@ pub(crate) async fn inspect(
             .await;
     }
     let mut view = view(&session);
-    let trust = crate::observe::session_trust(&state, &session.account_id, &session.id).await?;
-    view["trust_score"] = trust["score"].clone();
-    view["trust_rating"] = trust["rating"].clone();
-    view["penalties"] = trust["penalties"].clone();
+    let trust = state
+        .observer
+        .session_trust(&session.account_id, &session.id)
+        .await?;
+    view["trust_score"] = json!(trust.score);
+    view["trust_rating"] = json!(trust.rating);
+    view["penalties"] = json!(trust.penalties);
     Ok(Json(view))
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caged_domain::{SandboxId, SandboxState};
-use caged_runtime::{ContainerSummary, RuntimeError};
+use caged_runtime::{ContainerSummary, EngineState, RuntimeError};
 use caged_store::SandboxRecord;
 
 use crate::engine::EngineStatus;
@@ -117,7 +117,7 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
                 }
             }
             // Probe containers carry only the installation label; a finished one is litter.
-            None if container.state != "running"
+            None if container.state != EngineState::Running
                 && state.runtime.destroy(&container.container_id).await.is_ok() =>
             {
                 fixed += 1;
@@ -188,7 +188,7 @@ async fn fix(
         return Ok(true);
     };
     let handle = container.container_id.as_str();
-    match (record.state, container.state.as_str()) {
+    match (record.state, &container.state) {
         (SandboxState::Pending, _) => {
             // A create cut short: roll it back rather than guess how far it got.
             state
@@ -204,7 +204,7 @@ async fn fix(
             .await?;
             Ok(true)
         }
-        (SandboxState::Running, "paused") => {
+        (SandboxState::Running, EngineState::Paused) => {
             transition(
                 SandboxState::Running,
                 SandboxState::Paused,
@@ -213,7 +213,7 @@ async fn fix(
             .await?;
             Ok(true)
         }
-        (SandboxState::Paused, "running") => {
+        (SandboxState::Paused, EngineState::Running) => {
             transition(
                 SandboxState::Paused,
                 SandboxState::Running,
@@ -222,11 +222,11 @@ async fn fix(
             .await?;
             Ok(true)
         }
-        (SandboxState::Running, "running") => {
+        (SandboxState::Running, EngineState::Running) => {
             state.activity.touch(id, record.last_active_ms, timeout);
             Ok(false)
         }
-        (SandboxState::Paused, "paused") => Ok(false),
+        (SandboxState::Paused, EngineState::Paused) => Ok(false),
         (from, engine_state) => {
             // The engine lost the processes (it restarted, the host rebooted): the files are
             // intact, so start it again rather than lose the sandbox.

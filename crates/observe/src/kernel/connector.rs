@@ -292,7 +292,7 @@ mod live {
         let mut events = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
-            let _ = crate::poll_readable(&[connector.as_fd()], 100);
+            let _ = crate::kernel::poll_readable(&[connector.as_fd()], 100);
             connector.read(&mut events).unwrap();
             let me = std::process::id() as i32;
             let forked = events.iter().find_map(|e| match e {

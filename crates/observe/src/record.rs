@@ -1,29 +1,19 @@
-//! Observation from the host side and the trust scores made from it.
-//!
-//! [`tracker`] runs on its own thread and turns the kernel's process, file and open events into
-//! attributed observations; [`consume`] writes them to the event log in batches (`process`,
-//! `fs`, `file_open` events) and charges each session's [`Ledger`] under the trust policy. The
-//! network layer's own events (`network`) reach it as they are written and are charged the same
-//! way, to the sessions open when they happened.
-//!
-//! A sandbox's score is its worst: the lowest of its sessions' scores and of the activity outside
-//! any session (API execs, its own processes), each 100 minus what it was charged.
-
-pub(crate) mod tracker;
+//! The recorder: what the tracker saw (and the network's events) written to the event log in
+//! batches, and charged to each session's ledger under the trust policy. A penalty is stored
+//! once per (sandbox, session, rule, key); the store's unique index refuses a second.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caged_domain::SandboxId;
 use caged_store::{NewEvent, NewPenalty};
-use caged_trust::{Ledger, Observation, Policy, Rule};
+use caged_trust::{Ledger, Observation, Rule};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
 
-use crate::AppState;
-use tracker::{Attribution, Command, Observed, Out, Stats, Tracker};
+use crate::Observer;
+use crate::tracker::{Attribution, Observed, Out};
 
 /// Most observations written in one transaction.
 const BATCH: usize = 5000;
@@ -33,213 +23,6 @@ const BATCH_WAIT: Duration = Duration::from_millis(100);
 const FS_SAMPLE: usize = 20;
 /// A ledger unused this long is dropped (rebuilt from the database if needed again).
 const LEDGER_IDLE: Duration = Duration::from_secs(600);
-
-pub(crate) struct Observer {
-    pub policy: Arc<Policy>,
-    enabled: bool,
-    commands: Arc<tracker::Commands>,
-    stats: Arc<Mutex<Stats>>,
-    out: UnboundedSender<Out>,
-    incoming: Mutex<Option<UnboundedReceiver<Out>>>,
-    /// Why observation is not running, when it is not.
-    unavailable: Mutex<Option<String>>,
-}
-
-impl Observer {
-    pub(crate) fn new(policy: Policy, enabled: bool) -> Observer {
-        let (out, incoming) = tokio::sync::mpsc::unbounded_channel();
-        Observer {
-            policy: Arc::new(policy),
-            enabled,
-            commands: Arc::new(tracker::Commands::new()),
-            stats: Arc::default(),
-            out,
-            incoming: Mutex::new(Some(incoming)),
-            unavailable: Mutex::new((!enabled).then(|| "turned off (--observe off)".to_string())),
-        }
-    }
-
-    fn command(&self, command: Command) {
-        self.commands.push(command);
-    }
-
-    /// The command whose first process is `pid` belongs to `session` (or to none).
-    pub(crate) fn bind(&self, pid: i32, session: Option<String>) {
-        if self.enabled {
-            self.command(Command::Bind { pid, session });
-        }
-    }
-
-    /// Starts watching a sandbox that just started (its sensitive files, before any process of
-    /// its can open them). Sandboxes are also picked up when first seen, and every few seconds.
-    pub(crate) fn watch(&self, record: &caged_store::SandboxRecord) {
-        if let Some(container) = &record.container_id
-            && self.enabled
-        {
-            self.command(Command::Watch(container.clone()));
-        }
-    }
-
-    /// Waits until what the host saw before now is recorded and scored (at most `limit`).
-    pub(crate) async fn settle(&self, limit: Duration) {
-        if !self.enabled
-            || self
-                .unavailable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-        {
-            return;
-        }
-        let (done, waiting) = tokio::sync::oneshot::channel();
-        self.command(Command::Settle(done));
-        let _ = tokio::time::timeout(limit, waiting).await;
-    }
-
-    /// For `caged system`: whether observation runs, and its counters.
-    pub(crate) fn status(&self) -> Value {
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let unavailable = self
-            .unavailable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        json!({
-            "enabled": unavailable.is_none(),
-            "detail": unavailable.unwrap_or_else(|| "process events, file changes and sensitive opens, from the host".into()),
-            "processes": stats.processes,
-            "unread_processes": stats.unread_processes,
-            "file_events": stats.file_events,
-            "lost": stats.lost,
-        })
-    }
-}
-
-impl caged_netpolicy::Watcher for Observer {
-    fn network_event(&self, event: &caged_store::Event) {
-        // Charged by the recorder, in order with what the kernel reported before it.
-        let _ = self.out.send(Out::Network(event.clone()));
-    }
-}
-
-/// Starts the observer thread and the task that records and scores what it sees.
-pub(crate) fn run(state: Arc<AppState>, tasks: &crate::tasks::Tasks) {
-    let observer = &state.observer;
-    let Some(incoming) = observer
-        .incoming
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    else {
-        return;
-    };
-    tasks.spawn("observe.record", consume(state.clone(), incoming));
-    if !observer.enabled {
-        return;
-    }
-    use caged_observe::connector::{EVENTS_EXEC, EVENTS_FORK_EXIT, ProcConnector};
-    let connectors = ProcConnector::open(EVENTS_EXEC)
-        .and_then(|execs| Ok((execs, ProcConnector::open(EVENTS_FORK_EXIT)?)));
-    let (execs, lineage) = match connectors {
-        Ok(connectors) => connectors,
-        Err(err) => {
-            let why = format!("cannot subscribe to the kernel's process events: {err}");
-            tracing::warn!("observation off: {why}");
-            *observer
-                .unavailable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(why);
-            return;
-        }
-    };
-    let sensitive = observer
-        .policy
-        .sensitive_files
-        .iter()
-        .map(|file| (file.path.clone(), file.named))
-        .collect();
-    let tracker = Tracker::new(
-        state.db.blocking(),
-        observer.out.clone(),
-        observer.commands.clone(),
-        observer.stats.clone(),
-        sensitive,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread_stop = stop.clone();
-    let spawned = std::thread::Builder::new()
-        .name("caged-observer".into())
-        .spawn(move || tracker.run(execs, lineage, thread_stop));
-    if let Err(err) = spawned {
-        tracing::error!("cannot start the observer thread: {err}");
-        return;
-    }
-    // Tell the tracker where sandboxes' files are once the engine says, and stop it at shutdown.
-    let state = state.clone();
-    tasks.spawn("observe.follow_engine", async move {
-        let mut engine = state.engine.subscribe();
-        loop {
-            let filesystems = match &*engine.borrow_and_update() {
-                crate::EngineStatus::Up(info) => info.sandbox_filesystems.clone(),
-                _ => None,
-            };
-            if let Some(path) = filesystems {
-                state.observer.command(Command::Filesystems(path));
-            }
-            tokio::select! {
-                changed = engine.changed() => if changed.is_err() { break },
-                () = state.stop.cancelled() => break,
-            }
-        }
-        stop.store(true, Ordering::Relaxed);
-    });
-}
-
-/// A sandbox's trust: its worst session (or its activity outside sessions), and why.
-pub(crate) async fn sandbox_trust(state: &AppState, id: SandboxId) -> crate::error::Result<Value> {
-    let charged = state
-        .db
-        .run(move |store| store.charged_by_session(id))
-        .await?;
-    let worst = charged.iter().map(|c| c.points).max().unwrap_or(0);
-    let score = caged_trust::score(worst);
-    Ok(json!({
-        "score": score,
-        "rating": caged_trust::Rating::of(score).as_str(),
-        "charged": charged.iter().map(|c| json!({
-            "session_id": c.session_id,
-            "score": caged_trust::score(c.points),
-        })).collect::<Vec<_>>(),
-    }))
-}
-
-/// A session's score, rating and penalties with their evidence.
-pub(crate) async fn session_trust(
-    state: &AppState,
-    account: &str,
-    session: &str,
-) -> crate::error::Result<Value> {
-    let (account, session) = (account.to_string(), session.to_string());
-    let penalties = state
-        .db
-        .run(move |store| store.session_penalties(&account, &session))
-        .await?;
-    let points: u64 = penalties.iter().map(|p| u64::from(p.points)).sum();
-    let score = caged_trust::score(points);
-    Ok(json!({
-        "score": score,
-        "rating": caged_trust::Rating::of(score).as_str(),
-        "penalties": penalties.iter().map(|p| json!({
-            "rule": p.rule,
-            "key": p.key,
-            "points": p.points,
-            "reason": p.reason,
-            "evidence": p.evidence,
-            "event_seq": p.event_seq,
-            "at": caged_domain::time::rfc3339_from_ms(p.at_ms),
-        })).collect::<Vec<_>>(),
-    }))
-}
 
 /// One observation on its way to the log, with the sessions it is charged to.
 struct Item {
@@ -254,7 +37,11 @@ struct Ledgers {
     open: HashMap<(SandboxId, Option<String>), (Ledger, Instant)>,
 }
 
-async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
+pub(crate) async fn run(
+    state: &Observer,
+    mut incoming: UnboundedReceiver<Out>,
+    stop: CancellationToken,
+) {
     let mut ledgers = Ledgers::default();
     let mut last_prune = Instant::now();
     loop {
@@ -267,7 +54,7 @@ async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
                 None => break,
             },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = state.stop.cancelled() => break,
+            () = stop.cancelled() => break,
         }
         if !batch.is_empty() || !settled.is_empty() || !network.is_empty() {
             // Let the batch fill without being woken for each item (a wake per process would
@@ -282,9 +69,9 @@ async fn consume(state: Arc<AppState>, mut incoming: UnboundedReceiver<Out>) {
                 }
             }
             if !batch.is_empty() {
-                record(&state, &mut ledgers, batch).await;
+                record(state, &mut ledgers, batch).await;
             }
-            charge_network(&state, &mut ledgers, network).await;
+            charge_network(state, &mut ledgers, network).await;
             settled.into_iter().for_each(|done| {
                 let _ = done.send(());
             });
@@ -313,7 +100,7 @@ fn take(
 
 /// The sessions an observation is charged to.
 async fn sessions_of(
-    state: &AppState,
+    state: &Observer,
     sandbox: SandboxId,
     attribution: &Attribution,
     at_ms: i64,
@@ -342,7 +129,7 @@ async fn sessions_of(
     }
 }
 
-async fn record(state: &AppState, ledgers: &mut Ledgers, batch: Vec<Observed>) {
+async fn record(state: &Observer, ledgers: &mut Ledgers, batch: Vec<Observed>) {
     let mut open_cache = HashMap::new();
     let mut items = Vec::with_capacity(batch.len());
     let mut events: Vec<NewEvent> = Vec::new();
@@ -450,7 +237,7 @@ fn fold_fs(payload: &mut Value, change: &Value) {
 
 #[allow(clippy::too_many_arguments)]
 async fn charge(
-    state: &AppState,
+    state: &Observer,
     ledgers: &mut Ledgers,
     sandbox: SandboxId,
     account: &str,
@@ -478,7 +265,7 @@ async fn charge(
         return;
     };
     *used = Instant::now();
-    let penalties = ledger.observe(&state.observer.policy, account, observation);
+    let penalties = ledger.observe(&state.policy, account, observation);
     for penalty in penalties {
         let mut evidence = penalty.evidence.clone();
         if let (Some(seq), Some(map)) = (seq, evidence.as_object_mut()) {
@@ -509,7 +296,7 @@ async fn charge(
 }
 
 /// Charges the network layer's events, as they were written.
-async fn charge_network(state: &AppState, ledgers: &mut Ledgers, events: Vec<caged_store::Event>) {
+async fn charge_network(state: &Observer, ledgers: &mut Ledgers, events: Vec<caged_store::Event>) {
     let mut open_cache = HashMap::new();
     for event in events {
         let Some(observation) = network_observation(&event.payload) else {
