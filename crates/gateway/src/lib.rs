@@ -110,11 +110,6 @@ impl Gateway {
     pub fn prices(&self) -> &Prices {
         &self.inner.config.prices
     }
-
-    /// Forgets the pending-charge slots nobody is using that hold nothing.
-    pub fn prune_pending(&self) {
-        lock(&self.inner.pending).retain(|_, slot| Arc::strong_count(slot) > 1 || *lock(slot) != 0);
-    }
 }
 
 impl caged_netpolicy::LinkService for Gateway {
@@ -132,6 +127,11 @@ impl caged_netpolicy::LinkService for Gateway {
 }
 
 impl Inner {
+    /// Forgets the pending-charge slots nobody is using that hold nothing.
+    fn prune_pending(&self) {
+        lock(&self.pending).retain(|_, slot| Arc::strong_count(slot) > 1 || *lock(slot) != 0);
+    }
+
     /// The sandbox's pending charges, behind a lock of its own.
     fn slot(&self, sandbox: SandboxId) -> Arc<Mutex<i64>> {
         lock(&self.pending).entry(sandbox).or_default().clone()

@@ -103,6 +103,7 @@ impl Call {
                 Ok(event) => self.ctx.db.publish(event),
                 Err(err) => tracing::error!(sandbox = %id, "could not record an LLM call: {err}"),
             }
+            self.ctx.prune_pending();
             self.ctx.charged.notify_one();
         });
     }

@@ -24,9 +24,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use caged_domain::SandboxId;
 use caged_runtime::HostView;
-use caged_store::{Db, StoreError};
+use caged_store::Db;
 use caged_trust::Policy;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -56,39 +55,6 @@ pub struct Status {
     pub unread_processes: u64,
     pub file_events: u64,
     pub lost: u64,
-}
-
-/// A sandbox's trust: its worst session (or its activity outside sessions).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct SandboxTrust {
-    pub score: u32,
-    pub rating: &'static str,
-    pub charged: Vec<ChargedSession>,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ChargedSession {
-    pub session_id: Option<String>,
-    pub score: u32,
-}
-
-/// A session's score, rating and penalties with their evidence.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct SessionTrust {
-    pub score: u32,
-    pub rating: &'static str,
-    pub penalties: Vec<Penalty>,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Penalty {
-    pub rule: String,
-    pub key: String,
-    pub points: u32,
-    pub reason: String,
-    pub evidence: serde_json::Value,
-    pub event_seq: i64,
-    pub at: String,
 }
 
 impl Observer {
@@ -238,57 +204,5 @@ impl Observer {
         if let Err(err) = spawned {
             tracing::error!("cannot start the observer thread: {err}");
         }
-    }
-
-    /// A sandbox's trust: its worst session (or its activity outside sessions), and why.
-    pub async fn sandbox_trust(&self, id: SandboxId) -> Result<SandboxTrust, StoreError> {
-        let charged = self
-            .db
-            .run(move |store| store.charged_by_session(id))
-            .await?;
-        let worst = charged.iter().map(|c| c.points).max().unwrap_or(0);
-        let score = caged_trust::score(worst);
-        Ok(SandboxTrust {
-            score,
-            rating: caged_trust::Rating::of(score).as_str(),
-            charged: charged
-                .iter()
-                .map(|c| ChargedSession {
-                    session_id: c.session_id.clone(),
-                    score: caged_trust::score(c.points),
-                })
-                .collect(),
-        })
-    }
-
-    /// A session's score, rating and penalties with their evidence.
-    pub async fn session_trust(
-        &self,
-        account: &str,
-        session: &str,
-    ) -> Result<SessionTrust, StoreError> {
-        let (account, session) = (account.to_string(), session.to_string());
-        let penalties = self
-            .db
-            .run(move |store| store.session_penalties(&account, &session))
-            .await?;
-        let points: u64 = penalties.iter().map(|p| u64::from(p.points)).sum();
-        let score = caged_trust::score(points);
-        Ok(SessionTrust {
-            score,
-            rating: caged_trust::Rating::of(score).as_str(),
-            penalties: penalties
-                .iter()
-                .map(|p| Penalty {
-                    rule: p.rule.clone(),
-                    key: p.key.clone(),
-                    points: p.points,
-                    reason: p.reason.clone(),
-                    evidence: p.evidence.clone(),
-                    event_seq: p.event_seq,
-                    at: caged_domain::time::rfc3339_from_ms(p.at_ms),
-                })
-                .collect(),
-        })
     }
 }

@@ -84,6 +84,17 @@ impl From<caged_preview::Error> for Error {
     }
 }
 
+impl From<caged_node::Error> for Error {
+    fn from(err: caged_node::Error) -> Self {
+        match err {
+            caged_node::Error::Runtime(err) => Error::Runtime(err),
+            caged_node::Error::Network(err) => err.into(),
+            caged_node::Error::Preview(err) => err.into(),
+            caged_node::Error::Store(err) => Error::Store(err),
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Error {
         Error::Invalid {

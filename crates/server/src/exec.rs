@@ -143,7 +143,7 @@ pub(crate) async fn collect(
 ) -> Result<Collected> {
     let started = Instant::now();
     let handle = sandboxes::container_of(record)?;
-    let exec = state.runtime.exec(handle, spec).await?;
+    let exec = state.node.exec(handle, spec).await?;
     drop(exec.input);
     let mut output = exec.output;
     let mut collected = Collected {
@@ -245,13 +245,10 @@ impl Interactive {
         // The session's id is drawn first: its LLM calls carry it in their gateway key.
         let session_id = crate::sessions::new_id();
         let mut spec = request.spec(record.config.isolation);
-        if record.config.network_mode != caged_domain::NetworkMode::None {
-            let credential = state.gateway.credential(record.id, Some(&session_id));
-            for (name, value) in caged_gateway::keys::key_env(&credential) {
-                spec.env.entry(name.to_string()).or_insert(value);
-            }
+        for (name, value) in state.node.session_env(&record, &session_id) {
+            spec.env.entry(name).or_insert(value);
         }
-        let exec = state.runtime.exec(&handle, &spec).await?;
+        let exec = state.node.exec(&handle, &spec).await?;
         if let (true, Some(cols), Some(rows)) = (request.tty, request.cols, request.rows) {
             let _ = exec.control.resize(cols, rows).await;
         }
@@ -287,7 +284,7 @@ impl Interactive {
                 (state.clone(), exec.control.clone(), session.id.clone());
             tokio::spawn(async move {
                 if let Ok(Some(pid)) = control.host_pid().await {
-                    state.observer.bind(pid, Some(session));
+                    state.node.bind(pid, Some(session));
                 }
             });
         }

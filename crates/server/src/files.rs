@@ -43,7 +43,7 @@ pub(crate) async fn read(
     let mut path = checked_path(raw_path)?;
     let (record, _busy) = sandboxes::active(state, account_id, id, "file read").await?;
     let handle = sandboxes::container_of(&record)?;
-    let mut stat = state.runtime.stat_path(handle, &path).await?;
+    let mut stat = state.node.stat(handle, &path).await?;
     // The engine reports a link's target resolved within the sandbox's root; follow it there.
     let mut hops = 0;
     while let Some(target) = stat.link_target.clone() {
@@ -55,9 +55,9 @@ pub(crate) async fn read(
             ));
         }
         path = checked_path(&target)?;
-        stat = state.runtime.stat_path(handle, &path).await?;
+        stat = state.node.stat(handle, &path).await?;
     }
-    let tar = state.runtime.read_tar(handle, &path).await?;
+    let tar = state.node.read_tar(handle, &path).await?;
     let kind = if stat.is_dir { "directory" } else { "file" };
     let payload = json!({ "op": "read", "path": raw_path, "resolved": path, "kind": kind, "size": stat.size });
     sandboxes::record_activity(state, &record, "file", payload).await;
@@ -110,11 +110,11 @@ pub(crate) async fn write_tar(
     if !missing.is_empty() {
         let dirs_only = dirs_tar(&missing).map_err(|err| Error::Internal(err.to_string()))?;
         state
-            .runtime
+            .node
             .write_tar(handle, &base, dirs_only.into())
             .await?;
     }
-    state.runtime.write_tar(handle, &path, clean.into()).await?;
+    state.node.write_tar(handle, &path, clean.into()).await?;
     let payload = json!({ "op": "write", "path": path, "kind": "directory", "entries": entries });
     sandboxes::record_activity(state, &record, "file", payload).await;
     Ok((path, entries))
@@ -136,13 +136,13 @@ pub(crate) async fn write_file(
     let Some((parent, name)) = split(&path) else {
         return Err(Error::invalid("bad_path", "a file cannot be written at /"));
     };
-    match state.runtime.stat_path(handle, &path).await {
+    match state.node.stat(handle, &path).await {
         Ok(stat) if stat.is_dir => {
             return Err(Error::IsDirectory(format!(
                 "{path} is a directory; send a tar to write into it"
             )));
         }
-        Ok(_) | Err(RuntimeError::PathNotFound { .. }) => {}
+        Ok(_) | Err(caged_node::Error::Runtime(RuntimeError::PathNotFound { .. })) => {}
         Err(err) => return Err(err.into()),
     }
     let (base, missing) = missing_dirs(state, handle, parent).await?;
@@ -150,7 +150,7 @@ pub(crate) async fn write_file(
     let size = body.len();
     let tar = caged_archive::single_file_tar(&missing, &relative, &body, mode)
         .map_err(|err| Error::Internal(err.to_string()))?;
-    state.runtime.write_tar(handle, &base, tar.into()).await?;
+    state.node.write_tar(handle, &base, tar.into()).await?;
     let payload = json!({ "op": "write", "path": path, "kind": "file", "bytes": size });
     sandboxes::record_activity(state, &record, "file", payload).await;
     Ok(path)
@@ -162,14 +162,14 @@ async fn missing_dirs(state: &AppState, handle: &str, dir: &str) -> Result<(Stri
     let mut missing_names = Vec::new();
     let mut current = dir.to_string();
     loop {
-        match state.runtime.stat_path(handle, &current).await {
+        match state.node.stat(handle, &current).await {
             Ok(stat) if stat.is_dir || stat.link_target.is_some() => break,
             Ok(_) => {
                 return Err(Error::NotADirectory(format!(
                     "{current} is not a directory"
                 )));
             }
-            Err(RuntimeError::PathNotFound { .. }) => {
+            Err(caged_node::Error::Runtime(RuntimeError::PathNotFound { .. })) => {
                 let Some((parent, name)) = split(&current) else {
                     break;
                 };

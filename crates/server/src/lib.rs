@@ -8,7 +8,6 @@ mod blocking;
 mod config;
 mod controllers;
 mod dashboard;
-mod engine;
 mod error;
 mod exec;
 mod failpoint;
@@ -24,17 +23,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use caged_domain::time::now_ms;
-use caged_runtime::{DockerRuntime, Runtime};
+use caged_node::{LocalNode, Node, NodeConfig};
 use caged_store::{Db, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use caged_gateway::Upstream;
 pub use caged_netpolicy::NetworkConfig;
+pub use caged_node::EngineStatus;
 pub use caged_preview::{PreviewConfig, PreviewTls, SELF_SIGNED_DIR, check_domain};
 pub use caged_runtime::DEFAULT_PIDS_LIMIT;
 pub use config::{CostConfig, ServerConfig};
-pub use engine::EngineStatus;
 
 /// How long a stopping server waits for its loops to end before it aborts them.
 const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -44,6 +43,8 @@ pub const ADMIN_KEY_FILE: &str = "admin.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Node(#[from] caged_node::StartError),
     #[error("cannot use data folder {path}")]
     DataDir {
         path: PathBuf,
@@ -52,12 +53,6 @@ pub enum StartError {
     },
     #[error("cannot open the database")]
     Store(#[from] caged_store::StoreError),
-    #[error("preview setup failed: {reason}")]
-    Preview { reason: String },
-    #[error("network setup failed: {reason}")]
-    Network { reason: String },
-    #[error("LLM gateway setup failed: {reason}")]
-    Gateway { reason: String },
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -70,8 +65,11 @@ pub enum StartError {
 pub(crate) struct AppState {
     /// The database, and the live feed of the events written to it.
     pub db: Db,
-    pub runtime: Arc<dyn Runtime>,
-    pub engine: Arc<watch::Sender<EngineStatus>>,
+    /// The host that runs the sandboxes: every engine, network, preview and observation call
+    /// goes through it.
+    pub node: Arc<dyn Node>,
+    /// What the node's engine is doing.
+    pub engine: watch::Receiver<EngineStatus>,
     pub installation_id: String,
     pub config: ServerConfig,
     pub locks: sandboxes::Locks,
@@ -81,10 +79,6 @@ pub(crate) struct AppState {
     pub auto_snapshots: tokio::sync::mpsc::UnboundedSender<caged_domain::SandboxId>,
     /// Cancelled when the server is stopping; loops and long-lived streams end on it.
     pub stop: tokio_util::sync::CancellationToken,
-    pub previews: Arc<caged_preview::Previews>,
-    pub network: Arc<caged_netpolicy::Network>,
-    pub observer: Arc<caged_observe::Observer>,
-    pub gateway: caged_gateway::Gateway,
     /// Tells the budget guard to look now (an LLM call was charged, a budget changed).
     pub budget_checks: Arc<tokio::sync::Notify>,
     /// Tells the webhook sender a delivery was queued.
@@ -153,13 +147,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
     auth::ensure_admin(&db, &admin_key_path).await?;
 
-    let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(
-        config.docker_host.as_deref(),
-        &installation_id,
-    ));
-    let tasks = tasks::Tasks::new();
-    let engine = engine::watch(runtime.clone(), config.probe_gvisor_at_start, &tasks);
-
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -171,83 +158,44 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         source,
     })?;
 
-    let domain = caged_preview::check_domain(&config.preview.domain)
-        .map_err(|reason| StartError::Preview { reason })?;
-    let tls = caged_preview::tls_acceptor(&config.preview.tls, &data_dir, &domain)
-        .map_err(|reason| StartError::Preview { reason })?;
-    let preview_listener = TcpListener::bind(config.preview.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.preview.listen,
-            source,
-        })?;
-    let preview_addr = preview_listener
-        .local_addr()
-        .map_err(|source| StartError::Listen {
-            addr: config.preview.listen,
-            source,
-        })?;
-    let cookie_key = db
-        .run(|store| {
-            store.meta_get_or_insert("preview_cookie_key", || caged_domain::random_hex(32))
-        })
-        .await?;
+    let tasks = tasks::Tasks::new();
     let activity = Arc::new(caged_activity::Activity::default());
-    let previews = Arc::new(caged_preview::Previews::new(
-        &caged_preview::PreviewConfig {
-            domain: domain.clone(),
-            ..config.preview.clone()
-        },
-        preview_addr.port(),
-        tls.is_some(),
-        &cookie_key,
-        db.clone(),
-        runtime.clone(),
-        activity.clone(),
-    ));
-    caged_preview::warn_if_detection_is_costly();
-
-    caged_netpolicy::Network::check_pool(&config.network.pool, &installation_id)
-        .await
-        .map_err(|reason| StartError::Network { reason })?;
-    let gateway_key = db
-        .run(|store| store.meta_get_or_insert("llm_gateway_key", || caged_domain::random_hex(32)))
-        .await?;
+    let budget_checks = Arc::new(tokio::sync::Notify::new());
+    let node = Arc::new(
+        LocalNode::new(
+            NodeConfig {
+                installation_id: installation_id.clone(),
+                data_dir: data_dir.clone(),
+                docker_host: config.docker_host.clone(),
+                probe_gvisor_at_start: config.probe_gvisor_at_start,
+                pids_limit: config.pids_limit,
+                preview: config.preview.clone(),
+                network: config.network.clone(),
+                observe: config.observe,
+                trust_policy: config.trust_policy.clone(),
+                gateway: caged_gateway::Config {
+                    prices: config.cost.prices.clone(),
+                    openai: config.cost.openai.clone(),
+                    anthropic: config.cost.anthropic.clone(),
+                    port: config.network.gateway_port,
+                },
+            },
+            db.clone(),
+            activity.clone(),
+            budget_checks.clone(),
+            tasks.stopping(),
+        )
+        .await?,
+    );
+    let preview_addr = node.preview_addr();
 
     let snapshots: Arc<dyn caged_snapshot::Storage> =
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
-    let observer = Arc::new(caged_observe::Observer::new(
-        config.trust_policy.clone(),
-        config.observe,
-        db.clone(),
-    ));
-    let budget_checks = Arc::new(tokio::sync::Notify::new());
-    let gateway = caged_gateway::Gateway::new(
-        caged_gateway::Config {
-            prices: config.cost.prices.clone(),
-            openai: config.cost.openai.clone(),
-            anthropic: config.cost.anthropic.clone(),
-            port: config.network.gateway_port,
-        },
-        &gateway_key,
-        db.clone(),
-        activity.clone(),
-        budget_checks.clone(),
-    )
-    .map_err(|reason| StartError::Gateway { reason })?;
-    let network = Arc::new(caged_netpolicy::Network::new(
-        config.network.clone(),
-        &installation_id,
-        db.clone(),
-        runtime.clone(),
-        Some(Arc::new(gateway.clone())),
-        Some(Arc::new(NetworkToObserver(observer.clone()))),
-        tasks.stopping(),
-    ));
+    let engine = node.engine();
     let state = Arc::new(AppState {
         db,
-        runtime,
+        node: node.clone(),
         engine: engine.clone(),
         installation_id: installation_id.clone(),
         config,
@@ -256,51 +204,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         snapshots,
         auto_snapshots,
         stop: tasks.stopping(),
-        previews,
-        network,
-        observer,
-        gateway,
         budget_checks,
         webhook_sends: tokio::sync::Notify::new(),
     });
     snapshots::remove_orphans(&state).await;
     sessions::end_orphans(&state).await;
+    let lifecycle: Arc<dyn caged_preview::Lifecycle> =
+        Arc::new(sandboxes::ForPreviews(state.clone()));
+    for (name, task) in node.loops(lifecycle, &tasks.stopping()) {
+        tasks.spawn(name, task);
+    }
     tasks.spawn(
         "auto_snapshot",
         controllers::auto_snapshot::run(state.clone(), paused),
     );
     tasks.spawn("idle", controllers::idle::run(state.clone()));
     tasks.spawn("reconcile", controllers::reconcile::run(state.clone()));
-    let lifecycle: Arc<dyn caged_preview::Lifecycle> =
-        Arc::new(sandboxes::ForPreviews(state.clone()));
-    tasks.spawn(
-        "preview.detect",
-        state
-            .previews
-            .clone()
-            .detect(lifecycle.clone(), tasks.stopping()),
-    );
-    tasks.spawn(
-        "preview.serve",
-        state
-            .previews
-            .clone()
-            .serve(preview_listener, tls, lifecycle, tasks.stopping()),
-    );
-    tasks.spawn("network.heal", state.network.clone().heal(tasks.stopping()));
-    tasks.spawn(
-        "network.refusals",
-        state.network.clone().refusals(tasks.stopping()),
-    );
-    tasks.spawn(
-        "network.traffic",
-        state.network.clone().traffic(tasks.stopping()),
-    );
-    tasks.spawn("observe.record", state.observer.start(tasks.stopping()));
-    tasks.spawn("observe.files", follow_host_view(state.clone()));
     tasks.spawn("budget", controllers::budget::run(state.clone()));
     tasks.spawn("webhooks", controllers::webhooks::run(state.clone()));
-    let network = state.network.clone();
+    let domain = state.config.preview.domain.clone();
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = tasks.stopping();
@@ -318,7 +240,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         }
         tasks.stop(STOP_DEADLINE).await;
         // Stopped means the firewall is no longer being written either.
-        network.quiesce().await;
+        node.quiesce().await;
     });
     tracing::info!(%addr, installation = %installation_id, started_at = now_ms(), "caged API listening");
     tracing::info!(addr = %preview_addr, "previews at cage-<id>-<port>.{domain}");
@@ -330,31 +252,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         admin_key_path,
         shutdown: Some(shutdown_tx),
         task,
-        engine: engine.subscribe(),
+        engine,
     })
-}
-
-/// The observer hears of each network event as it is written.
-struct NetworkToObserver(Arc<caged_observe::Observer>);
-
-impl caged_netpolicy::Watcher for NetworkToObserver {
-    fn network_event(&self, event: &caged_store::Event) {
-        self.0.network_event(event);
-    }
-}
-
-/// Tells the observer where sandboxes' files are each time the engine comes up.
-async fn follow_host_view(state: Arc<AppState>) {
-    let mut engine = state.engine.subscribe();
-    loop {
-        if matches!(&*engine.borrow_and_update(), EngineStatus::Up(_)) {
-            state.observer.files(state.runtime.host_view());
-        }
-        tokio::select! {
-            changed = engine.changed() => if changed.is_err() { return },
-            () = state.stop.cancelled() => return,
-        }
-    }
 }
 
 fn restrict_permissions(path: &std::path::Path, mode: u32) -> std::io::Result<()> {

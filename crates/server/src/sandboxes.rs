@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxConfig, SandboxId, SandboxState};
-use caged_runtime::{ExecSpec, RuntimeError, SandboxSpec};
+use caged_node::Start;
+use caged_runtime::{ExecSpec, RuntimeError};
 use caged_store::{NewSandbox, SandboxRecord, StoreError};
 use serde_json::json;
 
-use crate::engine::EngineStatus;
 use crate::error::{Error, Result};
 use crate::{AppState, failpoint};
 use caged_activity::Busy;
+use caged_node::EngineStatus;
 
 /// The lifecycle as previews see it: a request may wake a sandbox, and one whose lock is free
 /// is settled.
@@ -156,21 +157,8 @@ pub(crate) async fn create(
     };
     state.db.publish(event);
     failpoint::hit("create.after_insert");
-    // The link is in the firewall before the sandbox exists.
-    let link = match state
-        .network
-        .prepare(id, account_id, &config)
-        .await
-        .map_err(Error::from)
-    {
-        Ok(link) => link,
-        Err(err) => {
-            give_up_create(state, id, &err.to_string()).await?;
-            return Err(err);
-        }
-    };
-    let spec = spec_for(state, &get(state, account_id, id).await?, link);
-    match state.runtime.create(&spec).await {
+    let record = get(state, account_id, id).await?;
+    match state.node.create(&record).await.map_err(Error::from) {
         Ok(container_id) => {
             failpoint::hit("create.after_container");
             state
@@ -189,50 +177,15 @@ pub(crate) async fn create(
         }
         Err(err) => {
             give_up_create(state, id, &err.to_string()).await?;
-            return Err(err.into());
+            return Err(err);
         }
     }
-    state.previews.refresh(id);
     let record = get(state, account_id, id).await?;
-    state.observer.watch(&record);
-    if let Err(err) = state.network.started(&record).await {
-        // The link is in the firewall (so nothing leaks); its services come when the healer
-        // manages to start them.
-        tracing::error!(sandbox = %id, "its network services did not start: {err}");
-    }
+    state.node.started(&record, Start::Created).await;
     if config.init_script.is_some() && !options.defer_init {
         start_init(state.clone(), account_id.to_string(), id);
     }
     get(state, account_id, id).await
-}
-
-/// What the runtime is given to make a sandbox's container: its record's config, its link, and
-/// an environment of the gateway's variables under the user's own `env` (what the user set
-/// explicitly wins).
-pub(crate) fn spec_for(
-    state: &AppState,
-    record: &SandboxRecord,
-    link: Option<caged_network::LinkSpec>,
-) -> SandboxSpec {
-    let config = &record.config;
-    let mut env = link
-        .as_ref()
-        .map(|link| state.gateway.environment(record.id, link))
-        .unwrap_or_default();
-    env.extend(config.env.clone());
-    SandboxSpec {
-        id: record.id,
-        account_id: record.account_id.clone(),
-        installation_id: state.installation_id.clone(),
-        template: config.template.clone(),
-        isolation: config.isolation,
-        resources: config.resources,
-        network_mode: config.network_mode,
-        env,
-        enforce_disk: record.disk_enforced,
-        pids_limit: state.config.pids_limit,
-        link,
-    }
 }
 
 /// Records a create that failed: the sandbox ends destroyed, with the reason.
@@ -349,7 +302,7 @@ pub(crate) async fn set_allowed_hosts(
             sandbox.config.network_mode.as_str()
         )));
     }
-    Ok(state.network.set_allowed_hosts(&sandbox, hosts).await?)
+    Ok(state.node.set_allowed_hosts(&sandbox, hosts).await?)
 }
 
 /// Starts a deferred `init_script` (see `defer_init` on create).
@@ -461,8 +414,7 @@ pub(crate) async fn record_transition(
         .run(move |store| store.transition(id, from, to, at, reason.as_deref()))
         .await?;
     state.db.publish(event);
-    state.previews.transitioned(id, to);
-    state.network.transitioned(id, to);
+    state.node.transitioned(id, to);
     if to == SandboxState::Running {
         state.activity.touch(id, at, timeout_seconds);
     } else {
@@ -507,9 +459,9 @@ pub(crate) async fn apply(
     })?;
     if let Some(handle) = record.container_id.as_deref() {
         let acted = match to {
-            SandboxState::Paused => state.runtime.pause(handle).await,
-            SandboxState::Running => state.runtime.resume(handle).await,
-            SandboxState::Destroyed => state.runtime.destroy(handle).await,
+            SandboxState::Paused => state.node.pause(handle).await,
+            SandboxState::Running => state.node.resume(handle).await,
+            SandboxState::Destroyed => state.node.destroy(handle).await,
             SandboxState::Pending => Ok(()),
         };
         match acted {
@@ -519,7 +471,9 @@ pub(crate) async fn apply(
                 _ => "destroy.after_engine",
             }),
             // The container vanished under us: the sandbox is gone, record it so.
-            Err(RuntimeError::ContainerGone) if to != SandboxState::Destroyed => {
+            Err(caged_node::Error::Runtime(RuntimeError::ContainerGone))
+                if to != SandboxState::Destroyed =>
+            {
                 let reason = "its container disappeared".to_string();
                 record_transition(
                     state,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use caged_archive::Limits;
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxConfig, SandboxId, SandboxState, random_hex};
+use caged_node::Start;
 use caged_runtime::{ExecSpec, FsChange};
 use caged_snapshot::Change;
 use caged_store::{SandboxRecord, SnapshotRecord};
@@ -90,10 +91,10 @@ pub(crate) async fn create_locked(
     let handle = container_of(record)?.to_string();
     let frozen = record.state == SandboxState::Running;
     if frozen {
-        state.runtime.pause(&handle).await?;
+        state.node.pause(&handle).await?;
     }
     let captured = capture(state, &handle).await;
-    if frozen && let Err(err) = state.runtime.resume(&handle).await {
+    if frozen && let Err(err) = state.node.resume(&handle).await {
         tracing::error!(sandbox = %id, "could not thaw after a snapshot: {err}");
     }
     let (snapshot_id, captured, blob) = captured?;
@@ -143,10 +144,8 @@ pub(crate) async fn capture(
     caged_snapshot::Captured,
     caged_snapshot::PendingBlob,
 )> {
-    let changes: Vec<Change> = state
-        .runtime
-        .changes(handle)
-        .await?
+    let (changes, export) = state.node.capture(handle).await?;
+    let changes: Vec<Change> = changes
         .into_iter()
         .map(|change| match change {
             FsChange::Added(path) => Change::Added(path),
@@ -154,7 +153,6 @@ pub(crate) async fn capture(
             FsChange::Deleted(path) => Change::Deleted(path),
         })
         .collect();
-    let export = state.runtime.export(handle).await?;
     let snapshot_id = format!("snap_{}", random_hex(8));
     let storage = state.snapshots.clone();
     let blob_id = snapshot_id.clone();
@@ -207,7 +205,7 @@ async fn apply(
         let mut cmd = vec!["rm".to_string(), "-rf".to_string(), "--".to_string()];
         cmd.extend(batch.iter().cloned());
         let exec = state
-            .runtime
+            .node
             .exec(
                 handle,
                 &ExecSpec {
@@ -238,7 +236,7 @@ async fn apply(
         reason: err.to_string(),
     });
     state
-        .runtime
+        .node
         .write_tar_stream(handle, "/", Box::pin(tar))
         .await?;
     Ok(())
@@ -270,14 +268,9 @@ pub(crate) async fn restore(
     }
     let limits = limits_for(&record.config);
     let deletions = validate(state, &snapshot, limits).await?;
-    let link = state
-        .network
-        .prepare(id, &record.account_id, &record.config)
-        .await?;
-    let spec = sandboxes::spec_for(state, &record, link);
-    let staged = state.runtime.create_staged(&spec).await?;
+    let staged = state.node.stage(&record).await?;
     if let Err(err) = apply(state, &staged, &snapshot, deletions, limits).await {
-        let _ = state.runtime.destroy(&staged).await;
+        let _ = state.node.destroy(&staged).await;
         return Err(err);
     }
     failpoint::hit("restore.after_apply");
@@ -288,22 +281,18 @@ pub(crate) async fn restore(
         .db
         .run(move |store| store.set_container_id(id, &container))
         .await?;
-    state.previews.forget(id);
     failpoint::hit("restore.after_switch");
     if let Some(old) = record.container_id.as_deref()
-        && let Err(err) = state.runtime.destroy(old).await
+        && let Err(err) = state.node.destroy(old).await
     {
         tracing::warn!(sandbox = %id, "the pre-restore container could not be removed yet ({err}); the reconciler will");
     }
     // A name is only cosmetic (containers are addressed by id); a failed rename is not fatal.
-    if let Err(err) = state.runtime.promote(&staged, &spec).await {
+    if let Err(err) = state.node.promote(&staged, &record).await {
         tracing::warn!(sandbox = %id, "could not rename the restored container: {err}");
     }
     let restored = get(state, account_id, id).await?;
-    state.observer.watch(&restored);
-    if let Err(err) = state.network.started(&restored).await {
-        tracing::error!(sandbox = %id, "its network services did not restart: {err}");
-    }
+    state.node.started(&restored, Start::Restored).await;
     let reason = format!("restored from snapshot {}", snapshot.id);
     if record.state == SandboxState::Paused {
         sandboxes::record_transition(

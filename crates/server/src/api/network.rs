@@ -23,10 +23,10 @@ pub(crate) async fn inspect(
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let link = match record.state {
         SandboxState::Destroyed => None,
-        _ => state.network.link_of(&record).await.map_err(Error::from)?,
+        _ => state.node.link(&record).await.map_err(Error::from)?,
     };
     let hosts = state
-        .network
+        .node
         .learned_hosts(record.id)
         .await
         .map_err(Error::from)?;
@@ -51,7 +51,7 @@ pub(crate) async fn learn(
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let hosts = state
-        .network
+        .node
         .learned_hosts(record.id)
         .await
         .map_err(Error::from)?;

@@ -19,7 +19,7 @@ pub(crate) async fn list(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    let previews = state.previews.list(&record).await.map_err(Error::from)?;
+    let previews = state.node.previews(&record).await.map_err(Error::from)?;
     Ok(Json(json!({ "previews": previews })))
 }
 
@@ -65,7 +65,7 @@ pub(crate) async fn protect(
         ));
     }
     let preview = state
-        .previews
+        .node
         .protect(&record, port, password)
         .await
         .map_err(Error::from)?;

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use super::{ApiError, view};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::engine::EngineStatus;
 use crate::error::Error;
 use crate::sandboxes::{self, CreateOptions};
+use caged_node::EngineStatus;
 
 pub(crate) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
     // A malformed id cannot name any sandbox: answer as for one that does not exist.
@@ -125,7 +125,7 @@ pub(crate) async fn list(
             view["trust_rating"] = json!(caged_trust::Rating::of(score).as_str());
             view["preview_urls"] = ports
                 .iter()
-                .map(|port| json!({ "port": port.port, "url": state.previews.url(record.id, port.port) }))
+                .map(|port| json!({ "port": port.port, "url": state.node.preview_url(record.id, port.port) }))
                 .collect();
             view
         })
@@ -140,10 +140,10 @@ pub(crate) async fn inspect(
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let mut view = view::sandbox(&state, &record);
-    view["previews"] = json!(state.previews.list(&record).await.map_err(Error::from)?);
-    let trust = state.observer.sandbox_trust(record.id).await?;
-    view["trust_score"] = json!(trust.score);
-    view["trust"] = json!(trust);
+    view["previews"] = json!(state.node.previews(&record).await.map_err(Error::from)?);
+    let trust = view::sandbox_trust(&state, record.id).await?;
+    view["trust_score"] = trust["score"].clone();
+    view["trust"] = trust;
     // The config it was made from, as the `.caged.yaml` that makes it again.
     view["caged_yaml"] = json!(record.config.to_yaml());
     Ok(Json(view))
@@ -213,6 +213,6 @@ pub(crate) async fn system(State(state): State<Arc<AppState>>, Caller(_): Caller
         "version": env!("CARGO_PKG_VERSION"),
         "installation_id": state.installation_id,
         "engine": engine,
-        "observation": json!(state.observer.status()),
+        "observation": json!(state.node.observation()),
     }))
 }

@@ -42,10 +42,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     if query.settle {
-        state
-            .observer
-            .settle(std::time::Duration::from_secs(5))
-            .await;
+        state.node.settle(std::time::Duration::from_secs(5)).await;
     }
     let id = record.id;
     let (sessions, charged) = state
@@ -98,19 +95,13 @@ pub(crate) async fn inspect(
 ) -> Result<Json<Value>, ApiError> {
     let session = get(&state, &account.id, &sid).await?;
     if query.settle {
-        state
-            .observer
-            .settle(std::time::Duration::from_secs(5))
-            .await;
+        state.node.settle(std::time::Duration::from_secs(5)).await;
     }
     let mut view = view(&session);
-    let trust = state
-        .observer
-        .session_trust(&session.account_id, &session.id)
-        .await?;
-    view["trust_score"] = json!(trust.score);
-    view["trust_rating"] = json!(trust.rating);
-    view["penalties"] = json!(trust.penalties);
+    let trust = super::view::session_trust(&state, &session.account_id, &session.id).await?;
+    view["trust_score"] = trust["score"].clone();
+    view["trust_rating"] = trust["rating"].clone();
+    view["penalties"] = trust["penalties"].clone();
     Ok(Json(view))
 }
 

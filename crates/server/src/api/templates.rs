@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use crate::auth::{Admin, Caller};
-use crate::engine::EngineStatus;
+use crate::error::Error;
 use crate::sandboxes::engine_ready;
 use crate::{AppState, blocking};
 
@@ -20,7 +20,7 @@ pub(crate) async fn list(
     Caller(_): Caller,
 ) -> Result<Json<Value>, ApiError> {
     engine_ready(&state)?;
-    let templates = state.runtime.templates().await?;
+    let templates = state.node.templates().await.map_err(Error::from)?;
     Ok(Json(json!({ "templates": templates })))
 }
 
@@ -45,15 +45,10 @@ pub(crate) async fn import(
         reason: err.to_string(),
     });
     let template = state
-        .runtime
+        .node
         .import_template(&name, Box::pin(rootfs))
-        .await?;
+        .await
+        .map_err(Error::from)?;
     tracing::info!(template = %template.name, bytes = template.size_bytes, "template imported");
-    // gVisor can only be tested once some template exists.
-    let gvisor_unknown =
-        matches!(&*state.engine.borrow(), EngineStatus::Up(info) if !info.gvisor.available);
-    if gvisor_unknown {
-        crate::engine::refresh_gvisor(state.runtime.clone(), state.engine.clone());
-    }
     Ok((StatusCode::CREATED, Json(json!(template))))
 }

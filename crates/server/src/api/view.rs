@@ -40,3 +40,53 @@ pub(crate) fn sandbox(state: &crate::AppState, record: &SandboxRecord) -> Value 
         "destroyed_reason": record.destroyed_reason,
     })
 }
+
+/// A sandbox's trust: its worst session (or its activity outside sessions), and each charged
+/// session's score.
+pub(crate) async fn sandbox_trust(
+    state: &crate::AppState,
+    id: caged_domain::SandboxId,
+) -> Result<Value, caged_store::StoreError> {
+    let charged = state
+        .db
+        .run(move |store| store.charged_by_session(id))
+        .await?;
+    let worst = charged.iter().map(|c| c.points).max().unwrap_or(0);
+    let score = caged_trust::score(worst);
+    Ok(json!({
+        "score": score,
+        "rating": caged_trust::Rating::of(score).as_str(),
+        "charged": charged.iter().map(|c| json!({
+            "session_id": c.session_id,
+            "score": caged_trust::score(c.points),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// A session's score, rating and penalties with their evidence.
+pub(crate) async fn session_trust(
+    state: &crate::AppState,
+    account: &str,
+    session: &str,
+) -> Result<Value, caged_store::StoreError> {
+    let (account, session) = (account.to_string(), session.to_string());
+    let penalties = state
+        .db
+        .run(move |store| store.session_penalties(&account, &session))
+        .await?;
+    let points: u64 = penalties.iter().map(|p| u64::from(p.points)).sum();
+    let score = caged_trust::score(points);
+    Ok(json!({
+        "score": score,
+        "rating": caged_trust::Rating::of(score).as_str(),
+        "penalties": penalties.iter().map(|p| json!({
+            "rule": p.rule,
+            "key": p.key,
+            "points": p.points,
+            "reason": p.reason,
+            "evidence": p.evidence,
+            "event_seq": p.event_seq,
+            "at": rfc3339_from_ms(p.at_ms),
+        })).collect::<Vec<_>>(),
+    }))
+}

@@ -59,7 +59,6 @@ async fn check_all(
             return;
         }
     };
-    state.gateway.prune_pending();
     let live: HashSet<SandboxId> = records.iter().map(|record| record.id).collect();
     fired.retain(|(id, _, _)| live.contains(id));
     for record in records {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxId, SandboxState};
 
-use crate::engine::EngineStatus;
 use crate::{AppState, sandboxes};
+use caged_node::EngineStatus;
 
 /// Serves the queue until the server stops.
 pub(crate) async fn run(state: Arc<AppState>) {

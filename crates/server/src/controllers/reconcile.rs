@@ -12,16 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caged_domain::{SandboxId, SandboxState};
+use caged_node::Start;
 use caged_runtime::{ContainerSummary, EngineState, RuntimeError};
 use caged_store::SandboxRecord;
 
-use crate::engine::EngineStatus;
 use crate::{AppState, sandboxes};
+use caged_node::EngineStatus;
 
 const EVERY: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(state: Arc<AppState>) {
-    let mut engine = state.engine.subscribe();
+    let mut engine = state.engine.clone();
     loop {
         let up = matches!(&*engine.borrow_and_update(), EngineStatus::Up(_));
         let mut next = EVERY;
@@ -64,8 +65,8 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
     // The engine first, then the database: a container in this list was created after its row
     // was committed, so the row is in the read that follows.
     let containers = state
-        .runtime
-        .list(&state.installation_id)
+        .node
+        .list()
         .await
         .map_err(|err| format!("engine list failed: {err}"))?;
     let live = state
@@ -92,7 +93,7 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
                         let Some(_guard) = state.locks.try_lock(id) else {
                             continue;
                         };
-                        if state.runtime.destroy(&container.container_id).await.is_ok() {
+                        if state.node.destroy(&container.container_id).await.is_ok() {
                             tracing::info!(sandbox = %id, "removed a stray container left by an interrupted restore");
                             fixed += 1;
                         }
@@ -111,14 +112,14 @@ pub(crate) async fn reconcile_once(state: &AppState) -> Result<Pass, String> {
                 if still_live {
                     continue; // created since the read; the next pass looks again
                 }
-                if state.runtime.destroy(&container.container_id).await.is_ok() {
+                if state.node.destroy(&container.container_id).await.is_ok() {
                     tracing::info!(sandbox = %id, "removed a container whose sandbox is destroyed");
                     fixed += 1;
                 }
             }
             // Probe containers carry only the installation label; a finished one is litter.
             None if container.state != EngineState::Running
-                && state.runtime.destroy(&container.container_id).await.is_ok() =>
+                && state.node.destroy(&container.container_id).await.is_ok() =>
             {
                 fixed += 1;
             }
@@ -174,8 +175,8 @@ async fn fix(
         }
         // Missing from the list; make sure with the engine before giving the sandbox up.
         let handle = record.container_id.clone().unwrap_or_default();
-        match state.runtime.describe(&handle).await {
-            Err(RuntimeError::ContainerGone) => {}
+        match state.node.describe(&handle).await {
+            Err(caged_node::Error::Runtime(RuntimeError::ContainerGone)) => {}
             Err(err) => return Err(err.to_string()),
             Ok(_) => return Ok(false),
         }
@@ -192,7 +193,7 @@ async fn fix(
         (SandboxState::Pending, _) => {
             // A create cut short: roll it back rather than guess how far it got.
             state
-                .runtime
+                .node
                 .destroy(handle)
                 .await
                 .map_err(|err| err.to_string())?;
@@ -230,22 +231,19 @@ async fn fix(
         (from, engine_state) => {
             // The engine lost the processes (it restarted, the host rebooted): the files are
             // intact, so start it again rather than lose the sandbox.
-            if let Err(err) = state.runtime.start(handle).await {
+            if let Err(err) = state.node.restart(handle).await {
                 let reason =
                     format!("its container was {engine_state} and would not start again: {err}");
                 state
-                    .runtime
+                    .node
                     .destroy(handle)
                     .await
                     .map_err(|err| err.to_string())?;
                 transition(from, SandboxState::Destroyed, &reason).await?;
                 return Ok(true);
             }
-            state.previews.forget(id); // a new namespace came with the restart
-            state.observer.watch(record);
-            if let Err(err) = state.network.restarted(record).await {
-                tracing::warn!(sandbox = %id, "its link could not be made again yet (the healer retries): {err}");
-            }
+            // A new namespace came with the restart.
+            state.node.started(record, Start::Restarted).await;
             let reason = format!(
                 "restarted: its container was {engine_state} (processes were lost, files kept)"
             );
