@@ -2,6 +2,7 @@
 //! `.caged.yaml` config). No I/O here, so the rules can be tested as plain functions.
 
 pub mod config;
+pub mod event;
 pub mod id;
 pub mod lifecycle;
 pub mod time;
@@ -9,6 +10,7 @@ pub mod time;
 pub use config::{
     ConfigError, Isolation, NetworkMode, Resources, SandboxConfig, check_host_pattern,
 };
+pub use event::EventKind;
 pub use id::{IdError, SandboxId, random_hex};
 pub use lifecycle::{
     IllegalTransition, SandboxState, Transition, running_millis, running_millis_between,

@@ -327,7 +327,7 @@ fn note_refusal(
                     id,
                     &account,
                     now,
-                    "llm",
+                    caged_domain::EventKind::Llm,
                     &payload,
                     false,
                     session.as_deref(),

@@ -12,9 +12,9 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use caged_domain::event::NetworkAction;
 use caged_network::dns::{self as wire, QueryKind, ResolveError, Resolved, Upstream};
 use caged_network::firewall::Mode;
-use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::{Link, Network, lock};
@@ -124,10 +124,9 @@ pub(super) fn serve(
                 net.record(
                     &link,
                     "dns rate",
-                    json!({
-                        "action": "dns_rate_limited",
-                        "limit_per_second": QUERIES_PER_SECOND,
-                    }),
+                    NetworkAction::DnsRateLimited {
+                        limit_per_second: QUERIES_PER_SECOND,
+                    },
                 );
                 continue;
             }
@@ -160,12 +159,11 @@ async fn answer(net: &Network, link: &Link, query: &wire::Query) -> Vec<u8> {
             net.record(
                 link,
                 &format!("dns {name}"),
-                json!({
-                    "action": "dns_refused",
-                    "host": name,
-                    "type": query.kind.to_string(),
-                    "reason": "not in allowed_hosts",
-                }),
+                NetworkAction::DnsRefused {
+                    host: name.clone(),
+                    query_type: query.kind.to_string(),
+                    reason: "not in allowed_hosts".into(),
+                },
             );
             return wire::refused(query);
         }
@@ -177,12 +175,11 @@ async fn answer(net: &Network, link: &Link, query: &wire::Query) -> Vec<u8> {
             net.record(
                 link,
                 &format!("dns {} {name}", query.kind),
-                json!({
-                    "action": "dns_refused",
-                    "host": name,
-                    "type": query.kind.to_string(),
-                    "reason": "only A and AAAA queries are answered",
-                }),
+                NetworkAction::DnsRefused {
+                    host: name.clone(),
+                    query_type: query.kind.to_string(),
+                    reason: "only A and AAAA queries are answered".into(),
+                },
             );
             return wire::refused(query);
         }
@@ -199,12 +196,11 @@ async fn answer(net: &Network, link: &Link, query: &wire::Query) -> Vec<u8> {
                 net.record(
                     link,
                     &format!("rebind {name}"),
-                    json!({
-                        "action": "dns_stripped",
-                        "host": name,
-                        "addresses": stripped.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>(),
-                        "reason": "answer in a denied range (DNS rebinding)",
-                    }),
+                    NetworkAction::DnsStripped {
+                        host: name.clone(),
+                        addresses: stripped.iter().map(|(ip, _)| ip.to_string()).collect(),
+                        reason: "answer in a denied range (DNS rebinding)".into(),
+                    },
                 );
             }
             // Remembered in both modes: in `allowlist` a nameless connection may go to these;

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use caged_domain::event::{By, NetworkAction};
 use caged_network::dns::Resolved;
 use caged_network::{http, sni};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -206,14 +206,14 @@ async fn refuse(
     net.record(
         link,
         &format!("blocked {target}:{}", original.port()),
-        json!({
-            "action": "blocked",
-            "host": name,
-            "address": original.ip().to_string(),
-            "port": original.port(),
-            "reason": why,
-            "by": "egress proxy",
-        }),
+        NetworkAction::Blocked {
+            host: name.map(str::to_string),
+            address: original.ip().to_string(),
+            port: Some(original.port()),
+            protocol: None,
+            reason: why.to_string(),
+            by: By::EgressProxy,
+        },
     );
     if buf.first() == Some(&0x16) {
         let _ = client.write_all(&sni::ACCESS_DENIED_ALERT).await;
@@ -282,12 +282,11 @@ async fn connect(
             net.record(
                 link,
                 &format!("unreachable {name}:{}", original.port()),
-                json!({
-                    "action": "unreachable",
-                    "host": name,
-                    "address": target.ip().to_string(),
-                    "port": original.port(),
-                }),
+                NetworkAction::Unreachable {
+                    host: name.to_string(),
+                    address: target.ip().to_string(),
+                    port: original.port(),
+                },
             );
             caged_network::sockets::reset(client);
             return;
@@ -310,14 +309,15 @@ async fn connect(
     net.record(
         link,
         &format!("connect {number}"),
-        json!({
-            "action": "connect",
-            "host": name,
-            "address": target.ip().to_string(),
-            "port": original.port(),
-            "bytes_out": sent,
-            "bytes_in": down,
-            "duration_ms": started.elapsed().as_millis() as u64,
-        }),
+        NetworkAction::Connect {
+            host: Some(name.to_string()),
+            address: target.ip().to_string(),
+            port: Some(original.port()),
+            protocol: None,
+            by: None,
+            bytes_out: Some(sent),
+            bytes_in: Some(down),
+            duration_ms: Some(started.elapsed().as_millis() as u64),
+        },
     );
 }

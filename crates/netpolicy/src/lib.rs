@@ -22,14 +22,14 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use caged_domain::event::{NetworkAction, NetworkEvent};
 use caged_domain::time::now_ms;
-use caged_domain::{NetworkMode, SandboxConfig, SandboxId, SandboxState};
+use caged_domain::{EventKind, NetworkMode, SandboxConfig, SandboxId, SandboxState};
 use caged_network::firewall::{Firewall, LinkRule, Mode};
 use caged_network::ranges::Net4;
 use caged_network::{Allowlist, LinkSpec, Pool};
 use caged_runtime::Runtime;
 use caged_store::{Db, SandboxRecord};
-use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,8 @@ pub trait LinkService: Send + Sync + 'static {
 
 /// Hears of every `network` event as it is written (the observer charges refusals to sessions).
 pub trait Watcher: Send + Sync + 'static {
-    fn network_event(&self, event: &caged_store::Event);
+    /// `event` as stored (its sequence number is the evidence), `what` it says.
+    fn network_event(&self, event: &caged_store::Event, what: &NetworkAction);
 }
 
 /// What a sandbox tried to reach, for `caged network learn`.
@@ -581,11 +582,10 @@ impl Network {
                 self.record(
                     &link,
                     &format!("closed {host}"),
-                    json!({
-                        "action": "closed",
-                        "host": host,
-                        "reason": "no longer in allowed_hosts",
-                    }),
+                    NetworkAction::Closed {
+                        host: host.clone(),
+                        reason: "no longer in allowed_hosts".into(),
+                    },
                 );
             }
         }
@@ -596,7 +596,7 @@ impl Network {
     pub async fn learned_hosts(&self, id: SandboxId) -> Result<Vec<LearnedHost>> {
         let payloads = self
             .db
-            .run(move |store| store.event_payloads(id, "network", 100_000))
+            .run(move |store| store.event_payloads(id, EventKind::Network, 100_000))
             .await?;
         let mut hosts: std::collections::BTreeMap<String, (bool, u64)> = Default::default();
         for payload in payloads {
@@ -694,7 +694,7 @@ impl Network {
 
     /// Records a network event, at most once per [`EVENT_EVERY`] per `key`; a folded event carries
     /// how many it stands for (`repeats`).
-    fn record(&self, link: &Link, key: &str, mut payload: Value) {
+    fn record(&self, link: &Link, key: &str, what: NetworkAction) {
         let now = Instant::now();
         let repeats = {
             let mut recorded = lock(&link.recorded);
@@ -716,26 +716,33 @@ impl Network {
                 }
             }
         };
-        if repeats > 0 {
-            payload["repeats"] = json!(repeats);
-        }
-        let (id, account) = (link.id, link.account_id.clone());
-        self.write_event(id, account, payload);
+        let event = NetworkEvent {
+            what,
+            repeats: (repeats > 0).then_some(repeats),
+        };
+        self.write_event(link.id, link.account_id.clone(), event);
     }
 
     /// Writes a `network` event in the background and tells the watcher.
-    fn write_event(&self, id: SandboxId, account: String, payload: Value) {
+    fn write_event(&self, id: SandboxId, account: String, what: NetworkEvent) {
         let (db, watcher) = (self.db.clone(), self.watcher.clone());
+        let payload = match serde_json::to_value(&what) {
+            Ok(payload) => payload,
+            Err(err) => {
+                tracing::error!(sandbox = %id, "a network event could not be written down: {err}");
+                return;
+            }
+        };
         tokio::spawn(async move {
             let written = db
                 .run(move |store| {
-                    store.record_event(id, &account, now_ms(), "network", &payload, false)
+                    store.record_event(id, &account, now_ms(), EventKind::Network, &payload, false)
                 })
                 .await;
             match written {
                 Ok(event) => {
                     if let Some(watcher) = &watcher {
-                        watcher.network_event(&event);
+                        watcher.network_event(&event, &what.what);
                     }
                     db.publish(event);
                 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use caged_domain::event::{By, NetworkAction};
 use caged_network::firewall::{LOG_FLOW, LOG_HOST, LOG_RANGE, LOG_ROUTED, LOG_SANDBOX, LOG_SPOOF};
 use caged_network::nflog::{Listener, Refusal};
-use serde_json::json;
 
 use super::{Network, lock};
 
@@ -60,14 +60,16 @@ fn note(net: &Network, refusal: &Refusal) {
         net.record(
             link,
             &format!("flow {}{port}/{}", refusal.destination, refusal.protocol),
-            json!({
-                "action": "connect",
-                "host": host,
-                "address": refusal.destination.to_string(),
-                "port": refusal.port,
-                "protocol": refusal.protocol,
-                "by": "firewall",
-            }),
+            NetworkAction::Connect {
+                host,
+                address: refusal.destination.to_string(),
+                port: refusal.port,
+                protocol: Some(refusal.protocol.to_string()),
+                by: Some(By::Firewall),
+                bytes_out: None,
+                bytes_in: None,
+                duration_ms: None,
+            },
         );
         return;
     }
@@ -88,14 +90,13 @@ fn note(net: &Network, refusal: &Refusal) {
     net.record(
         link,
         &format!("fw {}{port}/{}", refusal.destination, refusal.protocol),
-        json!({
-            "action": "blocked",
-            "host": host,
-            "address": refusal.destination.to_string(),
-            "port": refusal.port,
-            "protocol": refusal.protocol,
-            "reason": reason,
-            "by": "firewall",
-        }),
+        NetworkAction::Blocked {
+            host,
+            address: refusal.destination.to_string(),
+            port: refusal.port,
+            protocol: Some(refusal.protocol.to_string()),
+            reason,
+            by: By::Firewall,
+        },
     );
 }

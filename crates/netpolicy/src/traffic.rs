@@ -10,9 +10,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use caged_domain::event::{By, NetworkAction};
 use caged_network::conntrack::{Ended, Listener};
 use caged_network::firewall::Mode;
-use serde_json::json;
 
 use super::{Link, Network, lock};
 
@@ -76,27 +76,33 @@ fn report(net: &Network) {
         if totals.is_empty() {
             continue;
         }
-        let payloads: Vec<serde_json::Value> = totals
+        let payloads: Vec<NetworkAction> = totals
             .into_iter()
-            .map(|((address, port, protocol), (connections, bytes_out, bytes_in))| {
-                let host = lock(&link.handed_out)
-                    .get(&address)
-                    .map(|(name, _)| name.clone());
-                json!({
-                    "action": "traffic",
-                    "host": host,
-                    "address": address.to_string(),
-                    "port": port,
-                    "protocol": match protocol { 6 => "tcp".to_string(), 17 => "udp".to_string(), 1 => "icmp".to_string(), n => n.to_string() },
-                    "connections": connections,
-                    "bytes_out": bytes_out,
-                    "bytes_in": bytes_in,
-                    "by": "conntrack",
-                })
-            })
+            .map(
+                |((address, port, protocol), (connections, bytes_out, bytes_in))| {
+                    let host = lock(&link.handed_out)
+                        .get(&address)
+                        .map(|(name, _)| name.clone());
+                    NetworkAction::Traffic {
+                        host,
+                        address: address.to_string(),
+                        port,
+                        protocol: match protocol {
+                            6 => "tcp".to_string(),
+                            17 => "udp".to_string(),
+                            1 => "icmp".to_string(),
+                            n => n.to_string(),
+                        },
+                        connections,
+                        bytes_out,
+                        bytes_in,
+                        by: By::Conntrack,
+                    }
+                },
+            )
             .collect();
-        for payload in payloads {
-            net.write_event(link.id, link.account_id.clone(), payload);
+        for event in payloads {
+            net.write_event(link.id, link.account_id.clone(), event.into());
         }
     }
 }

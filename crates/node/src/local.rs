@@ -458,8 +458,8 @@ impl Node for LocalNode {
 struct NetworkToObserver(Arc<Observer>);
 
 impl caged_netpolicy::Watcher for NetworkToObserver {
-    fn network_event(&self, event: &caged_store::Event) {
-        self.0.network_event(event);
+    fn network_event(&self, event: &caged_store::Event, what: &caged_domain::event::NetworkAction) {
+        self.0.network_event(event, what);
     }
 }
 

@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use caged_domain::event::NetworkAction;
 use caged_runtime::HostView;
 use caged_store::Db;
 use caged_trust::Policy;
@@ -143,9 +144,10 @@ impl Observer {
 
     /// A `network` event the network layer wrote; charged to the sessions open when it
     /// happened, in order with what the kernel reported before it.
-    pub fn network_event(&self, event: &caged_store::Event) {
-        let _ = self.out.send(Out::Network(event.clone()));
+    pub fn network_event(&self, event: &caged_store::Event, what: &NetworkAction) {
+        let _ = self.out.send(Out::Network(event.clone(), what.clone()));
     }
+
     /// Starts the tracker thread (when enabled and the kernel lets it) and returns the task
     /// that records and scores what it sees, to run until `stop`. The thread ends with it.
     pub fn start(

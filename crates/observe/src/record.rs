@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use caged_domain::SandboxId;
+use caged_domain::event::{FileChange, FileSeen, NetworkAction, Seen};
+use caged_domain::{EventKind, SandboxId};
 use caged_store::{NewEvent, NewPenalty};
 use caged_trust::{Ledger, Observation, Rule};
 use serde_json::{Value, json};
@@ -89,12 +90,12 @@ fn take(
     out: Out,
     batch: &mut Vec<Observed>,
     settled: &mut Vec<tokio::sync::oneshot::Sender<()>>,
-    network: &mut Vec<caged_store::Event>,
+    network: &mut Vec<(caged_store::Event, NetworkAction)>,
 ) {
     match out {
         Out::Observed(observed) => batch.push(observed),
         Out::Settled(done) => settled.push(done),
-        Out::Network(event) => network.push(event),
+        Out::Network(event, what) => network.push((event, what)),
     }
 }
 
@@ -148,7 +149,7 @@ async fn record(state: &Observer, ledgers: &mut Ledgers, batch: Vec<Observed>) {
             [only] => only.clone(),
             _ => None,
         };
-        let event = if observed.kind == "fs" {
+        let event = if let Seen::File(file) = &observed.seen {
             let key = (observed.sandbox, session.clone());
             let index = *fs_events.entry(key).or_insert_with(|| {
                 events.push(NewEvent {
@@ -156,12 +157,12 @@ async fn record(state: &Observer, ledgers: &mut Ledgers, batch: Vec<Observed>) {
                     account_id: observed.account.clone(),
                     session_id: session.clone(),
                     at_ms: observed.at_ms,
-                    kind: "fs",
+                    kind: EventKind::Fs,
                     payload: json!({ "created": 0, "written": 0, "deleted": 0, "moved": 0, "paths": [] }),
                 });
                 events.len() - 1
             });
-            fold_fs(&mut events[index].payload, &observed.payload);
+            fold_fs(&mut events[index].payload, file);
             index
         } else {
             events.push(NewEvent {
@@ -169,8 +170,8 @@ async fn record(state: &Observer, ledgers: &mut Ledgers, batch: Vec<Observed>) {
                 account_id: observed.account.clone(),
                 session_id: session,
                 at_ms: observed.at_ms,
-                kind: observed.kind,
-                payload: observed.payload.clone(),
+                kind: observed.seen.kind(),
+                payload: observed.seen.payload(),
             });
             events.len() - 1
         };
@@ -195,7 +196,7 @@ async fn record(state: &Observer, ledgers: &mut Ledgers, batch: Vec<Observed>) {
         state.db.publish(event.clone());
     }
     for item in items {
-        let Some(observation) = &item.observed.observation else {
+        let Some(observation) = Observation::of_seen(&item.observed.seen) else {
             continue;
         };
         let seq = written.get(item.event).map(|event| event.seq);
@@ -206,7 +207,7 @@ async fn record(state: &Observer, ledgers: &mut Ledgers, batch: Vec<Observed>) {
                 item.observed.sandbox,
                 &item.observed.account,
                 session,
-                observation,
+                &observation,
                 seq,
                 item.observed.at_ms,
             )
@@ -216,12 +217,12 @@ async fn record(state: &Observer, ledgers: &mut Ledgers, batch: Vec<Observed>) {
 }
 
 /// Adds one file change to an aggregated `fs` event.
-fn fold_fs(payload: &mut Value, change: &Value) {
-    let counter = match change["change"].as_str() {
-        Some("created") => "created",
-        Some("written") => "written",
-        Some("deleted") => "deleted",
-        _ => "moved",
+fn fold_fs(payload: &mut Value, change: &FileSeen) {
+    let counter = match change.change {
+        FileChange::Created => "created",
+        FileChange::Written => "written",
+        FileChange::Deleted => "deleted",
+        FileChange::MovedFrom | FileChange::MovedTo => "moved",
     };
     if let Some(count) = payload[counter].as_u64() {
         payload[counter] = json!(count + 1);
@@ -229,9 +230,7 @@ fn fold_fs(payload: &mut Value, change: &Value) {
     if let Some(paths) = payload["paths"].as_array_mut()
         && paths.len() < FS_SAMPLE
     {
-        paths.push(
-            json!({ "change": change["change"], "path": change["path"], "pid": change["pid"] }),
-        );
+        paths.push(json!({ "change": change.change, "path": change.path, "pid": change.pid }));
     }
 }
 
@@ -296,10 +295,14 @@ async fn charge(
 }
 
 /// Charges the network layer's events, as they were written.
-async fn charge_network(state: &Observer, ledgers: &mut Ledgers, events: Vec<caged_store::Event>) {
+async fn charge_network(
+    state: &Observer,
+    ledgers: &mut Ledgers,
+    events: Vec<(caged_store::Event, NetworkAction)>,
+) {
     let mut open_cache = HashMap::new();
-    for event in events {
-        let Some(observation) = network_observation(&event.payload) else {
+    for (event, what) in events {
+        let Some(observation) = Observation::of_network(&what) else {
             continue;
         };
         open_cache.clear();
@@ -325,56 +328,5 @@ async fn charge_network(state: &Observer, ledgers: &mut Ledgers, events: Vec<cag
             )
             .await;
         }
-    }
-}
-
-/// What a `network` event means for trust: a refusal, or (`full` mode, seen by the firewall) a
-/// connection made. Allowlist connections went to hosts the user allowed and cost nothing.
-fn network_observation(payload: &Value) -> Option<Observation> {
-    let action = payload["action"].as_str()?;
-    let host = payload["host"]
-        .as_str()
-        .or_else(|| payload["name"].as_str())
-        .or_else(|| payload["address"].as_str())?
-        .to_string();
-    let denied = match action {
-        "blocked" => true,
-        // A name outside the allowlist; other refused query types are not hosts reached for.
-        "dns_refused" if payload["reason"].as_str() == Some("not in allowed_hosts") => true,
-        "connect" if payload["by"].as_str() == Some("firewall") => false,
-        "traffic" => false,
-        _ => return None,
-    };
-    Some(Observation::Network {
-        host,
-        denied,
-        rule: payload["reason"].as_str().map(str::to_string),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn network_events_map_to_observations() {
-        let blocked = json!({"action": "blocked", "host": "evil.test", "by": "egress proxy", "reason": "not allowed"});
-        assert!(matches!(
-            network_observation(&blocked),
-            Some(Observation::Network { denied: true, .. })
-        ));
-        let full = json!({"action": "connect", "host": "pypi.org", "by": "firewall"});
-        assert!(matches!(
-            network_observation(&full),
-            Some(Observation::Network { denied: false, .. })
-        ));
-        let allowlisted = json!({"action": "connect", "host": "pypi.org", "by": "egress proxy"});
-        assert_eq!(network_observation(&allowlisted), None);
-        let unnamed = json!({"action": "traffic", "host": null, "address": "203.0.113.20"});
-        assert!(matches!(
-            network_observation(&unnamed),
-            Some(Observation::Network { ref host, denied: false, .. }) if host == "203.0.113.20"
-        ));
-        assert_eq!(network_observation(&json!({"action": "closed"})), None);
     }
 }

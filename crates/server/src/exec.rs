@@ -3,6 +3,7 @@
 //! ([`Interactive`]), which is a session: it opens when the command runs and ends with the
 //! channel, however that ends.
 
+use caged_domain::EventKind;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -128,7 +129,7 @@ pub(crate) async fn run(
     let collected = collect(state, &record, &spec, COLLECT_LIMIT, timeout).await?;
     let payload = json!({ "cmd": request.cmd, "exit_code": collected.exit_code, "timed_out": collected.timed_out,
                           "duration_ms": collected.duration_ms });
-    sandboxes::record_activity(state, &record, "exec", payload).await;
+    sandboxes::record_activity(state, &record, EventKind::Exec, payload).await;
     Ok(collected)
 }
 
@@ -396,5 +397,12 @@ async fn record_exec(
     session: &Session,
     payload: serde_json::Value,
 ) {
-    sandboxes::record_activity_in(state, record, "exec", payload, Some(session.id.clone())).await;
+    sandboxes::record_activity_in(
+        state,
+        record,
+        EventKind::Exec,
+        payload,
+        Some(session.id.clone()),
+    )
+    .await;
 }

@@ -3,6 +3,7 @@
 //! only; uploaded archives are rewritten by `caged_archive::sanitize` and decompressed here, so
 //! the engine only ever sees a plain, clean tar.
 
+use caged_domain::EventKind;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -60,7 +61,7 @@ pub(crate) async fn read(
     let tar = state.node.read_tar(handle, &path).await?;
     let kind = if stat.is_dir { "directory" } else { "file" };
     let payload = json!({ "op": "read", "path": raw_path, "resolved": path, "kind": kind, "size": stat.size });
-    sandboxes::record_activity(state, &record, "file", payload).await;
+    sandboxes::record_activity(state, &record, EventKind::File, payload).await;
     if stat.is_dir {
         return Ok(Read::Directory(tar));
     }
@@ -116,7 +117,7 @@ pub(crate) async fn write_tar(
     }
     state.node.write_tar(handle, &path, clean.into()).await?;
     let payload = json!({ "op": "write", "path": path, "kind": "directory", "entries": entries });
-    sandboxes::record_activity(state, &record, "file", payload).await;
+    sandboxes::record_activity(state, &record, EventKind::File, payload).await;
     Ok((path, entries))
 }
 
@@ -152,7 +153,7 @@ pub(crate) async fn write_file(
         .map_err(|err| Error::Internal(err.to_string()))?;
     state.node.write_tar(handle, &base, tar.into()).await?;
     let payload = json!({ "op": "write", "path": path, "kind": "file", "bytes": size });
-    sandboxes::record_activity(state, &record, "file", payload).await;
+    sandboxes::record_activity(state, &record, EventKind::File, payload).await;
     Ok(path)
 }
 

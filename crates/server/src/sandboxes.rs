@@ -2,6 +2,7 @@
 //! acted on in the runtime and persisted with its timestamp and an event, one operation per
 //! sandbox at a time. Work on a sandbox (exec, files) marks it active and wakes it if it sleeps.
 
+use caged_domain::EventKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -259,7 +260,7 @@ async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(
         .run(move |store| store.set_init_result(id, &stored))
         .await?;
     let payload = json!({ "status": status, "exit_code": outcome.exit_code, "duration_ms": result["duration_ms"] });
-    record_activity(state, &record, "init", payload).await;
+    record_activity(state, &record, EventKind::Init, payload).await;
     Ok(())
 }
 
@@ -360,7 +361,7 @@ pub(crate) async fn active(
 pub(crate) async fn record_activity(
     state: &AppState,
     record: &SandboxRecord,
-    kind: &'static str,
+    kind: EventKind,
     payload: serde_json::Value,
 ) {
     record_activity_in(state, record, kind, payload, None).await
@@ -370,7 +371,7 @@ pub(crate) async fn record_activity(
 pub(crate) async fn record_activity_in(
     state: &AppState,
     record: &SandboxRecord,
-    kind: &'static str,
+    kind: EventKind,
     payload: serde_json::Value,
     session: Option<String>,
 ) {

@@ -2,6 +2,7 @@
 //! original, which is only replaced once the copy succeeded), fork, download, and the limits
 //! (snapshots per sandbox, compressed bytes per account).
 
+use caged_domain::EventKind;
 use std::sync::Arc;
 
 use caged_archive::Limits;
@@ -131,7 +132,7 @@ pub(crate) async fn create_locked(
         .await?;
     let payload = json!({ "op": "create", "snapshot_id": snapshot.id, "size_bytes": size, "entries": captured.entries,
                           "deletions": captured.deletions });
-    sandboxes::record_activity(state, record, "snapshot", payload).await;
+    sandboxes::record_activity(state, record, EventKind::Snapshot, payload).await;
     Ok(snapshot)
 }
 
@@ -306,7 +307,7 @@ pub(crate) async fn restore(
         .await?;
     }
     let payload = json!({ "op": "restore", "snapshot_id": snapshot.id });
-    sandboxes::record_activity(state, &record, "snapshot", payload).await;
+    sandboxes::record_activity(state, &record, EventKind::Snapshot, payload).await;
     get(state, account_id, id).await
 }
 
@@ -371,7 +372,7 @@ pub(crate) async fn fork(
     }
     let payload =
         json!({ "op": "fork", "snapshot_id": snapshot.id, "origin": snapshot.sandbox_id });
-    sandboxes::record_activity(state, &record, "snapshot", payload).await;
+    sandboxes::record_activity(state, &record, EventKind::Snapshot, payload).await;
     get(state, account_id, record.id).await
 }
 

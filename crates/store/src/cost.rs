@@ -3,7 +3,7 @@
 //! per level and budget amount, by the primary key), and webhooks waiting to be delivered.
 //! Amounts are integer micro-dollars.
 
-use caged_domain::SandboxId;
+use caged_domain::{EventKind, SandboxId};
 use rusqlite::{OptionalExtension, params};
 
 use crate::{Event, LlmTotals, Result, Store, insert_event_in};
@@ -91,7 +91,7 @@ impl Store {
             call.sandbox_id,
             call.account_id,
             call.at_ms,
-            "llm",
+            EventKind::Llm,
             call.payload,
             call.session_id,
         )?;
@@ -177,7 +177,7 @@ impl Store {
             "UPDATE sandboxes SET budget_micros = ?2 WHERE id = ?1",
             params![id.as_str(), budget_micros],
         )?;
-        let event = crate::insert_event(&tx, id, account_id, at_ms, "budget", payload)?;
+        let event = crate::insert_event(&tx, id, account_id, at_ms, EventKind::Budget, payload)?;
         tx.commit()?;
         Ok(event)
     }
@@ -206,7 +206,7 @@ impl Store {
             alert.sandbox_id,
             alert.account_id,
             alert.at_ms,
-            "budget",
+            EventKind::Budget,
             alert.payload,
         )?;
         tx.execute(
@@ -257,7 +257,7 @@ impl Store {
         id: SandboxId,
         account_id: &str,
         at_ms: i64,
-        kind: &str,
+        kind: EventKind,
         payload: &serde_json::Value,
         webhook: Option<(&str, &str)>,
     ) -> Result<Event> {

@@ -24,7 +24,7 @@ pub use web::{DAY_MS, DailyLlm, WebSession};
 use std::path::Path;
 use std::sync::Mutex;
 
-use caged_domain::{SandboxConfig, SandboxId, SandboxState, Transition};
+use caged_domain::{EventKind, SandboxConfig, SandboxId, SandboxState, Transition};
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
@@ -310,7 +310,14 @@ impl Store {
             params![new.id.as_str(), new.at_ms],
         )?;
         let payload = serde_json::json!({ "from": null, "to": "pending", "reason": null });
-        let event = insert_event(&tx, new.id, new.account_id, new.at_ms, "state", &payload)?;
+        let event = insert_event(
+            &tx,
+            new.id,
+            new.account_id,
+            new.at_ms,
+            EventKind::State,
+            &payload,
+        )?;
         tx.commit()?;
         Ok(event)
     }
@@ -384,7 +391,7 @@ impl Store {
         )?;
         let payload =
             serde_json::json!({ "from": expected.as_str(), "to": to.as_str(), "reason": reason });
-        let event = insert_event(&tx, id, &account_id, at_ms, "state", &payload)?;
+        let event = insert_event(&tx, id, &account_id, at_ms, EventKind::State, &payload)?;
         tx.commit()?;
         Ok(event)
     }
@@ -395,7 +402,7 @@ impl Store {
         id: SandboxId,
         account_id: &str,
         at_ms: i64,
-        kind: &str,
+        kind: EventKind,
         payload: &serde_json::Value,
         active: bool,
     ) -> Result<Event> {
@@ -409,7 +416,7 @@ impl Store {
         id: SandboxId,
         account_id: &str,
         at_ms: i64,
-        kind: &str,
+        kind: EventKind,
         payload: &serde_json::Value,
         active: bool,
         session_id: Option<&str>,
@@ -685,7 +692,7 @@ pub(crate) fn insert_event(
     id: SandboxId,
     account_id: &str,
     at_ms: i64,
-    kind: &str,
+    kind: EventKind,
     payload: &serde_json::Value,
 ) -> Result<Event> {
     insert_event_in(tx, id, account_id, at_ms, kind, payload, None)
@@ -696,7 +703,7 @@ pub(crate) fn insert_event_in(
     id: SandboxId,
     account_id: &str,
     at_ms: i64,
-    kind: &str,
+    kind: EventKind,
     payload: &serde_json::Value,
     session_id: Option<&str>,
 ) -> Result<Event> {
@@ -707,7 +714,7 @@ pub(crate) fn insert_event_in(
             id.as_str(),
             account_id,
             at_ms,
-            kind,
+            kind.as_str(),
             payload.to_string(),
             session_id
         ],

@@ -2,7 +2,7 @@
 //! stable across restarts so the resolver address baked into its container stays right) and
 //! changes to a live sandbox's allowlist.
 
-use caged_domain::SandboxId;
+use caged_domain::{EventKind, SandboxId};
 use rusqlite::{OptionalExtension, params};
 
 use crate::{Event, Result, Store, StoreError, insert_event};
@@ -88,12 +88,14 @@ impl Store {
             "UPDATE sandboxes SET config = ?2 WHERE id = ?1",
             params![id.as_str(), config],
         )?;
-        let payload = serde_json::json!({
-            "action": "allowlist_changed",
-            "allowed_hosts": hosts,
-            "before": before,
-        });
-        let event = insert_event(&tx, id, account_id, at_ms, "network", &payload)?;
+        let payload = serde_json::to_value(caged_domain::event::NetworkEvent::from(
+            caged_domain::event::NetworkAction::AllowlistChanged {
+                allowed_hosts: hosts.to_vec(),
+                before,
+            },
+        ))
+        .map_err(corrupt)?;
+        let event = insert_event(&tx, id, account_id, at_ms, EventKind::Network, &payload)?;
         tx.commit()?;
         Ok(event)
     }
@@ -102,14 +104,14 @@ impl Store {
     pub fn event_payloads(
         &self,
         id: SandboxId,
-        kind: &str,
+        kind: EventKind,
         limit: i64,
     ) -> Result<Vec<serde_json::Value>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT payload FROM events WHERE sandbox_id = ?1 AND kind = ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![id.as_str(), kind, limit], |row| {
+        let rows = stmt.query_map(params![id.as_str(), kind.as_str(), limit], |row| {
             row.get::<_, String>(0)
         })?;
         rows.map(|row| Ok(serde_json::from_str(&row?).unwrap_or(serde_json::Value::Null)))
@@ -168,7 +170,9 @@ mod tests {
         assert_eq!(event.kind, "network");
         let record = store.sandbox(&account, id).unwrap().unwrap();
         assert_eq!(record.config.allowed_hosts, vec!["a.test".to_string()]);
-        let payloads = store.event_payloads(id, "network", 10).unwrap();
+        let payloads = store
+            .event_payloads(id, caged_domain::EventKind::Network, 10)
+            .unwrap();
         assert_eq!(payloads[0]["allowed_hosts"][0], "a.test");
     }
 }

@@ -1,7 +1,7 @@
 //! What the preview proxy keeps: the ports each sandbox listens on (as last detected, so a
 //! restarted server reports only real changes) and the hashed passwords protecting some.
 
-use caged_domain::SandboxId;
+use caged_domain::{EventKind, SandboxId};
 use rusqlite::{OptionalExtension, params};
 
 use crate::{Event, Result, Store, insert_event};
@@ -75,7 +75,14 @@ impl Store {
                     serde_json::json!({ "port": port, "state": "closed" })
                 }
             };
-            events.push(insert_event(&tx, id, account_id, at_ms, "port", &payload)?);
+            events.push(insert_event(
+                &tx,
+                id,
+                account_id,
+                at_ms,
+                EventKind::Port,
+                &payload,
+            )?);
         }
         tx.commit()?;
         Ok(events)
@@ -115,7 +122,7 @@ impl Store {
             )?,
         };
         let payload = serde_json::json!({ "port": port, "protected": hash.is_some() });
-        let event = insert_event(&tx, id, account_id, at_ms, "preview", &payload)?;
+        let event = insert_event(&tx, id, account_id, at_ms, EventKind::Preview, &payload)?;
         tx.commit()?;
         Ok(event)
     }

@@ -2,7 +2,7 @@
 //! exec, `caged shell`, `caged agent`) opens until it drops. Events that come through the
 //! channel carry the session's id.
 
-use caged_domain::SandboxId;
+use caged_domain::{EventKind, SandboxId};
 use rusqlite::{OptionalExtension, params};
 
 use crate::{Event, Result, Store, insert_event_in};
@@ -87,7 +87,7 @@ impl Store {
             new.sandbox_id,
             new.account_id,
             new.at_ms,
-            "session",
+            EventKind::Session,
             &payload,
             Some(new.id),
         )?;
@@ -126,7 +126,7 @@ impl Store {
             sandbox_id,
             &account_id,
             at_ms,
-            "session",
+            EventKind::Session,
             &payload,
             Some(id),
         )?;
@@ -203,10 +203,18 @@ mod tests {
             .unwrap();
         let json = serde_json::json!({ "cmd": ["ls"] });
         store
-            .record_event_in(sandbox, &account, 150, "exec", &json, true, Some("ses_1"))
+            .record_event_in(
+                sandbox,
+                &account,
+                150,
+                EventKind::Exec,
+                &json,
+                true,
+                Some("ses_1"),
+            )
             .unwrap();
         store
-            .record_event(sandbox, &account, 160, "exec", &json, true)
+            .record_event(sandbox, &account, 160, EventKind::Exec, &json, true)
             .unwrap();
         assert_eq!(store.open_sessions().unwrap(), vec![("ses_1".into(), 150)]);
         let ended = store

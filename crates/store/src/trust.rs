@@ -3,7 +3,7 @@
 //! unique index is what makes "charged once" hold across restarts — and announced by a `trust`
 //! event; a penalty that moves a score into a lower rating band adds a second one.
 
-use caged_domain::SandboxId;
+use caged_domain::{EventKind, SandboxId};
 use rusqlite::params;
 
 use crate::{Event, Result, Store, insert_event_in};
@@ -14,7 +14,7 @@ pub struct NewEvent {
     pub account_id: String,
     pub session_id: Option<String>,
     pub at_ms: i64,
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub payload: serde_json::Value,
 }
 
@@ -118,7 +118,7 @@ impl Store {
             new.sandbox_id,
             new.account_id,
             new.at_ms,
-            "trust",
+            EventKind::Trust,
             &payload,
             new.session_id,
         )?];
@@ -151,7 +151,7 @@ impl Store {
                 new.sandbox_id,
                 new.account_id,
                 new.at_ms,
-                "trust",
+                EventKind::Trust,
                 &payload,
                 new.session_id,
             )?);
@@ -231,28 +231,6 @@ impl Store {
         )?;
         let rows = stmt.query_map(params![id.as_str(), at_ms, grace_ms], |row| row.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Events of one kind across sandboxes after `after_seq`, oldest first (for consumers that
-    /// follow the log, such as the trust engine reading network events).
-    pub fn events_of_kind(&self, kind: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {} FROM events WHERE kind = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            crate::EVENT_COLUMNS
-        ))?;
-        let rows = stmt.query_map(params![kind, after_seq, limit], crate::event_from_row)?;
-        rows.map(|row| row.map_err(Into::into).and_then(|event| event))
-            .collect()
-    }
-
-    /// The newest event's sequence number (0 for an empty log).
-    pub fn last_event_seq(&self) -> Result<i64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
-                row.get(0)
-            })?)
     }
 
     /// (rule, key, points) already charged to a session, to rebuild its ledger after a restart.

@@ -10,15 +10,8 @@ use serde_json::{Value, json};
 use crate::packages::install_of;
 use crate::policy::{Policy, Rule};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileChange {
-    Created,
-    Written,
-    Deleted,
-    MovedFrom,
-    MovedTo,
-}
+pub use caged_domain::event::FileChange;
+use caged_domain::event::{NetworkAction, ProcessSeen, Seen};
 
 /// Something a sandbox was seen doing, from the host side.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -59,6 +52,76 @@ pub enum Observation {
         #[serde(skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
     },
+}
+
+impl Observation {
+    /// What a process, file change or open the host saw means for trust; a process that ended
+    /// before it could be read means nothing.
+    pub fn of_seen(seen: &Seen) -> Option<Observation> {
+        Some(match seen {
+            Seen::Process(ProcessSeen::Exec {
+                pid,
+                argv: Some(argv),
+                program,
+                ..
+            }) => Observation::Exec {
+                pid: *pid,
+                argv: argv.clone(),
+                program: program.clone().unwrap_or_default(),
+            },
+            Seen::Process(ProcessSeen::Exec { argv: None, .. }) => return None,
+            Seen::Process(ProcessSeen::PipeToShell {
+                pid,
+                downloader,
+                shell,
+            }) => Observation::PipeToShell {
+                downloader: downloader.clone(),
+                shell: shell.clone(),
+                pid: *pid,
+            },
+            Seen::File(file) => Observation::File {
+                change: file.change,
+                path: file.path.clone(),
+                is_dir: file.is_dir,
+                by_package_manager: file.by_package_manager,
+            },
+            Seen::Open(open) => Observation::SensitiveOpen {
+                path: open.path.clone(),
+                pid: open.pid,
+                argv: open.argv.clone(),
+                named: open.named,
+            },
+        })
+    }
+
+    /// What a `network` event means for trust: a refusal, or (`full` mode, seen by the firewall
+    /// or connection tracking) a destination reached. Allowlist connections went to hosts the
+    /// user allowed and cost nothing; other DNS refusals are not hosts reached for.
+    pub fn of_network(event: &NetworkAction) -> Option<Observation> {
+        let named = |host: &Option<String>, address: &str| {
+            host.clone().unwrap_or_else(|| address.to_string())
+        };
+        let (host, denied, rule) = match event {
+            NetworkAction::Blocked {
+                host,
+                address,
+                reason,
+                ..
+            } => (named(host, address), true, Some(reason.clone())),
+            NetworkAction::DnsRefused { host, reason, .. } if reason == "not in allowed_hosts" => {
+                (host.clone(), true, Some(reason.clone()))
+            }
+            NetworkAction::Connect {
+                host,
+                address,
+                by: Some(caged_domain::event::By::Firewall),
+                ..
+            } => (named(host, address), false, None),
+            NetworkAction::Traffic { host, address, .. } => (named(host, address), false, None),
+            _ => return None,
+        };
+        Some(Observation::Network { host, denied, rule })
+    }
 }
 
 /// One charge against a session's score.
@@ -309,6 +372,65 @@ fn change_word(change: FileChange) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use caged_domain::event::By;
+
+    #[test]
+    fn network_events_map_to_observations() {
+        let blocked = NetworkAction::Blocked {
+            host: Some("evil.test".into()),
+            address: "203.0.113.9".into(),
+            port: Some(443),
+            protocol: None,
+            reason: "not allowed".into(),
+            by: By::EgressProxy,
+        };
+        assert!(matches!(
+            Observation::of_network(&blocked),
+            Some(Observation::Network { denied: true, .. })
+        ));
+        let connect = |by| NetworkAction::Connect {
+            host: Some("pypi.org".into()),
+            address: "203.0.113.10".into(),
+            port: Some(443),
+            protocol: None,
+            by,
+            bytes_out: None,
+            bytes_in: None,
+            duration_ms: None,
+        };
+        assert!(matches!(
+            Observation::of_network(&connect(Some(By::Firewall))),
+            Some(Observation::Network { denied: false, .. })
+        ));
+        // Through the egress proxy: to a host the user allowed.
+        assert_eq!(Observation::of_network(&connect(None)), None);
+        let unnamed = NetworkAction::Traffic {
+            host: None,
+            address: "203.0.113.20".into(),
+            port: None,
+            protocol: "udp".into(),
+            connections: 1,
+            bytes_out: 1,
+            bytes_in: 1,
+            by: By::Conntrack,
+        };
+        assert!(matches!(
+            Observation::of_network(&unnamed),
+            Some(Observation::Network { ref host, denied: false, .. }) if host == "203.0.113.20"
+        ));
+        let other_type = NetworkAction::DnsRefused {
+            host: "x.test".into(),
+            query_type: "TXT".into(),
+            reason: "only A and AAAA queries are answered".into(),
+        };
+        assert_eq!(Observation::of_network(&other_type), None);
+        let closed = NetworkAction::Closed {
+            host: "x.test".into(),
+            reason: "no longer in allowed_hosts".into(),
+        };
+        assert_eq!(Observation::of_network(&closed), None);
+    }
+
     use super::*;
 
     fn argv(line: &str) -> Vec<String> {

@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use caged_domain::Isolation;
+use caged_domain::event::{FileChange, FileSeen, OpenSeen, Seen};
 use caged_domain::time::now_ms;
 use caged_runtime::HostView;
-use caged_trust::{FileChange, Observation};
-use serde_json::json;
 
 use super::programs::names_file;
 use super::{Attribution, FOREIGN_TTL, Observed, READ_LAG_MS, Tracker, Watched};
@@ -179,12 +178,11 @@ impl Tracker {
                 grace_ms: READ_LAG_MS,
             },
             at_ms: now_ms(),
-            kind: "fs",
-            payload: json!({ "change": change, "path": path, "is_dir": is_dir, "pid": pid }),
-            observation: Some(Observation::File {
+            seen: Seen::File(FileSeen {
                 change,
                 path,
                 is_dir,
+                pid,
                 by_package_manager: package_manager,
             }),
         };
@@ -224,9 +222,7 @@ impl Tracker {
                 grace_ms: READ_LAG_MS,
             },
             at_ms: now_ms(),
-            kind: "file_open",
-            payload: json!({ "path": path, "pid": pid, "argv": facts.argv, "named_by_command": named }),
-            observation: Some(Observation::SensitiveOpen {
+            seen: Seen::Open(OpenSeen {
                 path,
                 pid,
                 argv: facts.argv,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use caged_domain::Isolation;
+use caged_domain::event::{ProcessSeen, Seen};
 use caged_domain::time::now_ms;
-use caged_trust::{Observation, programs};
-use serde_json::{Value, json};
+use caged_trust::programs;
 
 use super::{Attribution, Observed, Proc, Tracker, Watched};
 use crate::kernel::connector::ProcEvent;
@@ -89,28 +89,38 @@ impl Tracker {
         self.stat(|s| s.processes += 1);
         let Some(facts) = facts else {
             self.stat(|s| s.unread_processes += 1);
-            self.emit_process(pid, root, &watched, json!({ "op": "exec", "pid": pid, "argv": null, "note": "ended before it could be read" }), None);
+            self.emit_process(
+                root,
+                &watched,
+                ProcessSeen::Exec {
+                    pid,
+                    ppid: None,
+                    argv: None,
+                    exe: None,
+                    program: None,
+                    cwd: None,
+                    note: Some("ended before it could be read".into()),
+                },
+            );
             return;
         };
         let program = self.program_of(&watched, pid, &facts);
         let package_manager = inherited_pm
             || caged_trust::packages::is_manager(&program)
             || caged_trust::packages::install_of(&facts.argv).is_some();
-        let payload = json!({
-            "op": "exec",
-            "pid": pid,
-            "ppid": parent,
-            "argv": facts.argv,
-            "exe": facts.exe,
-            "program": program,
-            "cwd": facts.cwd,
-        });
-        let observation = Observation::Exec {
-            pid,
-            argv: facts.argv.clone(),
-            program: program.clone(),
-        };
-        self.emit_process(pid, root, &watched, payload, Some(observation));
+        self.emit_process(
+            root,
+            &watched,
+            ProcessSeen::Exec {
+                pid,
+                ppid: parent,
+                argv: Some(facts.argv.clone()),
+                exe: Some(facts.exe.clone()),
+                program: Some(program.clone()),
+                cwd: Some(facts.cwd.clone()),
+                note: None,
+            },
+        );
         self.check_pipe(pid, root, &watched, &program, &facts);
         let exited = self.procs.get(&pid).and_then(|proc| proc.exited);
         self.procs.insert(
@@ -128,22 +138,13 @@ impl Tracker {
         );
     }
 
-    pub(super) fn emit_process(
-        &mut self,
-        _pid: i32,
-        root: i32,
-        watched: &Watched,
-        payload: Value,
-        observation: Option<Observation>,
-    ) {
+    pub(super) fn emit_process(&mut self, root: i32, watched: &Watched, seen: ProcessSeen) {
         let observed = Observed {
             sandbox: watched.sandbox,
             account: watched.account.clone(),
             attribution: Attribution::Session(None),
             at_ms: now_ms(),
-            kind: "process",
-            payload,
-            observation,
+            seen: Seen::Process(seen),
         };
         self.attribute(Some(root), observed);
     }
@@ -180,19 +181,14 @@ impl Tracker {
         let Some((downloader, shell, shell_pid)) = found else {
             return;
         };
-        let observed = Observed {
-            sandbox: watched.sandbox,
-            account: watched.account.clone(),
-            attribution: Attribution::Session(None),
-            at_ms: now_ms(),
-            kind: "process",
-            payload: json!({ "op": "pipe_to_shell", "pid": shell_pid, "downloader": downloader, "shell": shell }),
-            observation: Some(Observation::PipeToShell {
+        self.emit_process(
+            root,
+            watched,
+            ProcessSeen::PipeToShell {
+                pid: shell_pid,
                 downloader,
                 shell,
-                pid: shell_pid,
-            }),
-        };
-        self.attribute(Some(root), observed);
+            },
+        );
     }
 }

@@ -13,6 +13,7 @@ mod programs;
 
 pub use programs::names_file;
 
+use caged_domain::event::{NetworkAction, Seen};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -27,8 +28,6 @@ use crate::kernel::connector::{ProcConnector, ProcEvent};
 use crate::kernel::fanotify::{FsWatch, OpenWatch};
 use crate::kernel::{self, procfs};
 use caged_store::Store;
-use caged_trust::Observation;
-use serde_json::Value;
 
 /// How long a new command's processes wait for the API to say which session it is.
 const BIND_WAIT: Duration = Duration::from_secs(3);
@@ -61,10 +60,8 @@ pub(crate) struct Observed {
     pub account: String,
     pub attribution: Attribution,
     pub at_ms: i64,
-    /// `process`, `fs` (aggregated by the writer) or `file_open`.
-    pub kind: &'static str,
-    pub payload: Value,
-    pub observation: Option<Observation>,
+    /// What it was; its event and its trust observation both come from this.
+    pub seen: Seen,
 }
 
 /// Commands from the async side.
@@ -84,8 +81,8 @@ pub(crate) enum Out {
     Observed(Observed),
     /// Everything before this has been sent; answer once it is recorded and scored.
     Settled(tokio::sync::oneshot::Sender<()>),
-    /// A `network` event the network layer wrote (not the tracker's own).
-    Network(caged_store::Event),
+    /// A `network` event the network layer wrote (not the tracker's own), and what it says.
+    Network(caged_store::Event, NetworkAction),
 }
 
 /// Commands from the async side, and the eventfd that wakes the tracker for them.

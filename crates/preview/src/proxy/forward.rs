@@ -199,7 +199,14 @@ pub(super) fn note_activity(previews: &Arc<Previews>, cage: &Cage, port: u16) {
             .write(move |store| {
                 if log {
                     store
-                        .record_event(id, &account, now, "http", &payload, true)
+                        .record_event(
+                            id,
+                            &account,
+                            now,
+                            caged_domain::EventKind::Http,
+                            &payload,
+                            true,
+                        )
                         .map(Some)
                 } else {
                     store.mark_active(id, now).map(|()| None)

@@ -2,6 +2,7 @@
 //! lock (a resume never waits for one), kept only if nothing woke it meanwhile and something
 //! changed since the latest, evicting older auto-snapshots to stay within the limits.
 
+use caged_domain::EventKind;
 use std::sync::Arc;
 
 use caged_domain::time::now_ms;
@@ -146,7 +147,9 @@ async fn record_event(state: &AppState, record: &SandboxRecord, payload: Value) 
     let (id, account) = (record.id, record.account_id.clone());
     let written = state
         .db
-        .write(move |store| store.record_event(id, &account, now_ms(), "snapshot", &payload, false))
+        .write(move |store| {
+            store.record_event(id, &account, now_ms(), EventKind::Snapshot, &payload, false)
+        })
         .await;
     if let Err(err) = written {
         tracing::error!(sandbox = %id, "could not record a snapshot event: {err}");

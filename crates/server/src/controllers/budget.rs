@@ -6,6 +6,7 @@
 //! Restart-safe: the alerts are rows with a primary key (a level cannot fire twice), and a
 //! sandbox at or over its budget that is still alive after a restart is simply destroyed then.
 
+use caged_domain::EventKind;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -236,7 +237,7 @@ async fn exceed(state: &Arc<AppState>, seen: &SandboxRecord) {
                 id,
                 &account,
                 at,
-                "budget",
+                EventKind::Budget,
                 &payload,
                 Some((&kind, &body)),
             )

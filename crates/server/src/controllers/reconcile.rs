@@ -7,6 +7,7 @@
 //! operation is under way); and before calling a sandbox gone, ask the engine about that very
 //! container, so a transient error never destroys a live sandbox.
 
+use caged_domain::EventKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,7 +259,7 @@ async fn fix(
                     if let Ok(event) = state
                         .db
                         .run(move |store| {
-                            store.record_event(id, &account, at, "restart", &payload, true)
+                            store.record_event(id, &account, at, EventKind::Restart, &payload, true)
                         })
                         .await
                     {
