@@ -3,14 +3,13 @@
 //! ([`Interactive`]), which is a session: it opens when the command runs and ends with the
 //! channel, however that ends.
 
-use caged_domain::EventKind;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caged_domain::SandboxId;
+use caged_domain::{EventKind, SandboxId};
 use caged_runtime::{ExecControl, ExecOutput, ExecSpec};
 use caged_store::SandboxRecord;
 use futures_util::StreamExt;
@@ -18,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::collect::{Collected, collect};
 use crate::error::{Error, Result};
 use crate::sessions::Session;
 use crate::{AppState, sandboxes};
@@ -101,16 +101,6 @@ impl ExecRequest {
 /// Output kept per stream by a command run to completion; use an interactive exec for more.
 const COLLECT_LIMIT: usize = 16 << 20;
 
-/// A command run to completion.
-pub(crate) struct Collected {
-    pub exit_code: Option<i64>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub truncated: bool,
-    pub timed_out: bool,
-    pub duration_ms: u64,
-}
-
 /// Runs a command to completion for a caller (`POST /exec`), as activity of the sandbox.
 pub(crate) async fn run(
     state: &AppState,
@@ -126,63 +116,11 @@ pub(crate) async fn run(
     let (record, _busy) = sandboxes::active(state, account_id, id, "exec").await?;
     let timeout = request.timeout.map(Duration::from_secs_f64);
     let spec = request.spec(record.config.isolation);
-    let collected = collect(state, &record, &spec, COLLECT_LIMIT, timeout).await?;
+    let handle = sandboxes::container_of(&record)?;
+    let collected = collect(state.node.as_ref(), handle, &spec, COLLECT_LIMIT, timeout).await?;
     let payload = json!({ "cmd": request.cmd, "exit_code": collected.exit_code, "timed_out": collected.timed_out,
                           "duration_ms": collected.duration_ms });
     sandboxes::record_activity(state, &record, EventKind::Exec, payload).await;
-    Ok(collected)
-}
-
-/// Runs a command to completion, keeping up to `limit` bytes of each stream; after `timeout`
-/// the command and everything it started are killed.
-pub(crate) async fn collect(
-    state: &AppState,
-    record: &SandboxRecord,
-    spec: &ExecSpec,
-    limit: usize,
-    timeout: Option<Duration>,
-) -> Result<Collected> {
-    let started = Instant::now();
-    let handle = sandboxes::container_of(record)?;
-    let exec = state.node.exec(handle, spec).await?;
-    drop(exec.input);
-    let mut output = exec.output;
-    let mut collected = Collected {
-        exit_code: None,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        truncated: false,
-        timed_out: false,
-        duration_ms: 0,
-    };
-    let mut deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
-    loop {
-        let next = match deadline {
-            None => output.next().await,
-            Some(at) => match tokio::time::timeout_at(at, output.next()).await {
-                Ok(next) => next,
-                // Killed already and the output still has not ended: stop waiting for it.
-                Err(_) if collected.timed_out => None,
-                Err(_) => {
-                    collected.timed_out = true;
-                    exec.control.kill().await?;
-                    // What it wrote before dying still arrives; a short grace period collects it.
-                    deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
-                    continue;
-                }
-            },
-        };
-        let Some(chunk) = next else { break };
-        let (buffer, bytes) = match chunk? {
-            ExecOutput::Stdout(bytes) => (&mut collected.stdout, bytes),
-            ExecOutput::Stderr(bytes) => (&mut collected.stderr, bytes),
-        };
-        let room = limit.saturating_sub(buffer.len());
-        collected.truncated |= bytes.len() > room;
-        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
-    }
-    collected.exit_code = exec.control.wait().await?;
-    collected.duration_ms = started.elapsed().as_millis() as u64;
     Ok(collected)
 }
 

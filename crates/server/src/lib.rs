@@ -5,6 +5,7 @@
 mod api;
 mod auth;
 mod blocking;
+mod collect;
 mod config;
 mod controllers;
 mod dashboard;

@@ -238,7 +238,14 @@ async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(
         isolation: record.config.isolation,
         ..ExecSpec::default()
     };
-    let outcome = crate::exec::collect(state, &record, &spec, INIT_OUTPUT_LIMIT, None).await?;
+    let outcome = crate::collect::collect(
+        state.node.as_ref(),
+        container_of(&record)?,
+        &spec,
+        INIT_OUTPUT_LIMIT,
+        None,
+    )
+    .await?;
     let status = if outcome.exit_code == Some(0) {
         "succeeded"
     } else {

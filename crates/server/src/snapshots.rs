@@ -205,20 +205,12 @@ async fn apply(
     for batch in deletions.chunks(RM_BATCH) {
         let mut cmd = vec!["rm".to_string(), "-rf".to_string(), "--".to_string()];
         cmd.extend(batch.iter().cloned());
-        let exec = state
-            .node
-            .exec(
-                handle,
-                &ExecSpec {
-                    cmd,
-                    ..ExecSpec::default()
-                },
-            )
-            .await?;
-        drop(exec.input);
-        let mut output = exec.output;
-        while output.next().await.is_some() {}
-        let status = exec.control.wait().await?;
+        let spec = ExecSpec {
+            cmd,
+            ..ExecSpec::default()
+        };
+        let removed = crate::collect::collect(state.node.as_ref(), handle, &spec, 4096, None).await?;
+        let status = removed.exit_code;
         if status != Some(0) {
             return Err(Error::Internal(format!(
                 "removing the snapshot's deleted paths failed (exit {status:?})"
