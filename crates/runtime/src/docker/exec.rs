@@ -16,8 +16,11 @@ use super::{container_error, engine_error};
 use crate::{Exec, ExecControl, ExecOutput, ExecSpec, Result, RuntimeError, proctree};
 
 /// Stops the process whose pid is in file `$1`, finds all its descendants through the sandbox's
-/// `/proc`, and kills them all. POSIX sh and `kill` only, so it runs on any template.
-const KILL_TREE_SCRIPT: &str = r#"root=$(cat "$1" 2>/dev/null) || exit 0
+/// `/proc`, and kills them all. POSIX sh and `kill` only, so it runs on any template. A command
+/// killed the instant it started may not have written its pid yet: the file is waited for (5 s).
+const KILL_TREE_SCRIPT: &str = r#"tries=0
+while [ ! -s "$1" ] && [ "$tries" -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+root=$(cat "$1" 2>/dev/null) || exit 0
 kill -STOP "$root" 2>/dev/null
 all="$root"; frontier="$root"
 while [ -n "$frontier" ]; do
@@ -164,15 +167,12 @@ impl ExecControl for DockerExec {
         if let Some(pid_file) = &self.pid_file {
             return kill_inside(&self.docker, &self.container, pid_file).await;
         }
-        let pid = inspect.pid.unwrap_or(0);
-        if pid <= 0 {
+        // The engine marks an exec running a moment before it records its pid.
+        let Some(pid) = self.host_pid().await? else {
             return Err(RuntimeError::KillFailed {
                 reason: "the engine did not report the command's process".into(),
             });
-        }
-        let pid = i32::try_from(pid).map_err(|_| RuntimeError::KillFailed {
-            reason: format!("bad pid {pid}"),
-        })?;
+        };
         tokio::task::spawn_blocking(move || proctree::kill_tree(pid))
             .await
             .map_err(|err| RuntimeError::KillFailed {
