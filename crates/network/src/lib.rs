@@ -12,6 +12,7 @@ pub mod firewall;
 pub mod http;
 pub mod link;
 pub mod nflog;
+pub mod netlink;
 mod nfnetlink;
 pub mod ranges;
 pub mod sni;

@@ -2,7 +2,7 @@
 //! over: opening it, reading datagrams of messages, walking their attributes.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 
@@ -10,35 +10,7 @@ const NETLINK_NETFILTER: libc::c_int = 12;
 
 /// A non-blocking netfilter netlink socket, bound to the multicast `groups` (a bit mask).
 pub(crate) fn socket(groups: u32) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket creation; the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            NETLINK_NETFILTER,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_nl is plain old data.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr.nl_groups = groups;
-    // SAFETY: bind with a valid address of the right size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
+    crate::netlink::bound(NETLINK_NETFILTER, groups, None)
 }
 
 /// Datagrams from a socket made by [`socket`], on the runtime's reactor.

@@ -71,4 +71,3 @@ pub(crate) async fn collect(
     collected.duration_ms = started.elapsed().as_millis() as u64;
     Ok(collected)
 }
-

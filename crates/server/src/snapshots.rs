@@ -209,7 +209,8 @@ async fn apply(
             cmd,
             ..ExecSpec::default()
         };
-        let removed = crate::collect::collect(state.node.as_ref(), handle, &spec, 4096, None).await?;
+        let removed =
+            crate::collect::collect(state.node.as_ref(), handle, &spec, 4096, None).await?;
         let status = removed.exit_code;
         if status != Some(0) {
             return Err(Error::Internal(format!(

@@ -7,7 +7,7 @@
 //! counted rather than silent.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 const NETLINK_CONNECTOR: libc::c_int = 11;
 const CN_IDX_PROC: u32 = 1;
@@ -52,44 +52,8 @@ impl ProcConnector {
     /// [`EVENTS_EXEC`], [`EVENTS_FORK_EXIT`]; kernels before 6.6 send every kind, and the others
     /// are dropped here). Needs `CAP_NET_ADMIN` in the initial namespaces.
     pub fn open(events: u32) -> io::Result<ProcConnector> {
-        // SAFETY: plain socket creation; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                NETLINK_CONNECTOR,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: setsockopt with a pointer to an int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&RECEIVE_BUFFER as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        // SAFETY: sockaddr_nl is plain old data.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = CN_IDX_PROC;
-        // SAFETY: bind with a valid address of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd =
+            caged_network::netlink::bound(NETLINK_CONNECTOR, CN_IDX_PROC, Some(RECEIVE_BUFFER))?;
         // struct proc_input { mcast_op, event_type }: the kernel sends only those kinds.
         let mut request = Vec::with_capacity(NLMSG_HDRLEN + CN_MSG_LEN + 8);
         let total = (NLMSG_HDRLEN + CN_MSG_LEN + 8) as u32;
