@@ -492,13 +492,11 @@ fn line_for(lines: &HashMap<String, usize>, key: &str) -> Option<usize> {
 fn yaml_to_json(text: &str) -> Result<(Value, HashMap<String, usize>), ConfigError> {
     let mut builder = JsonBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, false)
-        .map_err(|err| ConfigError {
-            key: String::new(),
-            line: Some(err.marker().line()),
-            message: format!("not valid YAML: {}", err.info()),
-        })?;
+    parser.load(&mut builder, true).map_err(|err| ConfigError {
+        key: String::new(),
+        line: Some(err.marker().line()),
+        message: format!("not valid YAML: {}", err.info()),
+    })?;
     if let Some(err) = builder.error {
         return Err(err);
     }
@@ -523,6 +521,8 @@ struct JsonBuilder {
     root: Option<Value>,
     lines: HashMap<String, usize>,
     error: Option<ConfigError>,
+    /// Documents begun so far.
+    documents: usize,
 }
 
 impl JsonBuilder {
@@ -611,7 +611,10 @@ impl MarkedEventReceiver for JsonBuilder {
                 let value = if self.expecting_key() || style != TScalarStyle::Plain {
                     Value::String(text)
                 } else {
-                    plain_scalar(&text)
+                    match plain_scalar(&text) {
+                        Ok(value) => value,
+                        Err(why) => return self.fail(&self.child_path(), line, why),
+                    }
                 };
                 if !self.expecting_key() {
                     let path = self.child_path();
@@ -657,34 +660,72 @@ impl MarkedEventReceiver for JsonBuilder {
                 let path = self.child_path();
                 self.fail(&path, line, "aliases are not supported");
             }
+            // A second document (`---`) would be read by no one: refused, not ignored.
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    self.fail(
+                        "",
+                        line,
+                        "a second YAML document starts here; the file must hold one (remove the `---`)",
+                    );
+                }
+            }
             _ => {}
         }
     }
 }
 
-/// YAML 1.2 core schema resolution of an unquoted scalar.
-fn plain_scalar(text: &str) -> Value {
+/// YAML 1.2 core schema resolution of an unquoted scalar. A number too large for a float
+/// (`1e309`) or spelled as infinity is refused: JSON has no such value, and it must not pass
+/// as "no value".
+fn plain_scalar(text: &str) -> Result<Value, &'static str> {
     match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
+        "" | "~" | "null" | "Null" | "NULL" => return Ok(Value::Null),
+        "true" | "True" | "TRUE" => return Ok(Value::Bool(true)),
+        "false" | "False" | "FALSE" => return Ok(Value::Bool(false)),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "-.inf" | ".nan" | ".NaN" | ".NAN" => {
+            return Err("must be a finite number");
+        }
         _ => {}
     }
     if let Ok(int) = text.parse::<i64>() {
-        return Value::from(int);
+        return Ok(Value::from(int));
     }
     let looks_numeric = text
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
         && text.bytes().any(|b| b.is_ascii_digit());
     if looks_numeric && let Ok(float) = text.parse::<f64>() {
-        return Value::from(float);
+        if !float.is_finite() {
+            return Err("must be a finite number");
+        }
+        return Ok(Value::from(float));
     }
-    Value::String(text.to_string())
+    Ok(Value::String(text.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_second_document_and_infinite_numbers_are_refused() {
+        let err =
+            SandboxConfig::from_yaml("template: busybox\n---\nnetwork_mode: none\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.message.contains("second YAML document"), "{err}");
+        for budget in ["1e309", "-1e309", ".inf", ".nan"] {
+            let err = SandboxConfig::from_yaml(&format!("template: busybox\nbudget: {budget}\n"))
+                .unwrap_err();
+            assert_eq!(
+                (err.key.as_str(), err.line),
+                ("budget", Some(2)),
+                "{budget}: {err}"
+            );
+            assert!(err.message.contains("finite"), "{budget}: {err}");
+        }
+        // One document with an explicit start is still one.
+        assert!(SandboxConfig::from_yaml("---\ntemplate: busybox\n").is_ok());
+    }
 
     #[test]
     fn a_config_written_as_yaml_reads_back_the_same() {

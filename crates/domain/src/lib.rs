@@ -4,6 +4,7 @@
 pub mod config;
 pub mod event;
 pub mod id;
+pub mod json;
 pub mod lifecycle;
 pub mod time;
 
