@@ -60,8 +60,12 @@ pub struct LocalStorage {
 }
 
 impl LocalStorage {
+    /// The folder is the operator's only (0700), and so is every blob in it (0600): a
+    /// snapshot holds whatever the sandbox held.
     pub fn new(dir: PathBuf) -> io::Result<LocalStorage> {
+        use std::os::unix::fs::PermissionsExt;
         fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         Ok(LocalStorage { dir })
     }
 
@@ -81,7 +85,15 @@ impl Storage for LocalStorage {
     fn create(&self, id: &str) -> io::Result<PendingBlob> {
         let target = self.path(id)?;
         let partial = target.with_extension("zst.partial");
-        let file = File::create(&partial)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)?
+        };
         Ok(PendingBlob {
             file,
             partial,

@@ -49,6 +49,12 @@ pub enum StoreError {
     NotFound { id: SandboxId },
     #[error("an account named {name:?} already exists")]
     AccountExists { name: String },
+    #[error("cannot set the mode of {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -161,7 +167,10 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens (or creates) the database at `path`. It and its journal are the operator's only
+    /// (0600): it holds key hashes, webhook secrets and the gateway's key.
     pub fn open(path: &Path) -> Result<Store> {
+        restrict(path, true)?;
         let mut conn = Connection::open(path)?;
         // WAL keeps readers off writers' backs; NORMAL is durable across a process kill (the
         // case that matters for a control plane), trading only the last commit on power loss.
@@ -170,6 +179,12 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
+        // The journal files take the database's mode when SQLite makes them; older ones may not.
+        for suffix in ["-wal", "-shm"] {
+            let mut journal = path.as_os_str().to_owned();
+            journal.push(suffix);
+            restrict(Path::new(&journal), false)?;
+        }
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -687,6 +702,32 @@ pub(crate) fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result
     }))
 }
 
+/// Makes `path` the owner's only (0600); with `create`, a missing file is created empty with
+/// that mode from the start (before SQLite writes a byte of it).
+fn restrict(path: &Path, create: bool) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if create {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(io(err)),
+        }
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Err(err) if !create && err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(io),
+    }
+}
+
 pub(crate) fn insert_event(
     tx: &rusqlite::Transaction<'_>,
     id: SandboxId,
@@ -831,6 +872,27 @@ fn account_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_database_and_its_journal_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("caged.db");
+        let store = Store::open(&path).unwrap();
+        store.meta_get_or_insert("k", || "v".into()).unwrap();
+        for name in ["caged.db", "caged.db-wal", "caged.db-shm"] {
+            let file = dir.path().join(name);
+            if let Ok(meta) = std::fs::metadata(&file) {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+            }
+        }
+        drop(store);
+        // An installation made before this, world-readable, is tightened when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     use super::*;
     use SandboxState::*;
 
