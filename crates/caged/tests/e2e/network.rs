@@ -636,6 +636,30 @@ async fn none_mode_has_no_link() {
     assert_eq!(links.stdout.split_whitespace().collect::<Vec<_>>(), ["lo"]);
     let network = server.client.network(&id).await.unwrap();
     assert_eq!(network["link"], Value::Null);
+    // Nor does it learn the host's resolvers or search domains.
+    let resolv = server
+        .client
+        .run(&id, &["cat", "/etc/resolv.conf"])
+        .await
+        .unwrap()
+        .stdout;
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let entries = |text: &str, key: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|line| line.trim().strip_prefix(key))
+            .flat_map(|rest| rest.split_whitespace().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(entries(&resolv, "nameserver"), ["127.0.0.1"], "{resolv}");
+    for search in entries(&host, "search")
+        .iter()
+        .chain(&entries(&host, "domain"))
+    {
+        assert!(
+            !resolv.contains(search.as_str()),
+            "host search domain {search} in {resolv}"
+        );
+    }
 }
 
 /// What an engine restart does to a sandbox (its processes lost, a new namespace without the

@@ -277,10 +277,15 @@ impl DockerRuntime {
         let memory = (spec.resources.memory as i64) << 20;
         // The engine gives every sandbox a namespace with loopback only; Caged adds the link
         // itself (see caged_network::link), so the engine's own networking is never involved.
-        let dns = spec
-            .link
-            .as_ref()
-            .map(|link| vec![link.host_addr.to_string()]);
+        // Without a link (`network_mode: none`) the engine would copy the host's resolvers and
+        // search domains in: name a loopback resolver that nothing answers instead.
+        let (dns, dns_search) = match &spec.link {
+            Some(link) => (Some(vec![link.host_addr.to_string()]), None),
+            None => (
+                Some(vec!["127.0.0.1".to_string()]),
+                Some(vec![".".to_string()]),
+            ),
+        };
         let host_config = HostConfig {
             init: Some(true),
             cap_drop: Some(vec!["ALL".into()]),
@@ -304,6 +309,7 @@ impl DockerRuntime {
             }),
             network_mode: Some("none".into()),
             dns,
+            dns_search,
             runtime: (spec.isolation == Isolation::Gvisor).then(|| GVISOR_RUNTIME.to_string()),
             log_config: Some(bollard::models::HostConfigLogConfig {
                 typ: Some("none".into()),
