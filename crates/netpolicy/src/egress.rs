@@ -301,7 +301,8 @@ async fn connect(
     // The bytes read to find the name first; the rest moves inside the kernel.
     let copied = async {
         upstream.write_all(&hello).await?;
-        caged_network::splice::relay(&client, &upstream).await
+        caged_network::splice::relay(&client, &upstream, caged_network::splice::AFTER_HALF_CLOSE)
+            .await
     }
     .await;
     let (up, down) = copied.unwrap_or((0, 0));

@@ -4,17 +4,57 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Bytes a pipe holds between the two splices.
 const PIPE_BYTES: usize = 1 << 20;
 
-/// Relays both directions until each has ended; answers (bytes a→b, bytes b→a).
-pub async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    let (there, back) = tokio::join!(one_way(a, b), one_way(b, a));
-    Ok((there?, back?))
+/// How long the other direction may carry nothing once one has ended, before the relay gives
+/// up on it: a client that went away must not leave its upstream (two sockets, two pipes)
+/// held until the upstream closes.
+pub const AFTER_HALF_CLOSE: Duration = Duration::from_secs(60);
+
+/// Relays both directions until each has ended, or one failed (a reset: the other is dropped
+/// at once), or one ended and the other then carried nothing for `after_half_close`; answers
+/// (bytes a→b, bytes b→a).
+pub async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    after_half_close: Duration,
+) -> io::Result<(u64, u64)> {
+    let (moved_there, moved_back) = (AtomicU64::new(0), AtomicU64::new(0));
+    let there = one_way(a, b, &moved_there);
+    let back = one_way(b, a, &moved_back);
+    tokio::pin!(there, back);
+    let (ended, rest, rest_moved) = tokio::select! {
+        ended = &mut there => (ended, back.as_mut().left_future(), &moved_back),
+        ended = &mut back => (ended, there.as_mut().right_future(), &moved_there),
+    };
+    ended?;
+    let mut rest = rest;
+    loop {
+        let before = rest_moved.load(Ordering::Relaxed);
+        tokio::select! {
+            done = &mut rest => {
+                done?;
+                break;
+            }
+            () = tokio::time::sleep(after_half_close) => {
+                if rest_moved.load(Ordering::Relaxed) == before {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((
+        moved_there.load(Ordering::Relaxed),
+        moved_back.load(Ordering::Relaxed),
+    ))
 }
 
 struct Pipe {
@@ -63,7 +103,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, moved: &AtomicU64) -> io::Result<u64> {
     let pipe = pipe()?;
     let mut in_pipe = 0usize;
     let mut total = 0u64;
@@ -97,6 +137,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
                 Ok(n) => {
                     in_pipe -= n;
                     total += n as u64;
+                    moved.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     // Full downstream: wait for it, unless there is room to read ahead meanwhile.
@@ -132,7 +173,10 @@ mod tests {
         // client <-> (a | relay | b) <-> server
         let (mut client, a) = pair().await;
         let (b, mut server) = pair().await;
-        let relay = tokio::spawn(async move { super::relay(&a, &b).await.unwrap() });
+        let relay =
+            tokio::spawn(
+                async move { super::relay(&a, &b, super::AFTER_HALF_CLOSE).await.unwrap() },
+            );
         let payload: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let sent = payload.clone();
         let upload = tokio::spawn(async move {
@@ -150,5 +194,47 @@ mod tests {
         drop(server);
         assert_eq!(upload.await.unwrap(), b"thanks");
         assert_eq!(relay.await.unwrap(), (5_000_000, 6));
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_releases_an_upstream_that_never_closes() {
+        let (client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let relay = tokio::spawn(async move {
+            super::relay(&a, &b, std::time::Duration::from_millis(100)).await
+        });
+        let mut client = client;
+        client.write_all(b"request").await.unwrap();
+        drop(client); // the client goes away; the server never answers nor closes
+        let mut request = [0u8; 7];
+        server.read_exact(&mut request).await.unwrap();
+        // Bounded only so a regression fails instead of hanging the suite.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), relay)
+            .await
+            .expect("the relay let go of the upstream")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended, (7, 0));
+        // And the server sees its side closed.
+        let mut rest = Vec::new();
+        assert_eq!(server.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_both_directions_at_once() {
+        let (client, a) = pair().await;
+        let (b, _server) = pair().await;
+        let relay =
+            tokio::spawn(async move { super::relay(&a, &b, super::AFTER_HALF_CLOSE).await });
+        // A reset (SO_LINGER 0) rather than a close.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), relay)
+            .await
+            .expect("the relay ended with the reset")
+            .unwrap();
+        assert!(ended.is_err(), "{ended:?}");
     }
 }
