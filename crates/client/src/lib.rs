@@ -7,9 +7,8 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -38,60 +37,10 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Sandbox {
-    pub id: String,
-    pub name: Option<String>,
-    pub state: String,
-    pub template: String,
-    pub isolation: String,
-    pub resources: Resources,
-    pub timeout_seconds: u64,
-    pub network_mode: String,
-    pub allowed_hosts: Vec<String>,
-    pub budget_usd: Option<f64>,
-    pub created_at: String,
-    pub running_seconds: f64,
-    pub transitions: Vec<TransitionView>,
-    pub init: Option<Value>,
-    pub destroyed_reason: Option<String>,
-    /// What it spent, in micro-dollars (absent from servers before cost tracking).
-    #[serde(default)]
-    pub cost: Option<Cost>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct Cost {
-    pub compute_micros: i64,
-    pub llm_micros: i64,
-    pub total_micros: i64,
-    pub budget_micros: Option<i64>,
-    pub budget_percent: Option<f64>,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct Resources {
-    pub cpu: f64,
-    pub memory_mb: u64,
-    pub disk_gb: u64,
-    pub disk_enforced: bool,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct TransitionView {
-    pub state: String,
-    pub at: String,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct ExecResult {
-    pub exit_code: Option<i64>,
-    pub stdout: String,
-    pub stderr: String,
-    pub truncated: bool,
-    pub timed_out: bool,
-    pub duration_ms: u64,
-}
+/// The API's types, for reading what the `Value`-returning methods answer.
+pub use caged_wire as wire;
+/// The answers the typed methods return, under the names they have always had here.
+pub use caged_wire::{Cost, ExecResult, Resources, Sandbox, TransitionView};
 
 /// A file read from a sandbox: its kind (`file` or `directory`, the latter as a tar) and bytes.
 pub struct Download {
@@ -170,19 +119,21 @@ impl Client {
     }
 
     pub async fn list_sandboxes(&self, all: bool) -> Result<Vec<Sandbox>> {
-        #[derive(Deserialize)]
-        struct List {
-            sandboxes: Vec<Sandbox>,
-        }
-        let list: List = self
+        let list: wire::SandboxList = self
             .json(self.request(Method::GET, &format!("/v1/sandboxes?all={all}")))
             .await?;
-        Ok(list.sandboxes)
+        Ok(list
+            .sandboxes
+            .into_iter()
+            .map(|item| item.sandbox)
+            .collect())
     }
 
     pub async fn sandbox(&self, id: &str) -> Result<Sandbox> {
-        self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}")))
-            .await
+        let detail: wire::SandboxDetail = self
+            .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}")))
+            .await?;
+        Ok(detail.sandbox)
     }
 
     /// The sandbox as raw JSON, with every field the server sends.
@@ -222,7 +173,15 @@ impl Client {
 
     /// Shorthand: run `argv` and collect its output.
     pub async fn run(&self, id: &str, argv: &[&str]) -> Result<ExecResult> {
-        self.exec(id, &json!({ "cmd": argv })).await
+        let request = wire::ExecRequest {
+            cmd: argv.iter().map(|arg| arg.to_string()).collect(),
+            ..Default::default()
+        };
+        self.json(
+            self.request(Method::POST, &format!("/v1/sandboxes/{id}/exec"))
+                .json(&request),
+        )
+        .await
     }
 
     /// Starts a streaming exec over a WebSocket.
@@ -341,7 +300,9 @@ impl Client {
     }
 
     pub async fn create_snapshot(&self, id: &str, name: Option<&str>) -> Result<Value> {
-        let body = json!({ "name": name });
+        let body = wire::CreateSnapshot {
+            name: name.map(str::to_string),
+        };
         self.json(
             self.request(Method::POST, &format!("/v1/sandboxes/{id}/snapshots"))
                 .json(&body),
@@ -389,7 +350,9 @@ impl Client {
         port: u16,
         password: Option<&str>,
     ) -> Result<Value> {
-        let body = json!({ "password": password });
+        let body = wire::ProtectPreview {
+            password: password.map(str::to_string),
+        };
         self.json(
             self.request(Method::PUT, &format!("/v1/sandboxes/{id}/previews/{port}"))
                 .json(&body),
@@ -416,7 +379,9 @@ impl Client {
                 Method::PUT,
                 &format!("/v1/sandboxes/{id}/network/allowed-hosts"),
             )
-            .json(&json!({ "allowed_hosts": hosts })),
+            .json(&wire::SetAllowedHosts {
+                allowed_hosts: hosts.to_vec(),
+            }),
         )
         .await
     }
@@ -431,7 +396,7 @@ impl Client {
     pub async fn set_budget(&self, id: &str, budget_usd: Option<f64>) -> Result<Value> {
         self.json(
             self.request(Method::PUT, &format!("/v1/sandboxes/{id}/budget"))
-                .json(&json!({ "budget_usd": budget_usd })),
+                .json(&wire::SetBudget { budget_usd }),
         )
         .await
     }
@@ -452,7 +417,9 @@ impl Client {
     pub async fn set_webhook(&self, url: &str) -> Result<Value> {
         self.json(
             self.request(Method::PUT, "/v1/account/webhook")
-                .json(&json!({ "url": url })),
+                .json(&wire::SetWebhook {
+                    url: url.to_string(),
+                }),
         )
         .await
     }
@@ -475,7 +442,9 @@ impl Client {
     }
 
     pub async fn restore(&self, id: &str, snapshot: &str) -> Result<Sandbox> {
-        let body = json!({ "snapshot_id": snapshot });
+        let body = wire::Restore {
+            snapshot_id: snapshot.to_string(),
+        };
         self.json(
             self.request(Method::POST, &format!("/v1/sandboxes/{id}/restore"))
                 .json(&body),
@@ -517,7 +486,9 @@ impl Client {
     pub async fn create_account(&self, name: &str) -> Result<Value> {
         self.json(
             self.request(Method::POST, "/v1/accounts")
-                .json(&json!({ "name": name })),
+                .json(&wire::CreateAccount {
+                    name: name.to_string(),
+                }),
         )
         .await
     }
@@ -606,15 +577,14 @@ impl ExecInput {
 
     pub async fn eof(&mut self) -> Result<()> {
         self.sink
-            .send(Message::Text(json!({ "type": "eof" }).to_string().into()))
+            .send(control(&wire::ExecClientMessage::Eof))
             .await?;
         Ok(())
     }
 
     pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<()> {
-        let message = json!({ "type": "resize", "cols": cols, "rows": rows });
         self.sink
-            .send(Message::Text(message.to_string().into()))
+            .send(control(&wire::ExecClientMessage::Resize { cols, rows }))
             .await?;
         Ok(())
     }
@@ -623,6 +593,12 @@ impl ExecInput {
         self.sink.close().await?;
         Ok(())
     }
+}
+
+/// A control message as a text frame.
+fn control(message: &wire::ExecClientMessage) -> Message {
+    // A tag and two numbers: nothing in it fails to serialize.
+    Message::Text(serde_json::to_string(message).unwrap_or_default().into())
 }
 
 impl ExecOutputStream {

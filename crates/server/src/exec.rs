@@ -19,8 +19,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::collect::{Collected, collect};
 use crate::error::{Error, Result};
+use crate::sandboxes;
 use crate::sessions::Session;
-use crate::{AppState, sandboxes};
+use crate::state::AppState;
 use caged_activity::Busy;
 
 /// A command to run, as every door asks for it.

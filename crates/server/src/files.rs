@@ -15,7 +15,8 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::paths::{sandbox_path, split};
-use crate::{AppState, blocking, sandboxes};
+use crate::state::AppState;
+use crate::{blocking, sandboxes};
 
 const MAX_LINK_HOPS: usize = 8;
 

@@ -3,7 +3,6 @@
 //! and serves the HTTP API.
 
 mod api;
-mod auth;
 mod blocking;
 mod collect;
 mod config;
@@ -13,11 +12,16 @@ mod error;
 mod exec;
 mod failpoint;
 mod files;
+mod keys;
+mod locks;
 mod paths;
 mod sandboxes;
 mod sessions;
 mod snapshots;
+mod state;
 mod tasks;
+
+use state::AppState;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,30 +64,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// What handlers share.
-pub(crate) struct AppState {
-    /// The database, and the live feed of the events written to it.
-    pub db: Db,
-    /// The host that runs the sandboxes: every engine, network, preview and observation call
-    /// goes through it.
-    pub node: Arc<dyn Node>,
-    /// What the node's engine is doing.
-    pub engine: watch::Receiver<EngineStatus>,
-    pub installation_id: String,
-    pub config: ServerConfig,
-    pub locks: sandboxes::Locks,
-    pub activity: Arc<caged_activity::Activity>,
-    pub snapshots: Arc<dyn caged_snapshot::Storage>,
-    /// Sandboxes that just paused, for the auto-snapshot worker.
-    pub auto_snapshots: tokio::sync::mpsc::UnboundedSender<caged_domain::SandboxId>,
-    /// Cancelled when the server is stopping; loops and long-lived streams end on it.
-    pub stop: tokio_util::sync::CancellationToken,
-    /// Tells the budget guard to look now (an LLM call was charged, a budget changed).
-    pub budget_checks: Arc<tokio::sync::Notify>,
-    /// Tells the webhook sender a delivery was queued.
-    pub webhook_sends: tokio::sync::Notify,
 }
 
 /// A server that is listening. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -146,7 +126,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         .run(|store| store.meta_get_or_insert("installation_id", || caged_domain::random_hex(6)))
         .await?;
     let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
-    auth::ensure_admin(&db, &admin_key_path).await?;
+    keys::ensure_admin(&db, &admin_key_path)
+        .await
+        .map_err(|err| match err {
+            keys::AdminKeyError::Write { path, source } => StartError::DataDir { path, source },
+            keys::AdminKeyError::Store(err) => StartError::Store(err),
+        })?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -200,7 +185,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         engine: engine.clone(),
         installation_id: installation_id.clone(),
         config,
-        locks: sandboxes::Locks::default(),
+        locks: locks::Locks::default(),
         activity,
         snapshots,
         auto_snapshots,
@@ -215,6 +200,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     for (name, task) in node.loops(lifecycle, &tasks.stopping()) {
         tasks.spawn(name, task);
     }
+    controllers::budget::before_serving(&state).await;
     tasks.spawn(
         "auto_snapshot",
         controllers::auto_snapshot::run(state.clone(), paused),

@@ -3,8 +3,7 @@
 //! sandbox at a time. Work on a sandbox (exec, files) marks it active and wakes it if it sleeps.
 
 use caged_domain::EventKind;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxConfig, SandboxId, SandboxState};
@@ -14,7 +13,8 @@ use caged_store::{NewSandbox, SandboxRecord, StoreError};
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::{AppState, failpoint};
+use crate::failpoint;
+use crate::state::AppState;
 use caged_activity::Busy;
 use caged_node::EngineStatus;
 
@@ -42,40 +42,6 @@ impl caged_preview::Lifecycle for ForPreviews {
 
     fn engine_up(&self) -> bool {
         matches!(&*self.0.engine.borrow(), EngineStatus::Up(_))
-    }
-}
-
-/// One async lock per sandbox: operations on one sandbox never interleave, and different
-/// sandboxes never wait on each other.
-#[derive(Default)]
-pub(crate) struct Locks {
-    map: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl Locks {
-    pub(crate) async fn lock(&self, id: SandboxId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self
-                .map
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Drop locks nobody holds or waits on, so the map does not grow without bound.
-            map.retain(|_, lock| Arc::strong_count(lock) > 1);
-            map.entry(id).or_default().clone()
-        };
-        lock.lock_owned().await
-    }
-
-    /// The lock if nobody holds it; for background work that should yield to requests.
-    pub(crate) fn try_lock(&self, id: SandboxId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let lock = {
-            let mut map = self
-                .map
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            map.entry(id).or_default().clone()
-        };
-        lock.try_lock_owned().ok()
     }
 }
 

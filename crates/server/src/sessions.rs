@@ -8,8 +8,8 @@ use std::sync::Arc;
 use caged_domain::time::now_ms;
 use caged_store::{NewSession, SandboxRecord};
 
-use crate::AppState;
 use crate::error::{Error, Result};
+use crate::state::AppState;
 
 /// An open session; ending it is explicit ([`Session::end`]), and dropping it unended (an error
 /// path, a dropped connection) ends it as lost.

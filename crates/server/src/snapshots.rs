@@ -12,12 +12,13 @@ use caged_node::Start;
 use caged_runtime::{ExecSpec, FsChange};
 use caged_snapshot::Change;
 use caged_store::{SandboxRecord, SnapshotRecord};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::sandboxes::{self, CreateOptions, container_of, engine_ready, get};
-use crate::{AppState, blocking, failpoint};
+use crate::state::AppState;
+use crate::{blocking, failpoint};
 
 /// Deletions are passed to `rm` as argv, this many at a time.
 const RM_BATCH: usize = 256;

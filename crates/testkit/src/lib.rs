@@ -200,7 +200,14 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same data folder (a new port).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`TestServer::restart`] with its configuration changed by `adjust` (kept for later
+    /// restarts).
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut ServerConfig)) {
         self.shutdown().await;
+        adjust(&mut self.config);
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().expect("loopback address");
         config.preview.listen = "127.0.0.1:0".parse().expect("loopback address");
@@ -347,7 +354,12 @@ pub async fn bare_relay(
             };
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            let _ = caged_network::splice::relay(&client, &upstream).await;
+            let _ = caged_network::splice::relay(
+                &client,
+                &upstream,
+                caged_network::splice::AFTER_HALF_CLOSE,
+            )
+            .await;
         });
     }
 }

@@ -614,3 +614,35 @@ async fn budgets_and_webhooks_reject_bad_input() {
     assert!(err.contains("--webhook-allow-private"), "{err}");
     client.destroy(&id).await.unwrap();
 }
+
+/// A sandbox a restarted server finds past its budget (here: prices raised while it was down)
+/// is destroyed, after its final snapshot, before the API answers anything about it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_found_over_budget_at_start_is_gone_before_the_api_serves() {
+    let llm = FakeLlm::start(0, 0).await;
+    let mut server = server_with(&llm, "compute: { vcpu_hour: 0, gib_hour: 0 }\n").await;
+    let id = server
+        .sandbox(json!({ "template": "busybox", "budget": 1.0 }))
+        .await;
+    // Running costs nothing yet; let it run a little.
+    server.client.run(&id, &["true"]).await.unwrap();
+    let expensive = caged_cost::Prices::from_yaml("compute: { vcpu_hour: 1000000, gib_hour: 0 }\n")
+        .expect("a valid price table");
+    server
+        .restart_with(move |config| config.cost.prices = expensive)
+        .await;
+    let sandbox = server.client.sandbox(&id).await.unwrap();
+    assert_eq!(
+        sandbox.state, "destroyed",
+        "the first answer after the restart"
+    );
+    let view = server.client.sandbox_json(&id).await.unwrap();
+    assert_eq!(view["destroyed_reason"], "budget exceeded", "{view}");
+    let snapshots = server.client.snapshots(&id).await.unwrap();
+    assert!(
+        snapshots
+            .iter()
+            .any(|s| s["name"] == "final (budget exceeded)"),
+        "{snapshots:?}"
+    );
+}

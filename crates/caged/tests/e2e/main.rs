@@ -17,6 +17,7 @@ mod idle;
 mod lifecycle;
 mod limits;
 mod network;
+mod openapi;
 mod previews;
 mod security;
 mod sessions;

@@ -8,18 +8,30 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use caged_domain::random_hex;
 use caged_domain::time::{now_ms, rfc3339_from_ms};
-use serde_json::{Value, json};
+use caged_wire as wire;
+use serde_json::Value;
 
-use super::ApiError;
-use super::sandboxes::json_body;
-use crate::AppState;
-use crate::auth::{Admin, new_key};
+use super::auth::Admin;
+use super::body::json_body;
+use super::docs::Failures;
+use super::error::ApiError;
+use crate::keys::new_key;
+use crate::state::AppState;
 
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    operation_id = "create_account",
+    summary = "Create an account and its API key (admin)",
+    request_body = wire::CreateAccount,
+    responses((status = 201, description = "Created; the key is shown only now", body = wire::NewAccount), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Admin(admin): Admin,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<wire::NewAccount>), ApiError> {
     let body = json_body(&body)?;
     let name = body
         .get("name")
@@ -40,30 +52,36 @@ pub(crate) async fn create(
     tracing::info!(account = %account.name, by = %admin.name, "account created");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": account.id,
-            "name": account.name,
-            "created_at": rfc3339_from_ms(account.created_at_ms),
-            "api_key": token,
-        })),
+        Json(wire::NewAccount {
+            api_key: token,
+            created_at: rfc3339_from_ms(account.created_at_ms),
+            id: account.id,
+            name: account.name,
+        }),
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts",
+    operation_id = "list_accounts",
+    summary = "List accounts (admin)",
+    responses((status = 200, description = "OK", body = wire::AccountList), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Admin(_): Admin,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::AccountList>, ApiError> {
     let accounts = state.db.run(move |store| store.list_accounts()).await?;
-    let accounts: Vec<Value> = accounts
-        .iter()
-        .map(|account| {
-            json!({
-                "id": account.id,
-                "name": account.name,
-                "admin": account.is_admin,
-                "created_at": rfc3339_from_ms(account.created_at_ms),
-            })
+    let accounts = accounts
+        .into_iter()
+        .map(|account| wire::AccountView {
+            admin: account.is_admin,
+            created_at: rfc3339_from_ms(account.created_at_ms),
+            id: account.id,
+            name: account.name,
         })
         .collect();
-    Ok(Json(json!({ "accounts": accounts })))
+    Ok(Json(wire::AccountList { accounts }))
 }

@@ -10,41 +10,59 @@ use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use caged_domain::SandboxId;
-use caged_domain::time::rfc3339_from_ms;
 use caged_store::Event;
+use caged_wire as wire;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::ApiError;
-use super::sandboxes::parse_id;
-use crate::auth::Caller;
-use crate::{AppState, sandboxes};
+use super::auth::Caller;
+use super::body::parse_id;
+use super::docs::{Failures, SandboxPath};
+use super::error::ApiError;
+use super::view;
+use crate::sandboxes;
+use crate::state::AppState;
 
 pub(crate) const MAX_PAGE: i64 = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
+    /// Only events after this sequence number.
     #[serde(default)]
     pub(crate) after: i64,
+    /// At most this many (1 to 1000, the default).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<i64>,
+    /// Stream as Server-Sent Events (`text/event-stream`): the backlog after `after`, then live.
+    /// Ignored for a session's events.
     #[serde(default)]
     follow: bool,
 }
 
-pub(crate) fn view(event: &Event) -> Value {
-    json!({
-        "id": event.seq.to_string(),
-        "seq": event.seq,
-        "sandbox_id": event.sandbox_id,
-        "at": rfc3339_from_ms(event.at_ms),
-        "kind": event.kind,
-        "payload": event.payload,
-        "session_id": event.session_id,
-    })
-}
-
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/events",
+    operation_id = "list_events",
+    summary = "A sandbox's event log",
+    description = "Oldest first. With `follow=true` the answer is a Server-Sent Events stream \
+                   instead: each message's `id` is the event's `seq`, its `event` the kind and \
+                   its `data` the event as JSON (an `Event`); the backlog after `after` comes \
+                   first, then events as they happen, without gaps or repeats, with a comment \
+                   every 15 seconds to keep the connection open. Reconnect with `after` set to \
+                   the last `id` seen.",
+    params(SandboxPath, EventsQuery),
+    responses(
+        (status = 200, description = "The events; a stream of them with `follow=true`",
+         content(
+            (wire::EventList = "application/json"),
+            (String = "text/event-stream"),
+         )),
+        Failures,
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
@@ -58,7 +76,8 @@ pub(crate) async fn list(
     }
     let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let events = page(&state, &account.id, id, query.after, limit).await?;
-    Ok(Json(json!({ "events": events.iter().map(view).collect::<Vec<_>>() })).into_response())
+    let events = events.iter().map(view::event).collect();
+    Ok(Json(wire::EventList { events }).into_response())
 }
 
 async fn page(
@@ -135,5 +154,11 @@ fn sse(event: &Event) -> SseEvent {
     SseEvent::default()
         .id(event.seq.to_string())
         .event(event.kind.clone())
-        .data(view(event).to_string())
+        .data(sse_data(event))
+}
+
+/// An event as one line of JSON, the `data` of its SSE message.
+fn sse_data(event: &Event) -> String {
+    // An event is strings, numbers and JSON already parsed: nothing in it fails to serialize.
+    serde_json::to_string(&view::event(event)).unwrap_or_default()
 }

@@ -16,36 +16,72 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use caged_domain::SandboxId;
 use caged_runtime::ExecOutput;
+use caged_wire as wire;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::ApiError;
-use super::sandboxes::{json_body, parse_id};
-use crate::AppState;
-use crate::auth::Caller;
+use super::auth::Caller;
+use super::body::{json_body, parse_id};
+use super::docs::{Failures, SandboxPath};
+use super::error::ApiError;
 use crate::exec::{Channel, Ended, ExecRequest, Input, Interactive};
 use crate::sandboxes;
+use crate::state::AppState;
 
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/exec",
+    operation_id = "exec",
+    summary = "Run a command to completion",
+    description = "Waits for the command and answers its output, each stream kept up to 16 MiB \
+                   (`truncated` says whether more was dropped). `tty`, `stdin` and `agent` need \
+                   the WebSocket exec.",
+    params(SandboxPath),
+    request_body = wire::ExecRequest,
+    responses((status = 200, description = "It ended (or was killed)", body = wire::ExecResult), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn run(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::ExecResult>, ApiError> {
     let id = parse_id(&id)?;
     let request = ExecRequest::parse(json_body(&body)?)?;
     let collected = crate::exec::run(&state, &account.id, id, request).await?;
-    Ok(Json(json!({
-        "exit_code": collected.exit_code,
-        "stdout": String::from_utf8_lossy(&collected.stdout),
-        "stderr": String::from_utf8_lossy(&collected.stderr),
-        "truncated": collected.truncated,
-        "timed_out": collected.timed_out,
-        "duration_ms": collected.duration_ms,
-    })))
+    Ok(Json(wire::ExecResult {
+        duration_ms: collected.duration_ms,
+        exit_code: collected.exit_code,
+        stderr: String::from_utf8_lossy(&collected.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&collected.stdout).into_owned(),
+        timed_out: collected.timed_out,
+        truncated: collected.truncated,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/exec/ws",
+    operation_id = "exec_websocket",
+    summary = "Run a command over a WebSocket: streamed output, stdin, a terminal",
+    description = "A WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`). The \
+                   client's first message is a text frame with the `ExecRequest` as JSON. Then \
+                   binary frames carry data, their first byte naming the stream (0 stdin from \
+                   the client; 1 stdout, 2 stderr from the server); text frames carry control \
+                   messages: an `ExecClientMessage` (`resize`, `eof`) from the client, and one \
+                   `ExecServerMessage` from the server (`exit`, or `error` if the request was \
+                   refused), after which it closes. A bad id or a destroyed sandbox is refused \
+                   before the upgrade, as an ordinary HTTP error.",
+    params(SandboxPath),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; the messages are \
+                                      `ExecClientMessage` and `ExecServerMessage`"),
+        Failures,
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn websocket(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
@@ -104,11 +140,11 @@ async fn stream_exec(
         timed_out,
     } = ended
     {
-        let exit = json!({ "type": "exit", "exit_code": exit_code, "timed_out": timed_out });
-        let _ = channel
-            .sink
-            .send(Message::Text(exit.to_string().into()))
-            .await;
+        let exit = wire::ExecServerMessage::Exit {
+            exit_code,
+            timed_out,
+        };
+        let _ = channel.sink.send(text(&exit)).await;
         let _ = channel.sink.close().await;
     }
     Ok(())
@@ -159,8 +195,17 @@ impl Channel for Socket {
 
 async fn send_error(mut socket: WebSocket, err: ApiError) -> Result<(), ApiError> {
     err.log();
-    let message = json!({ "type": "error", "code": err.code, "message": err.message });
-    let _ = socket.send(Message::Text(message.to_string().into())).await;
+    let message = wire::ExecServerMessage::Error {
+        code: err.code.to_string(),
+        message: err.message.clone(),
+    };
+    let _ = socket.send(text(&message)).await;
     let _ = socket.close().await;
     Err(err)
+}
+
+/// A control message as a text frame.
+fn text(message: &wire::ExecServerMessage) -> Message {
+    // Strings, numbers and booleans: nothing in it fails to serialize.
+    Message::Text(serde_json::to_string(message).unwrap_or_default().into())
 }

@@ -8,23 +8,49 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use caged_wire as wire;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::ApiError;
-use super::sandboxes::parse_id;
-use crate::AppState;
-use crate::auth::Caller;
+use super::auth::Caller;
+use super::body::parse_id;
+use super::docs::{Binary, Failures, SandboxPath};
+use super::error::ApiError;
 use crate::files::{self, Read};
+use crate::state::AppState;
 
 pub(crate) const KIND_HEADER: &str = "x-caged-kind";
 pub(crate) const MODE_HEADER: &str = "x-caged-mode";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PathQuery {
+    /// An absolute path in the sandbox.
     path: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/files",
+    operation_id = "read_file",
+    summary = "Read a file, or a directory as a tar",
+    description = "A file answers its bytes (`application/octet-stream`) with its mode in \
+                   `x-caged-mode` (octal); a directory answers a tar of it \
+                   (`application/x-tar`). `x-caged-kind` says which.",
+    params(SandboxPath, PathQuery),
+    responses(
+        (status = 200, description = "The file's bytes, or the directory as a tar",
+         headers(
+            ("x-caged-kind" = String, description = "`file` or `directory`"),
+            ("x-caged-mode" = String, description = "A file's mode, in octal (`644`)"),
+         ),
+         content(
+            (Binary = "application/octet-stream"),
+            (Binary = "application/x-tar"),
+         )),
+        Failures,
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn read(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
@@ -59,6 +85,32 @@ pub(crate) async fn read(
     Ok(response)
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/sandboxes/{id}/files",
+    operation_id = "write_file",
+    summary = "Write a file, or extract a tar into a directory",
+    description = "The body is the file's bytes (its mode from `x-caged-mode`, octal, 644 by \
+                   default), or with `Content-Type: application/x-tar` (or `application/gzip`) a \
+                   tar, plain or gzip-compressed, extracted into the directory at `path`, which \
+                   is made if missing. Uploads are limited by the server's `--max-upload-mb` \
+                   (413 beyond it).",
+    params(
+        SandboxPath,
+        PathQuery,
+        ("x-caged-mode" = Option<String>, Header, description = "A file's mode, in octal (`755`)"),
+    ),
+    request_body(
+        description = "The file's bytes, or a tar",
+        content(
+            (Binary = "application/octet-stream"),
+            (Binary = "application/x-tar"),
+            (Binary = "application/gzip"),
+        ),
+    ),
+    responses((status = 200, description = "Written", body = wire::FileWritten), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn write(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
@@ -96,11 +148,8 @@ pub(crate) async fn write(
         });
     if is_tar {
         let (path, entries) = files::write_tar(&state, &account.id, id, &query.path, body).await?;
-        return Ok((
-            StatusCode::OK,
-            axum::Json(json!({ "path": path, "kind": "directory", "entries": entries })),
-        )
-            .into_response());
+        let written = wire::FileWritten::Directory { entries, path };
+        return Ok((StatusCode::OK, axum::Json(written)).into_response());
     }
     let mode = match headers
         .get(MODE_HEADER)
@@ -119,9 +168,9 @@ pub(crate) async fn write(
     };
     let size = body.len();
     let path = files::write_file(&state, &account.id, id, &query.path, body, mode).await?;
-    Ok((
-        StatusCode::OK,
-        axum::Json(json!({ "path": path, "kind": "file", "bytes": size })),
-    )
-        .into_response())
+    let written = wire::FileWritten::File {
+        bytes: size as u64,
+        path,
+    };
+    Ok((StatusCode::OK, axum::Json(written)).into_response())
 }

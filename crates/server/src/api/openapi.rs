@@ -1,55 +1,109 @@
-//! The OpenAPI document served at `/v1/openapi.json`: the routes this server answers.
+//! The OpenAPI document served at `/v1/openapi.json`, generated from the handlers'
+//! `#[utoipa::path]` attributes and the `caged_wire` types they answer with, so that it cannot
+//! describe answers the server does not give.
+
+use std::sync::LazyLock;
 
 use axum::Json;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Components, InfoBuilder};
 
-pub(crate) async fn document() -> Json<Value> {
-    let error = json!({ "$ref": "#/components/schemas/Error" });
-    let op = |summary: &str| json!({ "summary": summary, "responses": { "default": { "description": "error", "content": { "application/json": { "schema": error } } } } });
-    Json(json!({
-        "openapi": "3.1.0",
-        "info": { "title": "Caged API", "version": env!("CARGO_PKG_VERSION") },
-        "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Error": { "type": "object", "properties": { "error": { "type": "object",
-                    "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
-                "SandboxConfig": caged_domain::config::json_schema(),
-            }
-        },
-        "security": [{ "bearer": [] }],
-        "paths": {
-            "/v1/system": { "get": op("Server version and container engine capabilities") },
-            "/v1/sandboxes": {
-                "post": op("Create a sandbox from a .caged.yaml document given as JSON (plus name, isolation, defer_init)"),
-                "get": op("List sandboxes (?all=true includes destroyed ones)"),
-            },
-            "/v1/sandboxes/{id}": { "get": op("Inspect a sandbox"), "delete": op("Destroy a sandbox (idempotent)") },
-            "/v1/sandboxes/{id}/pause": { "post": op("Freeze a running sandbox in memory") },
-            "/v1/sandboxes/{id}/resume": { "post": op("Resume a paused sandbox") },
-            "/v1/sandboxes/{id}/init": { "post": op("Run a deferred init_script") },
-            "/v1/sandboxes/{id}/exec": { "post": op("Run a command to completion: {cmd: [argv], env, cwd, timeout}") },
-            "/v1/sandboxes/{id}/exec/ws": { "get": op("Run a command with streamed output, stdin and a PTY over a WebSocket") },
-            "/v1/sandboxes/{id}/files": {
-                "get": op("Read a file (bytes) or a directory (tar) at ?path="),
-                "put": op("Write a file (body) or extract a tar (Content-Type: application/x-tar) at ?path="),
-            },
-            "/v1/sandboxes/{id}/previews": { "get": op("Ports the sandbox listens on, with their preview URLs and whether a password protects them") },
-            "/v1/sandboxes/{id}/previews/{port}": { "put": op("Protect a preview with a password ({password: \"...\"}) or open it again ({password: null})") },
-            "/v1/sandboxes/{id}/sessions": { "get": op("The sandbox's sessions (one per streaming exec, shell or agent)") },
-            "/v1/sessions/{sid}": { "get": op("One session: agent type, start, end and why it ended") },
-            "/v1/sessions/{sid}/events": { "get": op("Events that came through the session (?after=SEQ&limit=N)") },
-            "/v1/sandboxes/{id}/usage": { "get": op("What the sandbox spent (integer micro-dollars): running time, compute, tokens, LLM cost, budget and alerts, each session's share") },
-            "/v1/sandboxes/{id}/budget": { "put": op("Set a live sandbox's budget ({budget_usd: 10.0}) or remove it ({budget_usd: null})") },
-            "/v1/account/usage": { "get": op("The account's spend (compute, LLM) and sandboxes running per UTC day, oldest first (?days=N, 1 to 366, default 30)") },
-            "/v1/account/webhook": {
-                "get": op("The account's webhook for budget alerts (URL, signing secret) and its latest deliveries"),
-                "put": op("Send budget alerts to {url: \"https://...\"}; answers the new signing secret"),
-                "delete": op("Stop sending webhooks"),
-            },
-            "/v1/templates": { "get": op("List templates") },
-            "/v1/templates/{name}": { "post": op("Import a root filesystem tar (plain or gzip) as a template (admin)") },
-            "/v1/accounts": { "post": op("Create an account and its API key (admin)"), "get": op("List accounts (admin)") },
-        }
-    }))
+use super::{accounts, events, exec, files, network, previews, sandboxes, sessions};
+use super::{snapshots, templates, usage};
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        document,
+        sandboxes::system,
+        sandboxes::create,
+        sandboxes::list,
+        sandboxes::inspect,
+        sandboxes::destroy,
+        sandboxes::pause,
+        sandboxes::resume,
+        sandboxes::init,
+        events::list,
+        exec::run,
+        exec::websocket,
+        files::read,
+        files::write,
+        snapshots::create,
+        snapshots::list,
+        snapshots::restore,
+        snapshots::inspect,
+        snapshots::delete,
+        snapshots::download,
+        snapshots::fork,
+        sessions::list,
+        sessions::inspect,
+        sessions::session_events,
+        network::inspect,
+        network::learn,
+        network::set_allowed_hosts,
+        previews::list,
+        previews::protect,
+        templates::list,
+        templates::import,
+        usage::usage,
+        usage::set_budget,
+        usage::get_webhook,
+        usage::set_webhook,
+        usage::delete_webhook,
+        usage::account_usage,
+        accounts::create,
+        accounts::list,
+    ),
+    components(schemas(
+        // Every failure's body; the responses name it, but only schemas of bodies are
+        // collected on their own.
+        caged_wire::ErrorBody,
+        // Only sent on the WebSocket, so no route names them.
+        caged_wire::ExecClientMessage,
+        caged_wire::ExecServerMessage,
+    )),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+/// The document, as served.
+pub(crate) fn build() -> Value {
+    let mut api = ApiDoc::openapi();
+    // Set here rather than read by utoipa from the build's CARGO_PKG_* (which may be empty).
+    api.info = InfoBuilder::new()
+        .title("Caged API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Caged's HTTP API. Every route but this document needs `Authorization: Bearer \
+             <api key>`; every failure answers `{\"error\": {\"code\", \"message\"}}`.",
+        ))
+        .build();
+    let components = api.components.get_or_insert_with(Components::new);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    let mut document = serde_json::to_value(&api).unwrap_or_default();
+    // JSON Schema the domain writes by hand, which utoipa's types would not carry whole.
+    let schemas = &mut document["components"]["schemas"];
+    schemas[caged_wire::sandbox::CONFIG_SCHEMA] = caged_wire::sandbox::config_schema();
+    schemas[caged_wire::sandbox::CREATE_SCHEMA] = caged_wire::sandbox::create_schema();
+    document
+}
+
+static DOCUMENT: LazyLock<Value> = LazyLock::new(build);
+
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")),
+    // No key needed.
+    security(()),
+)]
+pub(crate) async fn document() -> Json<&'static Value> {
+    Json(&DOCUMENT)
 }

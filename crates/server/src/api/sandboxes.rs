@@ -1,4 +1,5 @@
-//! Sandbox lifecycle routes: create, list, inspect, pause, resume, destroy.
+//! Sandbox lifecycle routes: create, list, inspect, pause, resume, destroy, a deferred init; and
+//! what the server itself can do (`/v1/system`).
 
 use std::sync::Arc;
 
@@ -6,60 +7,37 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use caged_domain::{SandboxConfig, SandboxId, SandboxState};
+use caged_domain::{SandboxConfig, SandboxState};
+use caged_wire as wire;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{ApiError, view};
-use crate::AppState;
-use crate::auth::Caller;
+use super::auth::Caller;
+use super::body::{json_body, parse_id};
+use super::docs::{Failures, SandboxPath};
+use super::error::ApiError;
+use super::view;
 use crate::error::Error;
 use crate::sandboxes::{self, CreateOptions};
-use caged_node::EngineStatus;
+use crate::state::AppState;
 
-pub(crate) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
-    // A malformed id cannot name any sandbox: answer as for one that does not exist.
-    raw.parse().map_err(|_| {
-        ApiError::not_found(format!(
-            "sandbox {raw:?} not found (ids are 8 hex characters)"
-        ))
-    })
-}
-
-/// Parses a JSON body, answering in the API's error shape rather than the framework's.
-pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
-    if body.is_empty() {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(body).map_err(|err| {
-        ApiError::bad_request("bad_json", format!("request body is not valid JSON: {err}"))
-    })
-}
-
-/// A JSON body of one field and nothing else; another field is a `code` error naming it.
-pub(crate) fn one_field_body(
-    body: &[u8],
-    field: &str,
-    code: &'static str,
-) -> Result<Value, ApiError> {
-    let body = json_body(body)?;
-    if let Some(unknown) = body
-        .as_object()
-        .and_then(|fields| fields.keys().find(|key| *key != field))
-    {
-        return Err(ApiError::bad_request(
-            code,
-            format!("{unknown}: unknown field (only {field} is accepted)"),
-        ));
-    }
-    Ok(body)
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes",
+    operation_id = "create_sandbox",
+    summary = "Create a sandbox",
+    description = "The body is a .caged.yaml document as JSON, plus `defer_init` to leave \
+                   `init_script` for `POST /v1/sandboxes/{id}/init`. An empty body makes a \
+                   sandbox of the defaults.",
+    request_body(content = ref("#/components/schemas/CreateSandbox"), content_type = "application/json"),
+    responses((status = 201, description = "Created and running", body = wire::Sandbox), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<wire::Sandbox>), ApiError> {
     let mut body = json_body(&body)?;
     let defer_init = match body
         .as_object_mut()
@@ -81,17 +59,30 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(view::sandbox(&state, &record))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Include destroyed sandboxes.
     #[serde(default)]
     all: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes",
+    operation_id = "list_sandboxes",
+    summary = "List sandboxes",
+    description = "The caller's sandboxes, each with its worst session's trust and its open \
+                   ports' preview URLs.",
+    params(ListQuery),
+    responses((status = 200, description = "OK", body = wire::SandboxList), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::SandboxList>, ApiError> {
     // Each sandbox's worst session and open ports come along (the dashboard's list shows them),
     // read in the same trip to the database.
     let listed = state
@@ -116,37 +107,55 @@ pub(crate) async fn list(
             Ok(listed)
         })
         .await?;
-    let views = listed
+    let sandboxes = listed
         .iter()
         .map(|(record, worst, ports)| {
-            let mut view = view::sandbox(&state, record);
-            let score = caged_trust::score(*worst);
-            view["trust_score"] = json!(score);
-            view["trust_rating"] = json!(caged_trust::Rating::of(score).as_str());
-            view["preview_urls"] = ports
-                .iter()
-                .map(|port| json!({ "port": port.port, "url": state.node.preview_url(record.id, port.port) }))
-                .collect();
-            view
+            let trust = view::trust_summary(*worst);
+            wire::SandboxListItem {
+                preview_urls: ports
+                    .iter()
+                    .map(|port| wire::PreviewUrl {
+                        port: port.port,
+                        url: state.node.preview_url(record.id, port.port),
+                    })
+                    .collect(),
+                sandbox: view::sandbox(&state, record),
+                trust_rating: trust.trust_rating,
+                trust_score: trust.trust_score,
+            }
         })
-        .collect::<Vec<_>>();
-    Ok(Json(json!({ "sandboxes": views })))
+        .collect();
+    Ok(Json(wire::SandboxList { sandboxes }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}",
+    operation_id = "inspect_sandbox",
+    summary = "Inspect a sandbox",
+    description = "The sandbox with its previews, its trust and the .caged.yaml that makes it \
+                   again.",
+    params(SandboxPath),
+    responses((status = 200, description = "OK", body = wire::SandboxDetail), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn inspect(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::SandboxDetail>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
-    let mut view = view::sandbox(&state, &record);
-    view["previews"] = json!(state.node.previews(&record).await.map_err(Error::from)?);
+    let sandbox = view::sandbox(&state, &record);
+    let previews = state.node.previews(&record).await.map_err(Error::from)?;
     let trust = view::sandbox_trust(&state, record.id).await?;
-    view["trust_score"] = trust["score"].clone();
-    view["trust"] = trust;
-    // The config it was made from, as the `.caged.yaml` that makes it again.
-    view["caged_yaml"] = json!(record.config.to_yaml());
-    Ok(Json(view))
+    Ok(Json(wire::SandboxDetail {
+        // The config it was made from, as the `.caged.yaml` that makes it again.
+        caged_yaml: record.config.to_yaml(),
+        previews: view::previews(previews),
+        sandbox,
+        trust_score: trust.score,
+        trust,
+    }))
 }
 
 /// The handlers of `DELETE /sandboxes/{id}`, `/pause` and `/resume`: one state change each.
@@ -156,16 +165,26 @@ async fn change(
     id: &str,
     to: SandboxState,
     reason: &str,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Sandbox>, ApiError> {
     let record = sandboxes::change_state(state, account_id, parse_id(id)?, to, reason).await?;
     Ok(Json(view::sandbox(state, &record)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{id}",
+    operation_id = "destroy_sandbox",
+    summary = "Destroy a sandbox",
+    description = "Idempotent: destroying a destroyed sandbox answers it as it is.",
+    params(SandboxPath),
+    responses((status = 200, description = "Destroyed", body = wire::Sandbox), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn destroy(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Sandbox>, ApiError> {
     change(
         &state,
         &account.id,
@@ -176,43 +195,73 @@ pub(crate) async fn destroy(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/pause",
+    operation_id = "pause_sandbox",
+    summary = "Freeze a running sandbox in memory",
+    params(SandboxPath),
+    responses((status = 200, description = "Paused", body = wire::Sandbox), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn pause(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Sandbox>, ApiError> {
     change(&state, &account.id, &id, SandboxState::Paused, "").await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/resume",
+    operation_id = "resume_sandbox",
+    summary = "Resume a paused sandbox",
+    params(SandboxPath),
+    responses((status = 200, description = "Running", body = wire::Sandbox), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn resume(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Sandbox>, ApiError> {
     change(&state, &account.id, &id, SandboxState::Running, "").await
 }
 
 /// Starts a deferred `init_script` (see `defer_init` on create).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/init",
+    operation_id = "start_init",
+    summary = "Start a deferred init_script",
+    description = "For a sandbox created with `defer_init: true`. The script runs in the \
+                   background; the sandbox's `init` says how it is going.",
+    params(SandboxPath),
+    responses((status = 202, description = "Started", body = wire::Sandbox), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn init(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<wire::Sandbox>), ApiError> {
     let record = sandboxes::start_deferred_init(&state, &account.id, parse_id(&id)?).await?;
     Ok((StatusCode::ACCEPTED, Json(view::sandbox(&state, &record))))
 }
 
 /// What this server and its engine can do.
-pub(crate) async fn system(State(state): State<Arc<AppState>>, Caller(_): Caller) -> Json<Value> {
-    let engine = match &*state.engine.borrow() {
-        EngineStatus::Up(info) => json!({ "status": "up", "info": **info }),
-        EngineStatus::Starting => json!({ "status": "starting" }),
-        EngineStatus::Down { reason } => json!({ "status": "down", "reason": reason }),
-    };
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "installation_id": state.installation_id,
-        "engine": engine,
-        "observation": json!(state.node.observation()),
-    }))
+#[utoipa::path(
+    get,
+    path = "/v1/system",
+    operation_id = "system",
+    summary = "Server version and container engine capabilities",
+    responses((status = 200, description = "OK", body = wire::System), Failures),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn system(
+    State(state): State<Arc<AppState>>,
+    Caller(_): Caller,
+) -> Json<wire::System> {
+    Json(view::system(&state))
 }

@@ -4,42 +4,34 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use caged_domain::time::rfc3339_from_ms;
 use caged_store::SessionRecord;
-use serde_json::{Value, json};
+use caged_wire as wire;
 
+use super::auth::Caller;
+use super::body::parse_id;
+use super::docs::{Failures, SandboxPath, SessionPath};
+use super::error::ApiError;
 use super::events::{EventsQuery, MAX_PAGE};
-use super::sandboxes::parse_id;
-use super::{ApiError, events};
-use crate::auth::Caller;
-use crate::{AppState, sandboxes};
+use super::view;
+use crate::sandboxes;
+use crate::state::AppState;
 
-pub(crate) fn view(session: &SessionRecord) -> Value {
-    let now = caged_domain::time::now_ms();
-    let end = session.ended_at_ms.unwrap_or(now);
-    json!({
-        "id": session.id,
-        "sandbox_id": session.sandbox_id,
-        "agent_type": session.agent_type,
-        "channel": session.channel,
-        "command": session.command,
-        "state": if session.ended_at_ms.is_some() { "ended" } else { "open" },
-        "started_at": rfc3339_from_ms(session.started_at_ms),
-        "ended_at": session.ended_at_ms.map(rfc3339_from_ms),
-        "end_reason": session.end_reason,
-        "duration_seconds": (end - session.started_at_ms).max(0) as f64 / 1000.0,
-        "tokens_in": session.tokens_in,
-        "tokens_out": session.tokens_out,
-        "llm_cost_micros": session.llm_cost_micros,
-    })
-}
-
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/sessions",
+    operation_id = "list_sessions",
+    summary = "A sandbox's sessions, with their trust",
+    description = "One session per streaming exec, shell or agent, oldest first.",
+    params(SandboxPath, InspectQuery),
+    responses((status = 200, description = "OK", body = wire::SessionList), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
     Query(query): Query<InspectQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::SessionList>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     if query.settle {
         state.node.settle(std::time::Duration::from_secs(5)).await;
@@ -54,21 +46,20 @@ pub(crate) async fn list(
             ))
         })
         .await?;
-    let views = sessions
+    let sessions = sessions
         .iter()
         .map(|session| {
             let points = charged
                 .iter()
                 .find(|c| c.session_id.as_deref() == Some(session.id.as_str()))
                 .map_or(0, |c| c.points);
-            let score = caged_trust::score(points);
-            let mut view = view(session);
-            view["trust_score"] = json!(score);
-            view["trust_rating"] = json!(caged_trust::Rating::of(score).as_str());
-            view
+            wire::SessionListItem {
+                session: view::session(session),
+                trust: view::trust_summary(points),
+            }
         })
-        .collect::<Vec<_>>();
-    Ok(Json(json!({ "sessions": views })))
+        .collect();
+    Ok(Json(wire::SessionList { sessions }))
 }
 
 async fn get(state: &AppState, account_id: &str, sid: &str) -> Result<SessionRecord, ApiError> {
@@ -80,37 +71,58 @@ async fn get(state: &AppState, account_id: &str, sid: &str) -> Result<SessionRec
         .ok_or_else(|| ApiError::not_found(format!("session {sid:?} not found")))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InspectQuery {
     /// Wait (briefly) until what the host saw so far is recorded and scored.
     #[serde(default)]
     settle: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{sid}",
+    operation_id = "inspect_session",
+    summary = "One session: agent type, start, end and why it ended, and its trust",
+    params(SessionPath, InspectQuery),
+    responses((status = 200, description = "OK", body = wire::SessionDetail), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn inspect(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(sid): Path<String>,
     Query(query): Query<InspectQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::SessionDetail>, ApiError> {
     let session = get(&state, &account.id, &sid).await?;
     if query.settle {
         state.node.settle(std::time::Duration::from_secs(5)).await;
     }
-    let mut view = view(&session);
-    let trust = super::view::session_trust(&state, &session.account_id, &session.id).await?;
-    view["trust_score"] = trust["score"].clone();
-    view["trust_rating"] = trust["rating"].clone();
-    view["penalties"] = trust["penalties"].clone();
-    Ok(Json(view))
+    let view = view::session(&session);
+    let (trust, penalties) = view::session_trust(&state, &session.account_id, &session.id).await?;
+    Ok(Json(wire::SessionDetail {
+        penalties,
+        session: view,
+        trust,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{sid}/events",
+    operation_id = "list_session_events",
+    summary = "The events that came through a session",
+    description = "Oldest first; `follow` is not supported here.",
+    params(SessionPath, EventsQuery),
+    responses((status = 200, description = "OK", body = wire::EventList), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn session_events(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(sid): Path<String>,
     Query(query): Query<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::EventList>, ApiError> {
     let session = get(&state, &account.id, &sid).await?;
     let limit = query.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let after = query.after;
@@ -118,7 +130,7 @@ pub(crate) async fn session_events(
         .db
         .run(move |store| store.session_events(&session.account_id, &session.id, after, limit))
         .await?;
-    Ok(Json(
-        json!({ "events": list.iter().map(events::view).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(wire::EventList {
+        events: list.iter().map(view::event).collect(),
+    }))
 }

@@ -9,33 +9,35 @@ use axum::extract::{Path, State};
 use caged_cost::Micros;
 use caged_domain::time::{now_ms, rfc3339_from_ms};
 use caged_store::{DAY_MS, SandboxRecord, SessionRecord, WebhookTarget};
+use caged_wire as wire;
 use serde_json::{Value, json};
 
-use super::ApiError;
-use super::sandboxes::{one_field_body, parse_id};
-use crate::auth::Caller;
-use crate::controllers::budget::{format_percent, spend};
+use super::auth::Caller;
+use super::body::{one_field_body, parse_id};
+use super::docs::{Failures, SandboxPath};
+use super::error::ApiError;
+use super::view;
+use crate::controllers::budget::spend;
 use crate::controllers::webhooks;
-use crate::{AppState, sandboxes};
+use crate::sandboxes;
+use crate::state::AppState;
 
-/// What a sandbox spent, for `inspect` (`cost`) and `usage`.
-pub(crate) fn cost_view(state: &AppState, record: &SandboxRecord) -> Value {
-    let spend = spend(&state.config.cost.prices, record);
-    let budget = record.budget_micros.map(Micros);
-    json!({
-        "compute_micros": spend.compute.0,
-        "llm_micros": spend.llm.0,
-        "total_micros": spend.total().0,
-        "budget_micros": budget.map(|b| b.0),
-        "budget_percent": budget.map(|b| format_percent(spend.total(), b).parse::<f64>().unwrap_or(0.0)),
-    })
-}
-
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/usage",
+    operation_id = "usage",
+    summary = "What a sandbox spent",
+    description = "Running time, compute, tokens, LLM cost (integer micro-dollars), its budget \
+                   and the alerts sent, and each session's share.",
+    params(SandboxPath),
+    responses((status = 200, description = "OK", body = wire::Usage), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn usage(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Usage>, ApiError> {
     let record = sandboxes::get(&state, &account.id, parse_id(&id)?).await?;
     let (account_id, id) = (account.id.clone(), record.id);
     let (sessions, alerts) = state
@@ -55,11 +57,11 @@ fn usage_view(
     record: &SandboxRecord,
     sessions: &[SessionRecord],
     alerts: &[(i64, i64, i64, i64)],
-) -> Value {
+) -> wire::Usage {
     let prices = &state.config.cost.prices;
     let spend = spend(prices, record);
     let resources = &record.config.resources;
-    let sessions: Vec<Value> = sessions
+    let sessions = sessions
         .iter()
         .map(|session| {
             let running_ms = caged_cost::session_running_ms(
@@ -69,52 +71,70 @@ fn usage_view(
                 session.ended_at_ms,
             );
             let compute = caged_cost::compute_cost(prices, &record.config.resources, running_ms);
-            json!({
-                "id": session.id,
-                "agent_type": session.agent_type,
-                "started_at": rfc3339_from_ms(session.started_at_ms),
-                "ended_at": session.ended_at_ms.map(rfc3339_from_ms),
-                "running_seconds": running_ms as f64 / 1000.0,
-                "compute_micros": compute.0,
-                "tokens_in": session.tokens_in,
-                "tokens_out": session.tokens_out,
-                "llm_micros": session.llm_cost_micros,
-                "total_micros": compute.0 + session.llm_cost_micros,
-            })
+            wire::SessionUsage {
+                agent_type: session.agent_type.clone(),
+                compute_micros: compute.0,
+                ended_at: session.ended_at_ms.map(rfc3339_from_ms),
+                id: session.id.clone(),
+                llm_micros: session.llm_cost_micros,
+                running_seconds: running_ms as f64 / 1000.0,
+                started_at: rfc3339_from_ms(session.started_at_ms),
+                tokens_in: session.tokens_in,
+                tokens_out: session.tokens_out,
+                total_micros: compute.0 + session.llm_cost_micros,
+            }
         })
         .collect();
-    json!({
-        "sandbox_id": record.id,
-        "state": record.state,
-        "running_seconds": spend.running_ms as f64 / 1000.0,
-        "running_ms": spend.running_ms,
-        "resources": { "cpu": resources.cpu, "memory_mb": resources.memory },
-        "prices": {
-            "vcpu_hour_micros": prices.compute.vcpu_hour.0,
-            "gib_hour_micros": prices.compute.gib_hour.0,
+    wire::Usage {
+        alerts: alerts
+            .iter()
+            .map(|&(level, budget, spend, at)| wire::BudgetAlert {
+                at: rfc3339_from_ms(at),
+                budget_micros: budget,
+                level: caged_cost::Level::from_percent(level).map(|l| l.as_str().to_string()),
+                percent: level,
+                spend_micros: spend,
+            })
+            .collect(),
+        budget_usd: view::budget_usd(record),
+        cost: view::cost(state, record),
+        prices: wire::Prices {
+            gib_hour_micros: prices.compute.gib_hour.0,
+            vcpu_hour_micros: prices.compute.vcpu_hour.0,
         },
-        "tokens_in": record.llm.tokens_in,
-        "tokens_out": record.llm.tokens_out,
-        "cost": cost_view(state, record),
-        "budget_usd": record.budget_micros.map(|b| Micros(b).as_usd()),
-        "alerts": alerts.iter().map(|(level, budget, spend, at)| json!({
-            "level": caged_cost::Level::from_percent(*level).map(|l| l.as_str()),
-            "percent": level,
-            "budget_micros": budget,
-            "spend_micros": spend,
-            "at": rfc3339_from_ms(*at),
-        })).collect::<Vec<_>>(),
-        "sessions": sessions,
-    })
+        resources: wire::UsageResources {
+            cpu: resources.cpu,
+            memory_mb: resources.memory,
+        },
+        running_ms: spend.running_ms,
+        running_seconds: spend.running_ms as f64 / 1000.0,
+        sandbox_id: record.id.to_string(),
+        sessions,
+        state: record.state.as_str().to_string(),
+        tokens_in: record.llm.tokens_in,
+        tokens_out: record.llm.tokens_out,
+    }
 }
 
 /// Body: `{"budget_usd": 10.0}` sets the budget of a live sandbox; `null` removes it.
+#[utoipa::path(
+    put,
+    path = "/v1/sandboxes/{id}/budget",
+    operation_id = "set_budget",
+    summary = "Set a live sandbox's budget, or remove it",
+    description = "`{\"budget_usd\": 10.0}` sets it, `{\"budget_usd\": null}` removes it; the \
+                   budget guard looks at once.",
+    params(SandboxPath),
+    request_body = wire::SetBudget,
+    responses((status = 200, description = "The budget now", body = wire::Budget), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn set_budget(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Budget>, ApiError> {
     let id = parse_id(&id)?;
     let body = one_field_body(&body, "budget_usd", "invalid_budget")?;
     let invalid = |message: String| ApiError::bad_request("invalid_budget", message);
@@ -162,24 +182,32 @@ pub(crate) async fn set_budget(
     state.db.publish(event);
     state.budget_checks.notify_one();
     let record = sandboxes::get(&state, &account.id, id).await?;
-    Ok(Json(json!({
-        "sandbox_id": id,
-        "budget_usd": record.budget_micros.map(|b| Micros(b).as_usd()),
-        "cost": cost_view(&state, &record),
-    })))
+    Ok(Json(wire::Budget {
+        budget_usd: view::budget_usd(&record),
+        cost: view::cost(&state, &record),
+        sandbox_id: id.to_string(),
+    }))
 }
 
-fn webhook_view(target: Option<&WebhookTarget>) -> Value {
-    match target {
-        Some(target) => json!({ "url": target.url, "secret": target.secret }),
-        None => json!({ "url": null }),
+fn webhook_view(target: Option<&WebhookTarget>) -> wire::Webhook {
+    wire::Webhook {
+        secret: target.map(|target| target.secret.clone()),
+        url: target.map(|target| target.url.clone()),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/account/webhook",
+    operation_id = "get_webhook",
+    summary = "The account's webhook for budget alerts and its latest deliveries",
+    responses((status = 200, description = "OK", body = wire::WebhookStatus), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn get_webhook(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::WebhookStatus>, ApiError> {
     let account_id = account.id.clone();
     let (target, deliveries) = state
         .db
@@ -190,30 +218,40 @@ pub(crate) async fn get_webhook(
             ))
         })
         .await?;
-    let mut view = webhook_view(target.as_ref());
-    view["deliveries"] = deliveries
-        .iter()
-        .map(|delivery| {
-            json!({
-                "id": delivery.id,
-                "type": delivery.event_type,
-                "created_at": rfc3339_from_ms(delivery.created_at_ms),
-                "attempts": delivery.attempts,
-                "delivered_at": delivery.delivered_at_ms.map(rfc3339_from_ms),
-                "next_attempt_at": delivery.next_at_ms.map(rfc3339_from_ms),
-                "last_error": delivery.last_error,
+    Ok(Json(wire::WebhookStatus {
+        deliveries: deliveries
+            .into_iter()
+            .map(|delivery| wire::WebhookDelivery {
+                attempts: delivery.attempts,
+                created_at: rfc3339_from_ms(delivery.created_at_ms),
+                delivered_at: delivery.delivered_at_ms.map(rfc3339_from_ms),
+                id: delivery.id,
+                last_error: delivery.last_error,
+                next_attempt_at: delivery.next_at_ms.map(rfc3339_from_ms),
+                event_type: delivery.event_type,
             })
-        })
-        .collect();
-    Ok(Json(view))
+            .collect(),
+        webhook: webhook_view(target.as_ref()),
+    }))
 }
 
 /// Body: `{"url": "https://…"}`. A new secret is made each time the webhook is set.
+#[utoipa::path(
+    put,
+    path = "/v1/account/webhook",
+    operation_id = "set_webhook",
+    summary = "Send budget alerts to a URL",
+    description = "Answers the new signing secret (HMAC-SHA256 of each delivery); a new one is \
+                   made each time the webhook is set.",
+    request_body = wire::SetWebhook,
+    responses((status = 200, description = "Set", body = wire::Webhook), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn set_webhook(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Webhook>, ApiError> {
     let body = one_field_body(&body, "url", "invalid_webhook")?;
     let invalid = |message: String| ApiError::bad_request("invalid_webhook", message);
     let url = body
@@ -242,10 +280,18 @@ pub(crate) async fn set_webhook(
     Ok(Json(webhook_view(Some(&target))))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/account/webhook",
+    operation_id = "delete_webhook",
+    summary = "Stop sending webhooks",
+    responses((status = 200, description = "No webhook (`url` is null)", body = wire::Webhook), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn delete_webhook(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Webhook>, ApiError> {
     let account_id = account.id.clone();
     state
         .db
@@ -254,8 +300,12 @@ pub(crate) async fn delete_webhook(
     Ok(Json(webhook_view(None)))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DaysQuery {
+    /// How many days back, today included: 1 to 366 (30 by default). A string here, so that a
+    /// bad value gets the API's error rather than the framework's.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 366)]
     days: Option<String>,
 }
 
@@ -264,11 +314,22 @@ const MAX_DAYS: i64 = 366;
 
 /// The account's usage per UTC day (`GET /v1/account/usage?days=N`, 30 by default): compute and
 /// LLM spend, running time, and how many sandboxes ran, oldest day first.
+#[utoipa::path(
+    get,
+    path = "/v1/account/usage",
+    operation_id = "account_usage",
+    summary = "The account's spend and running sandboxes per UTC day",
+    description = "Compute and LLM spend (integer micro-dollars), running time and how many \
+                   sandboxes ran, per UTC day, oldest first, and the totals.",
+    params(DaysQuery),
+    responses((status = 200, description = "OK", body = wire::AccountUsage), Failures),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn account_usage(
     State(state): State<Arc<AppState>>,
     Caller(account): Caller,
     axum::extract::Query(query): axum::extract::Query<DaysQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::AccountUsage>, ApiError> {
     let days = match query.days.as_deref() {
         None => 30,
         Some(raw) => raw
@@ -296,7 +357,7 @@ pub(crate) async fn account_usage(
         })
         .await?;
     let prices = &state.config.cost.prices;
-    let days: Vec<Value> = (first_day..first_day + days)
+    let days: Vec<wire::DayUsage> = (first_day..first_day + days)
         .map(|day| {
             let (start, end) = (day * DAY_MS, ((day + 1) * DAY_MS).min(now));
             let (mut running_ms, mut compute, mut sandboxes) = (0i64, 0i64, 0i64);
@@ -320,26 +381,24 @@ pub(crate) async fn account_usage(
                 .iter()
                 .find(|row| row.day == day)
                 .map_or((0, 0), |row| (row.cost_micros, row.calls));
-            json!({
-                "date": rfc3339_from_ms(start).get(..10),
-                "compute_micros": compute,
-                "llm_micros": llm_micros,
-                "total_micros": compute + llm_micros,
-                "llm_calls": llm_calls,
-                "running_seconds": running_ms as f64 / 1000.0,
-                "sandboxes_running": sandboxes,
-            })
+            // An RFC 3339 time starts with its `YYYY-MM-DD` date.
+            let mut date = rfc3339_from_ms(start);
+            date.truncate(10);
+            wire::DayUsage {
+                compute_micros: compute,
+                date,
+                llm_calls,
+                llm_micros,
+                running_seconds: running_ms as f64 / 1000.0,
+                sandboxes_running: sandboxes,
+                total_micros: compute + llm_micros,
+            }
         })
         .collect();
-    let total = |field: &str| {
-        days.iter()
-            .filter_map(|day| day[field].as_i64())
-            .sum::<i64>()
-    };
-    Ok(Json(json!({
-        "days": days,
-        "total_micros": total("total_micros"),
-        "compute_micros": total("compute_micros"),
-        "llm_micros": total("llm_micros"),
-    })))
+    Ok(Json(wire::AccountUsage {
+        compute_micros: days.iter().map(|day| day.compute_micros).sum(),
+        llm_micros: days.iter().map(|day| day.llm_micros).sum(),
+        total_micros: days.iter().map(|day| day.total_micros).sum(),
+        days,
+    }))
 }

@@ -10,9 +10,9 @@ use caged_domain::{SandboxId, SandboxState};
 use caged_store::{SandboxRecord, SnapshotRecord};
 use serde_json::{Value, json};
 
-use crate::AppState;
 use crate::error::{Error, Result};
 use crate::sandboxes::{container_of, engine_ready};
+use crate::state::AppState;
 use crate::{blocking, snapshots};
 
 /// Serves auto-snapshots, one at a time, for sandboxes that just went to sleep.

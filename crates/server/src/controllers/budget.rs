@@ -18,7 +18,7 @@ use caged_store::{NewAlert, SandboxRecord};
 use serde_json::{Value, json};
 
 use super::webhooks;
-use crate::AppState;
+use crate::state::AppState;
 
 /// What a sandbox has spent, by its clock.
 pub(crate) fn spend(prices: &caged_cost::Prices, record: &SandboxRecord) -> caged_cost::Spend {
@@ -45,6 +45,49 @@ pub(crate) async fn run(state: Arc<AppState>) {
             _ = state.budget_checks.notified() => {}
             () = state.stop.cancelled() => break,
         }
+    }
+}
+
+/// How long a starting server waits for the engine to destroy sandboxes found over budget.
+const START_WAIT: Duration = Duration::from_secs(30);
+
+/// Sandboxes a restarted server finds at or over their budget are destroyed (after their final
+/// snapshot) before the API serves, so nobody sees one running past its budget. Waits for the
+/// engine (at most [`START_WAIT`]) only when there is one; the guard's loop keeps trying after.
+pub(crate) async fn before_serving(state: &Arc<AppState>) {
+    let records = match state.db.run(move |store| store.budgeted_sandboxes()).await {
+        Ok(records) => records,
+        Err(err) => {
+            tracing::error!("budget guard: cannot read budgets: {err}");
+            return;
+        }
+    };
+    let over: Vec<SandboxRecord> = records
+        .into_iter()
+        .filter(|record| {
+            record
+                .budget_micros
+                .is_some_and(|budget| spend(&state.config.cost.prices, record).total().0 >= budget)
+        })
+        .collect();
+    if over.is_empty() {
+        return;
+    }
+    let mut engine = state.engine.clone();
+    let up = tokio::time::timeout(
+        START_WAIT,
+        engine.wait_for(|status| matches!(status, caged_node::EngineStatus::Up(_))),
+    )
+    .await;
+    if !matches!(up, Ok(Ok(_))) {
+        tracing::warn!(
+            "{} sandbox(es) are over their budget but the engine is not up; the guard destroys them when it is",
+            over.len()
+        );
+        return;
+    }
+    for record in &over {
+        exceed(state, record).await;
     }
 }
 

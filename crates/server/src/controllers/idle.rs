@@ -9,7 +9,8 @@ use std::time::Duration;
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxId, SandboxState};
 
-use crate::{AppState, sandboxes};
+use crate::sandboxes;
+use crate::state::AppState;
 use caged_node::EngineStatus;
 
 /// Serves the queue until the server stops.

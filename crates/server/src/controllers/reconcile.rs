@@ -17,7 +17,8 @@ use caged_node::Start;
 use caged_runtime::{ContainerSummary, EngineState, RuntimeError};
 use caged_store::SandboxRecord;
 
-use crate::{AppState, sandboxes};
+use crate::sandboxes;
+use crate::state::AppState;
 use caged_node::EngineStatus;
 
 const EVERY: Duration = Duration::from_secs(30);

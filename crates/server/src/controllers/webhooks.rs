@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::AppState;
+use crate::state::AppState;
 
 pub(crate) const MAX_ATTEMPTS: i64 = 12;
 const MAX_BACKOFF: Duration = Duration::from_secs(600);

@@ -18,9 +18,9 @@ use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::AppState;
-use crate::api::ApiError;
-use crate::auth::{self, SESSION_COOKIE};
+use crate::api::auth::{self, SESSION_COOKIE};
+use crate::api::error::ApiError;
+use crate::state::AppState;
 use html_escape::encode_quoted_attribute as escape;
 
 /// How long a sign-in lasts.
