@@ -69,6 +69,52 @@ async fn bad_configs_are_refused_naming_key_and_line() {
     );
 }
 
+/// From the outside review: each of these used to create a sandbox other than the one asked
+/// for (full network, no budget).
+#[tokio::test(flavor = "multi_thread")]
+async fn configs_that_used_to_fail_open_are_refused() {
+    let server = caged_testkit::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "template: busybox\n---\nnetwork_mode: none\n",
+            "a second YAML document starts here",
+        ),
+        (
+            "template: busybox\nbudget: 1e309\n",
+            "line 2: budget: must be a finite number",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let file = dir.path().join("open.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let out = caged(&server, &["create", "-f", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{yaml:?} was accepted");
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    }
+    // JSON with a key given twice: refused by name, whichever value came last.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/sandboxes", server.url))
+        .bearer_auth(server.client.api_key().unwrap())
+        .header("content-type", "application/json")
+        .body(r#"{"template":"busybox","network_mode":"none","network_mode":"full"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_json", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("network_mode: is given twice"),
+        "{message}"
+    );
+    assert!(
+        server.client.list_sandboxes(true).await.unwrap().is_empty(),
+        "a config that fails open reached the engine"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn up_copies_the_project_and_runs_init_script() {
     let server = caged_testkit::spawn().await;

@@ -20,7 +20,8 @@ pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(Value::Object(Map::new()));
     }
-    serde_json::from_slice(body).map_err(|err| {
+    // Strictly: a key given twice is refused, not won by its last value.
+    caged_domain::json::from_slice_strict(body).map_err(|err| {
         ApiError::bad_request("bad_json", format!("request body is not valid JSON: {err}"))
     })
 }

@@ -119,7 +119,7 @@ async fn stream_exec(
             ));
         }
     };
-    let parsed = serde_json::from_str(&first)
+    let parsed = caged_domain::json::from_slice_strict(first.as_bytes())
         .map_err(|err| {
             ApiError::bad_request("invalid_exec", format!("exec request is not JSON: {err}"))
         })
