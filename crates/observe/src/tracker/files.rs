@@ -2,7 +2,6 @@
 //! are in, as the runtime's host view says), and opens of the sensitive files each sandbox is
 //! watched for (the opener waits while the tracker reads who it is).
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -247,13 +246,4 @@ pub(super) fn runs_from(pid: i32, watched: &Watched) -> bool {
         return true;
     };
     exe.dev() == root.dev()
-}
-
-pub(super) fn open_path(path: &str) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(path)
-        .ok()
 }

@@ -7,7 +7,6 @@ use std::fs::File;
 
 use caged_trust::programs;
 
-use super::files::open_path;
 use super::{Tracker, Watched};
 use crate::kernel::{procfs, rootfs};
 
@@ -130,6 +129,15 @@ fn normalize(path: &str) -> String {
         }
     }
     format!("/{}", parts.join("/"))
+}
+
+fn open_path(path: &str) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .ok()
 }
 
 #[cfg(test)]

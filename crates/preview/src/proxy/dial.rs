@@ -1,19 +1,14 @@
-//! Connections into a sandbox, made inside its network namespace, and the upgraded
-//! connections whose traffic counts as its activity.
+//! Connections into a sandbox, made inside its network namespace.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Proxy;
-use super::forward::{note_activity, wake_for_traffic};
-use crate::{Cage, Previews, lock};
+use crate::{Previews, lock};
 
 /// Dials `http://<sandbox-id>:<port>` from inside that sandbox's network namespace, at the
 /// address the port was detected listening on (its loopback when listening on all addresses).
@@ -66,58 +61,5 @@ fn dial_candidates(addr: Option<IpAddr>) -> Vec<IpAddr> {
         Some(IpAddr::V6(addr)) if addr.is_unspecified() => vec![v4, v6],
         Some(addr) => vec![addr],
         None => vec![v4, v6],
-    }
-}
-
-/// An upgraded client connection whose reads count as activity on the sandbox.
-pub(super) struct Metered<S> {
-    inner: S,
-    proxy: Arc<Proxy>,
-    cage: Arc<Cage>,
-    port: u16,
-}
-
-impl<S> Metered<S> {
-    pub(super) fn new(inner: S, proxy: Arc<Proxy>, cage: Arc<Cage>, port: u16) -> Self {
-        Metered {
-            inner,
-            proxy,
-            cage,
-            port,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            note_activity(&self.proxy.previews, &self.cage, self.port);
-            if !self.cage.running.load(Ordering::Acquire) {
-                wake_for_traffic(&self.proxy, &self.cage);
-            }
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,9 +1,12 @@
 //! A request on to the sandbox and its answer back: hop-by-hop headers and the sandbox's
-//! cookies for other hosts removed, large bodies read ahead, upgrades (WebSocket) relayed; the
-//! traffic is the sandbox's activity, and wakes it if it fell asleep under an open connection.
+//! cookies for other hosts removed, large bodies read ahead, upgrades (WebSocket) relayed and
+//! metered; the traffic is the sandbox's activity, and wakes it if it fell asleep under an open
+//! connection.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -11,10 +14,10 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::dial::Metered;
 use super::route::wake;
-use super::{Body, BoxError, Ctx, empty, page};
+use super::{Body, BoxError, Ctx, Proxy, empty, page};
 use crate::host::Route;
 use crate::{Cage, Previews, gate, lock};
 
@@ -185,7 +188,7 @@ fn clean_response_headers(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Traffic is activity: restarts the idle clock (in memory every time, in the database at
 /// most once a second, and as a logged `http` event at most once a minute).
-pub(super) fn note_activity(previews: &Arc<Previews>, cage: &Cage, port: u16) {
+fn note_activity(previews: &Arc<Previews>, cage: &Cage, port: u16) {
     let now = caged_domain::time::now_ms();
     previews.activity.touch(cage.id, now, cage.timeout);
     let Some(last) = claim_second(&cage.last_marked_ms, now) else {
@@ -232,7 +235,7 @@ fn claim_second(last: &std::sync::atomic::AtomicI64, now: i64) -> Option<i64> {
 
 /// A sandbox fell asleep under an open connection (a WebSocket left open) and the client
 /// spoke: wake it in the background, at most once a second.
-pub(super) fn wake_for_traffic(proxy: &Arc<super::Proxy>, cage: &Cage) {
+fn wake_for_traffic(proxy: &Arc<Proxy>, cage: &Cage) {
     if claim_second(&cage.last_wake_ms, caged_domain::time::now_ms()).is_none() {
         return;
     }
@@ -266,4 +269,57 @@ fn unreachable_port(route: Route, err: &hyper_util::client::legacy::Error) -> Re
         "Nothing to preview",
         &message,
     )
+}
+
+/// An upgraded client connection whose reads count as activity on the sandbox.
+struct Metered<S> {
+    inner: S,
+    proxy: Arc<Proxy>,
+    cage: Arc<Cage>,
+    port: u16,
+}
+
+impl<S> Metered<S> {
+    fn new(inner: S, proxy: Arc<Proxy>, cage: Arc<Cage>, port: u16) -> Self {
+        Metered {
+            inner,
+            proxy,
+            cage,
+            port,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            note_activity(&self.proxy.previews, &self.cage, self.port);
+            if !self.cage.running.load(Ordering::Acquire) {
+                wake_for_traffic(&self.proxy, &self.cage);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
