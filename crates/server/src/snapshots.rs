@@ -108,16 +108,35 @@ pub(crate) async fn create_locked(
             "this snapshot needs {needed} bytes; the account's snapshots use {used} of {quota} bytes; delete some first"
         )));
     }
+    let (snapshot, size) =
+        keep(state, record, snapshot_id, name, "manual", &captured, blob).await?;
+    let payload = json!({ "op": "create", "snapshot_id": snapshot.id, "size_bytes": size, "entries": captured.entries,
+                          "deletions": captured.deletions });
+    sandboxes::record_activity(state, record, EventKind::Snapshot, payload).await;
+    Ok(snapshot)
+}
+
+/// Commits a captured blob and records it; the bytes go first, so a crash in between leaves an
+/// orphan blob, which start-up removes.
+pub(crate) async fn keep(
+    state: &AppState,
+    record: &SandboxRecord,
+    snapshot_id: String,
+    name: Option<String>,
+    kind: &str,
+    captured: &caged_snapshot::Captured,
+    blob: caged_snapshot::PendingBlob,
+) -> Result<(SnapshotRecord, u64)> {
     let size = blocking::run(move || blob.commit())
         .await
         .map_err(|err| Error::Internal(format!("storing the snapshot: {err}")))?;
     failpoint::hit("snapshot.after_blob");
     let snapshot = SnapshotRecord {
         id: snapshot_id,
-        account_id: account_id.to_string(),
-        sandbox_id: id,
+        account_id: record.account_id.clone(),
+        sandbox_id: record.id,
         name,
-        kind: "manual".into(),
+        kind: kind.into(),
         template: record.config.template.clone(),
         config: record.config.clone(),
         created_at_ms: now_ms(),
@@ -131,10 +150,7 @@ pub(crate) async fn create_locked(
         .db
         .run(move |store| store.insert_snapshot(&stored))
         .await?;
-    let payload = json!({ "op": "create", "snapshot_id": snapshot.id, "size_bytes": size, "entries": captured.entries,
-                          "deletions": captured.deletions });
-    sandboxes::record_activity(state, record, EventKind::Snapshot, payload).await;
-    Ok(snapshot)
+    Ok((snapshot, size))
 }
 
 /// Writes the diff of a container into a new blob (not yet committed).
@@ -376,8 +392,14 @@ pub(crate) async fn delete(
     snapshot_id: &str,
 ) -> Result<SnapshotRecord> {
     let snapshot = snapshot(state, account_id, snapshot_id).await?;
+    forget(state, &snapshot.id).await?;
+    Ok(snapshot)
+}
+
+/// Deletes a snapshot's record, then its bytes.
+pub(crate) async fn forget(state: &AppState, snapshot_id: &str) -> Result<()> {
     let storage = state.snapshots.clone();
-    let id = snapshot.id.clone();
+    let id = snapshot_id.to_string();
     // The record goes first: a crash between the two leaves an orphan blob, which start-up removes.
     state
         .db
@@ -387,8 +409,7 @@ pub(crate) async fn delete(
                 .delete(&id)
                 .map_err(|err| Error::Internal(format!("deleting the snapshot's bytes: {err}")))
         })
-        .await?;
-    Ok(snapshot)
+        .await
 }
 
 /// Removes blobs whose record never made it (a crash mid-snapshot) and half-written ones.

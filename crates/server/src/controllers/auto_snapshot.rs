@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxId, SandboxState};
-use caged_store::{SandboxRecord, SnapshotRecord};
+use caged_store::SandboxRecord;
 use serde_json::{Value, json};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sandboxes::{container_of, engine_ready};
+use crate::snapshots;
 use crate::state::AppState;
-use crate::{blocking, snapshots};
 
 /// Serves auto-snapshots, one at a time, for sandboxes that just went to sleep.
 pub(crate) async fn run(
@@ -92,16 +92,7 @@ async fn auto(state: &AppState, id: SandboxId) -> Result<()> {
             record_event(state, &record, payload).await;
             return Ok(());
         };
-        let (storage, old) = (state.snapshots.clone(), oldest.id.clone());
-        state
-            .db
-            .run(move |store| -> Result<()> {
-                store.delete_snapshot(&old)?;
-                storage
-                    .delete(&old)
-                    .map_err(|err| Error::Internal(err.to_string()))
-            })
-            .await?;
+        snapshots::forget(state, &oldest.id).await?;
         record_event(
             state,
             &record,
@@ -111,28 +102,8 @@ async fn auto(state: &AppState, id: SandboxId) -> Result<()> {
         count -= 1;
         used = used.saturating_sub(oldest.size_bytes as u64);
     }
-    let size = blocking::run(move || blob.commit())
-        .await
-        .map_err(|err| Error::Internal(format!("storing the snapshot: {err}")))?;
-    let snapshot = SnapshotRecord {
-        id: snapshot_id,
-        account_id: record.account_id.clone(),
-        sandbox_id: id,
-        name: None,
-        kind: "auto".into(),
-        template: record.config.template.clone(),
-        config: record.config.clone(),
-        created_at_ms: now_ms(),
-        size_bytes: size as i64,
-        raw_bytes: captured.raw_bytes as i64,
-        entries: captured.entries as i64,
-        sha256: captured.sha256,
-    };
-    let stored = snapshot.clone();
-    state
-        .db
-        .run(move |store| store.insert_snapshot(&stored))
-        .await?;
+    let (snapshot, size) =
+        snapshots::keep(state, &record, snapshot_id, None, "auto", &captured, blob).await?;
     record_event(
         state,
         &record,
