@@ -4,8 +4,9 @@
 //! whoever serves it sleeps until the earliest and the cost does not grow with the number of
 //! sandboxes.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use caged_domain::SandboxId;
 use tokio::sync::Notify;
@@ -46,10 +47,8 @@ impl Drop for Busy {
 }
 
 impl Activity {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Queue> {
+        self.inner.lock()
     }
 
     /// The sandbox was active at `at_ms`; it sleeps `timeout_seconds` later unless used again.

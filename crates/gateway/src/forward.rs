@@ -301,7 +301,7 @@ fn note_refusal(
 ) {
     let now = now_ms();
     {
-        let mut refused = ctx.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refused = ctx.refused.lock();
         match refused.get(&record.id) {
             Some(last) if now - last < REFUSAL_EVENT_EVERY_MS => return,
             _ => refused.insert(record.id, now),

@@ -15,9 +15,10 @@ mod forward;
 pub mod keys;
 mod meter;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,24 +130,26 @@ impl caged_netpolicy::LinkService for Gateway {
 impl Inner {
     /// Forgets the pending-charge slots nobody is using that hold nothing.
     fn prune_pending(&self) {
-        lock(&self.pending).retain(|_, slot| Arc::strong_count(slot) > 1 || *lock(slot) != 0);
+        self.pending
+            .lock()
+            .retain(|_, slot| Arc::strong_count(slot) > 1 || *slot.lock() != 0);
     }
 
     /// The sandbox's pending charges, behind a lock of its own.
     fn slot(&self, sandbox: SandboxId) -> Arc<Mutex<i64>> {
-        lock(&self.pending).entry(sandbox).or_default().clone()
+        self.pending.lock().entry(sandbox).or_default().clone()
     }
 
     /// A call's charge, known before it is stored.
     fn charge_pending(&self, sandbox: SandboxId, micros: i64) {
-        *lock(&self.slot(sandbox)) += micros;
+        *self.slot(sandbox).lock() += micros;
     }
 
     /// Stores a pending charge with `store` (a blocking database write): the stored totals
     /// and the pending amount change together, as [`Inner::spent_with`] sees them.
     fn store_charge<T>(&self, sandbox: SandboxId, micros: i64, store: impl FnOnce() -> T) -> T {
         let slot = self.slot(sandbox);
-        let mut pending = lock(&slot);
+        let mut pending = slot.lock();
         let stored = store();
         *pending -= micros;
         stored
@@ -156,14 +159,10 @@ impl Inner {
     /// stored yet, consistently: each charge is counted exactly once.
     fn spent_with<T>(&self, sandbox: SandboxId, read: impl FnOnce() -> T) -> (i64, T) {
         let slot = self.slot(sandbox);
-        let pending = lock(&slot);
+        let pending = slot.lock();
         let read = read();
         (*pending, read)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The TLS settings for calling providers and webhooks: the host's trusted roots.

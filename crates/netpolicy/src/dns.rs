@@ -7,9 +7,10 @@
 //! sandbox may ask a public resolver itself). In both, addresses in denied ranges are removed
 //! from answers (DNS rebinding), and each sandbox may ask [`QUERIES_PER_SECOND`].
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caged_domain::event::NetworkAction;
@@ -17,7 +18,7 @@ use caged_network::dns::{self as wire, QueryKind, ResolveError, Resolved, Upstre
 use caged_network::firewall::Mode;
 use tokio::task::JoinHandle;
 
-use super::{Link, Network, lock};
+use super::{Link, Network};
 
 /// Queries a sandbox may send per second (burst: twice that): far above what builds and package
 /// managers do (glibc has no cache and asks A and AAAA for every connection), far below a flood.
@@ -44,7 +45,7 @@ impl Resolver {
     /// A records of `name`, TTLs clamped to [`MIN_TTL`]..[`MAX_TTL`] and counted down.
     pub(super) async fn resolve(&self, name: &str) -> Result<Resolved, ResolveError> {
         let now = Instant::now();
-        if let Some((expires, resolved)) = lock(&self.cache).get(name)
+        if let Some((expires, resolved)) = self.cache.lock().get(name)
             && *expires > now
         {
             let left = expires.duration_since(now).as_secs() as u32;
@@ -72,7 +73,7 @@ impl Resolver {
                 .unwrap_or(NEGATIVE_TTL),
             Resolved::NoSuchName => NEGATIVE_TTL,
         };
-        let mut cache = lock(&self.cache);
+        let mut cache = self.cache.lock();
         if cache.len() > 10_000 {
             cache.retain(|_, (expires, _)| *expires > now);
         }
@@ -150,11 +151,7 @@ pub(super) fn serve(
 async fn answer(net: &Network, link: &Link, query: &wire::Query) -> Vec<u8> {
     let name = &query.name;
     if link.mode == Mode::Allowlist {
-        let allowed = link
-            .allowlist
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .allows(name);
+        let allowed = link.allowlist.read().allows(name);
         if !allowed {
             net.record(
                 link,
@@ -207,7 +204,7 @@ async fn answer(net: &Network, link: &Link, query: &wire::Query) -> Vec<u8> {
             // in both, refusals of these addresses are reported with the name.
             {
                 let now = Instant::now();
-                let mut handed_out = lock(&link.handed_out);
+                let mut handed_out = link.handed_out.lock();
                 if handed_out.len() > 4096 {
                     handed_out.retain(|_, (_, until)| *until > now);
                 }

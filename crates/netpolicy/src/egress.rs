@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::{Link, Network, lock};
+use super::{Link, Network};
 
 /// How long a client may take to say which host it wants.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +48,7 @@ pub(super) fn serve(
                     continue;
                 }
             };
-            if lock(&link.connections).len() >= MAX_CONNECTIONS {
+            if link.connections.lock().len() >= MAX_CONNECTIONS {
                 caged_network::sockets::reset(stream);
                 continue;
             }
@@ -57,10 +57,12 @@ pub(super) fn serve(
             let (net, task_link) = (net.clone(), link.clone());
             let task = tokio::spawn(async move {
                 handle(&net, &task_link, stream, number).await;
-                lock(&task_link.connections).remove(&number);
+                task_link.connections.lock().remove(&number);
             });
             // Registered with no host until one is allowed; an allowlist change closes it then.
-            lock(&link.connections).insert(number, (String::new(), task.abort_handle()));
+            link.connections
+                .lock()
+                .insert(number, (String::new(), task.abort_handle()));
         }
     })
 }
@@ -106,7 +108,9 @@ async fn decide(
         Asked::Nameless(why) => return Err((None, why)),
         Asked::Opaque => {
             // Only to an address handed out for an allowed name, while fresh.
-            let handed = lock(&link.handed_out)
+            let handed = link
+                .handed_out
+                .lock()
                 .get(original.ip())
                 .filter(|(_, until)| *until > Instant::now())
                 .map(|(name, _)| name.clone());
@@ -138,10 +142,7 @@ async fn decide(
 }
 
 fn allows(link: &Link, name: &str) -> bool {
-    link.allowlist
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .allows(name)
+    link.allowlist.read().allows(name)
 }
 
 async fn read_hello(client: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Asked> {
@@ -222,11 +223,7 @@ async fn refuse(
         let body = format!(
             "caged: {target} is not reachable from sandbox {}: {why}. Allowed hosts: {}\n",
             link.id,
-            link.allowlist
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .patterns()
-                .join(", ")
+            link.allowlist.read().patterns().join(", ")
         );
         let response = format!(
             "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\nx-caged-error: egress_blocked\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -293,7 +290,7 @@ async fn connect(
         }
     };
     let _ = upstream.set_nodelay(true);
-    if let Some(entry) = lock(&link.connections).get_mut(&number) {
+    if let Some(entry) = link.connections.lock().get_mut(&number) {
         entry.0 = name.to_string();
     }
     let mut upstream = upstream;

@@ -17,9 +17,10 @@ mod egress;
 mod refusals;
 mod traffic;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caged_domain::event::{NetworkAction, NetworkEvent};
@@ -160,10 +161,10 @@ struct Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        for task in lock(&self.services).drain(..) {
+        for task in self.services.lock().drain(..) {
             task.abort();
         }
-        for (_, (_, task)) in lock(&self.connections).drain() {
+        for (_, (_, task)) in self.connections.lock().drain() {
             task.abort();
         }
     }
@@ -216,19 +217,16 @@ impl Network {
     }
 
     fn link(&self, id: SandboxId) -> Option<Arc<Link>> {
-        lock(&self.links).get(&id).cloned()
+        self.links.lock().get(&id).cloned()
     }
 
     fn links(&self) -> Vec<Arc<Link>> {
-        lock(&self.links).values().cloned().collect()
+        self.links.lock().values().cloned().collect()
     }
 
     /// What a destination is denied as, for a sandbox (`None`: it may be reached).
     pub fn denied(&self, ip: std::net::IpAddr) -> Option<&'static str> {
-        let host_nets = self
-            .host_nets
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let host_nets = self.host_nets.read();
         caged_network::ranges::denied(ip, &self.config.open_ranges, &host_nets)
     }
 
@@ -285,11 +283,7 @@ impl Network {
     }
 
     fn denied_ranges(&self) -> Vec<Net4> {
-        let host_nets = self
-            .host_nets
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let host_nets = self.host_nets.read().clone();
         let mut denied: Vec<Net4> = caged_network::ranges::DENIED
             .iter()
             .map(|(net, _)| *net)
@@ -395,10 +389,10 @@ impl Network {
             traffic: Mutex::new(HashMap::new()),
             recorded: Mutex::new(HashMap::new()),
         });
-        let old = lock(&self.links).insert(id, link.clone());
+        let old = self.links.lock().insert(id, link.clone());
         drop(old);
         if let Err(err) = self.write_firewall(false).await {
-            lock(&self.links).remove(&id);
+            self.links.lock().remove(&id);
             return Err(Error::Firewall(err));
         }
         Ok(link)
@@ -486,7 +480,7 @@ impl Network {
             caged_network::link::set_host_sysctls(&link.spec).map_err(|e| failed(&e))?;
         }
         let services_up = {
-            let services = lock(&link.services);
+            let services = link.services.lock();
             !services.is_empty() && services.iter().all(|task| !task.is_finished())
         };
         if !services_up || link.bound_ifindex.load(Ordering::Acquire) != ifindex {
@@ -497,7 +491,7 @@ impl Network {
     }
 
     fn start_services(self: &Arc<Self>, link: &Arc<Link>) -> std::result::Result<(), String> {
-        let mut services = lock(&link.services);
+        let mut services = link.services.lock();
         for task in services.drain(..) {
             task.abort();
         }
@@ -532,7 +526,7 @@ impl Network {
         if to != SandboxState::Destroyed {
             return;
         }
-        let removed = lock(&self.links).remove(&id);
+        let removed = self.links.lock().remove(&id);
         if let Some(link) = removed {
             let network = self.clone();
             tokio::spawn(async move {
@@ -565,7 +559,7 @@ impl Network {
         if let Some(link) = self.link(sandbox.id) {
             let list = Allowlist::new(&hosts);
             let cut: Vec<(String, AbortHandle)> = {
-                let mut connections = lock(&link.connections);
+                let mut connections = link.connections.lock();
                 let gone: Vec<u64> = connections
                     .iter()
                     .filter(|(_, (host, _))| !host.is_empty() && !list.allows(host))
@@ -575,8 +569,10 @@ impl Network {
                     .filter_map(|number| connections.remove(number))
                     .collect()
             };
-            *link.allowlist.write().unwrap_or_else(|p| p.into_inner()) = list;
-            lock(&link.handed_out).retain(|_, (name, _)| Allowlist::new(&hosts).allows(name));
+            *link.allowlist.write() = list;
+            link.handed_out
+                .lock()
+                .retain(|_, (name, _)| Allowlist::new(&hosts).allows(name));
             for (host, task) in cut {
                 task.abort();
                 self.record(
@@ -649,7 +645,7 @@ impl Network {
 
     async fn heal_once(self: &Arc<Self>) {
         if let Ok(nets) = host_networks(&self.config.pool).await {
-            *self.host_nets.write().unwrap_or_else(|p| p.into_inner()) = nets;
+            *self.host_nets.write() = nets;
         }
         let Ok(live) = self.db.run(|store| store.live_sandboxes()).await else {
             return;
@@ -697,7 +693,7 @@ impl Network {
     fn record(&self, link: &Link, key: &str, what: NetworkAction) {
         let now = Instant::now();
         let repeats = {
-            let mut recorded = lock(&link.recorded);
+            let mut recorded = link.recorded.lock();
             if recorded.len() > 4096 {
                 recorded.retain(|_, (at, _)| now.duration_since(*at) < EVENT_EVERY);
             }
@@ -752,12 +748,6 @@ impl Network {
             }
         });
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn ifindex(ifname: &str) -> Option<u32> {

@@ -8,7 +8,7 @@ use caged_domain::event::{By, NetworkAction};
 use caged_network::firewall::{LOG_FLOW, LOG_HOST, LOG_RANGE, LOG_ROUTED, LOG_SANDBOX, LOG_SPOOF};
 use caged_network::nflog::{Listener, Refusal};
 
-use super::{Network, lock};
+use super::Network;
 
 pub(super) async fn run(net: Arc<Network>, stop: tokio_util::sync::CancellationToken) {
     let group = net.firewall.log_group;
@@ -42,7 +42,7 @@ pub(super) async fn run(net: Arc<Network>, stop: tokio_util::sync::CancellationT
 }
 
 fn note(net: &Network, refusal: &Refusal) {
-    let links = lock(&net.links).values().cloned().collect::<Vec<_>>();
+    let links = net.links.lock().values().cloned().collect::<Vec<_>>();
     let Some(link) = links
         .iter()
         .find(|link| link.bound_ifindex.load(Ordering::Acquire) == refusal.in_ifindex)
@@ -50,7 +50,9 @@ fn note(net: &Network, refusal: &Refusal) {
         return;
     };
     // The name the stub gave for this address, if it gave one.
-    let host = lock(&link.handed_out)
+    let host = link
+        .handed_out
+        .lock()
         .get(&refusal.destination)
         .map(|(name, _)| name.clone());
     let port = refusal

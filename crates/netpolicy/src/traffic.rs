@@ -14,7 +14,7 @@ use caged_domain::event::{By, NetworkAction};
 use caged_network::conntrack::{Ended, Listener};
 use caged_network::firewall::Mode;
 
-use super::{Link, Network, lock};
+use super::{Link, Network};
 
 const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
@@ -48,7 +48,7 @@ pub(super) async fn run(net: Arc<Network>, stop: tokio_util::sync::CancellationT
 }
 
 fn add(net: &Network, ended: &[Ended]) {
-    let links: Vec<Arc<Link>> = lock(&net.links).values().cloned().collect();
+    let links: Vec<Arc<Link>> = net.links.lock().values().cloned().collect();
     for connection in ended {
         if !net.config.pool.contains(connection.source) {
             continue;
@@ -59,7 +59,7 @@ fn add(net: &Network, ended: &[Ended]) {
         else {
             continue;
         };
-        let mut totals = lock(&link.traffic);
+        let mut totals = link.traffic.lock();
         let entry = totals
             .entry((connection.destination, connection.port, connection.protocol))
             .or_default();
@@ -70,9 +70,9 @@ fn add(net: &Network, ended: &[Ended]) {
 }
 
 fn report(net: &Network) {
-    let links: Vec<Arc<Link>> = lock(&net.links).values().cloned().collect();
+    let links: Vec<Arc<Link>> = net.links.lock().values().cloned().collect();
     for link in links {
-        let totals = std::mem::take(&mut *lock(&link.traffic));
+        let totals = std::mem::take(&mut *link.traffic.lock());
         if totals.is_empty() {
             continue;
         }
@@ -80,7 +80,9 @@ fn report(net: &Network) {
             .into_iter()
             .map(
                 |((address, port, protocol), (connections, bytes_out, bytes_in))| {
-                    let host = lock(&link.handed_out)
+                    let host = link
+                        .handed_out
+                        .lock()
                         .get(&address)
                         .map(|(name, _)| name.clone());
                     NetworkAction::Traffic {

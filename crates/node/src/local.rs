@@ -82,7 +82,7 @@ pub struct LocalNode {
     gateway: caged_gateway::Gateway,
     /// In the order a sandbox's parts are set up.
     capabilities: Vec<Box<dyn Capability>>,
-    preview_listener: std::sync::Mutex<Option<(TcpListener, Option<TlsAcceptor>)>>,
+    preview_listener: parking_lot::Mutex<Option<(TcpListener, Option<TlsAcceptor>)>>,
     preview_addr: SocketAddr,
 }
 
@@ -189,7 +189,7 @@ impl LocalNode {
             observer,
             gateway,
             capabilities,
-            preview_listener: std::sync::Mutex::new(Some((listener, tls))),
+            preview_listener: parking_lot::Mutex::new(Some((listener, tls))),
             preview_addr,
         })
     }
@@ -252,11 +252,7 @@ impl LocalNode {
                 Box::pin(self.network.clone().traffic(stop.clone())),
             ),
         ];
-        let listener = self
-            .preview_listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let listener = self.preview_listener.lock().take();
         if let Some((listener, tls)) = listener {
             loops.push((
                 "preview.serve",

@@ -19,9 +19,10 @@ pub mod kernel;
 mod record;
 mod tracker;
 
+use parking_lot::Mutex;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caged_domain::event::NetworkAction;
@@ -98,13 +99,7 @@ impl Observer {
 
     /// Waits until what the host saw before now is recorded and scored (at most `limit`).
     pub async fn settle(&self, limit: Duration) {
-        if !self.enabled
-            || self
-                .unavailable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-        {
+        if !self.enabled || self.unavailable.lock().is_some() {
             return;
         }
         let (done, waiting) = tokio::sync::oneshot::channel();
@@ -114,12 +109,8 @@ impl Observer {
 
     /// For `caged system`: whether observation runs, and its counters.
     pub fn status(&self) -> Status {
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let unavailable = self
-            .unavailable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let stats = self.stats.lock().clone();
+        let unavailable = self.unavailable.lock().clone();
         Status {
             enabled: unavailable.is_none(),
             detail: unavailable.unwrap_or_else(|| {
@@ -154,11 +145,7 @@ impl Observer {
         self: &Arc<Self>,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let incoming = self
-            .incoming
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let incoming = self.incoming.lock().take();
         if incoming.is_some() && self.enabled {
             self.start_tracker();
         }
@@ -180,10 +167,7 @@ impl Observer {
             Err(err) => {
                 let why = format!("cannot subscribe to the kernel's process events: {err}");
                 tracing::warn!("observation off: {why}");
-                *observer
-                    .unavailable
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(why);
+                *observer.unavailable.lock() = Some(why);
                 return;
             }
         };

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use caged_store::PortChange;
 
-use crate::{Cage, Lifecycle, Previews, lock};
+use crate::{Cage, Lifecycle, Previews};
 
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// Docker's embedded DNS server listens inside every sandbox on a user-defined network, at this
@@ -59,7 +59,7 @@ async fn sync(previews: &Arc<Previews>) {
         }
     };
     let live: HashSet<_> = heads.iter().map(|head| head.id).collect();
-    lock(&previews.cages).retain(|id, _| live.contains(id));
+    previews.cages.lock().retain(|id, _| live.contains(id));
     for head in heads {
         let current = previews.cage(head.id);
         if let Some(cage) = &current {
@@ -112,7 +112,7 @@ pub(crate) fn changes(cages: &[Arc<Cage>]) -> Vec<(Arc<Cage>, Vec<PortChange>)> 
     let mut changed = Vec::new();
     for cage in cages {
         let now = {
-            let mut tables = lock(&cage.tables);
+            let mut tables = cage.tables.lock();
             let Some(tables) = tables.as_mut() else {
                 continue;
             };
@@ -127,7 +127,7 @@ pub(crate) fn changes(cages: &[Arc<Cage>]) -> Vec<(Arc<Cage>, Vec<PortChange>)> 
                 }
             }
         };
-        let mut known = lock(&cage.ports);
+        let mut known = cage.ports.lock();
         let diff = diff(&known, &now);
         if !diff.is_empty() {
             *known = now;

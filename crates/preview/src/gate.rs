@@ -1,8 +1,8 @@
 //! What stands between the world and a preview: the per-URL rate limit and the optional
 //! password (a signed, host-only cookie after a login form, or HTTP basic auth for scripts).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -121,10 +121,7 @@ impl RateLimit {
         }
         let capacity = f64::from(self.per_minute);
         let per_second = capacity / 60.0;
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self.buckets.lock();
         if buckets.len() > 10_000 {
             // Full buckets carry no information; dropping them bounds the map.
             buckets.retain(|_, bucket| {

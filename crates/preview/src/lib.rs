@@ -14,10 +14,11 @@ mod host;
 mod proxy;
 mod tls;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use caged_activity::{Activity, Busy};
 use caged_domain::{SandboxId, SandboxState};
@@ -144,12 +145,6 @@ pub struct Cage {
     last_wake_ms: AtomicI64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Previews {
     /// `port` is where the proxy listens (shown in URLs), `tls` whether it speaks HTTPS.
     pub fn new(
@@ -188,17 +183,17 @@ impl Previews {
     }
 
     fn cage(&self, id: SandboxId) -> Option<Arc<Cage>> {
-        lock(&self.cages).get(&id).cloned()
+        self.cages.lock().get(&id).cloned()
     }
 
     /// Drops what is held of a sandbox whose container or namespace changed (restored,
     /// restarted); the next request or bookkeeping round opens the new one.
     pub fn forget(&self, id: SandboxId) {
-        lock(&self.cages).remove(&id);
+        self.cages.lock().remove(&id);
     }
 
     fn cages(&self) -> Vec<Arc<Cage>> {
-        lock(&self.cages).values().cloned().collect()
+        self.cages.lock().values().cloned().collect()
     }
 
     /// Keeps the flag the proxy's fast path reads in step with the lifecycle; a destroyed
@@ -206,7 +201,7 @@ impl Previews {
     pub fn transitioned(&self, id: SandboxId, to: SandboxState) {
         match to {
             SandboxState::Destroyed => {
-                lock(&self.cages).remove(&id);
+                self.cages.lock().remove(&id);
                 let db = self.db.clone();
                 tokio::spawn(async move {
                     if let Err(err) = db.run(move |store| store.clear_preview_ports(id)).await {
@@ -264,7 +259,9 @@ impl Previews {
             return Err(Error::NotReady(head.id));
         };
         let now = caged_domain::time::now_ms();
-        if lock(&self.unreachable)
+        if self
+            .unreachable
+            .lock()
             .get(&container_id)
             .is_some_and(|until| *until > now)
         {
@@ -276,7 +273,7 @@ impl Previews {
         let ns = match self.runtime.network_namespace(&container_id).await {
             Ok(ns) => ns,
             Err(err) => {
-                let mut unreachable = lock(&self.unreachable);
+                let mut unreachable = self.unreachable.lock();
                 unreachable.retain(|_, until| *until > now);
                 unreachable.insert(container_id, now + UNREACHABLE_RETRY_MS);
                 return Err(err.into());
@@ -290,15 +287,7 @@ impl Previews {
             }
         };
         let id = head.id;
-        let (ports, passwords) = self
-            .db
-            .run(move |store| {
-                Ok::<_, caged_store::StoreError>((
-                    store.preview_ports(id)?,
-                    store.preview_passwords(id)?,
-                ))
-            })
-            .await?;
+        let (ports, passwords) = self.stored(id).await?;
         let cage = Arc::new(Cage {
             id,
             account_id: head.account_id.clone(),
@@ -322,20 +311,42 @@ impl Previews {
             last_marked_ms: AtomicI64::new(0),
             last_wake_ms: AtomicI64::new(0),
         });
-        lock(&self.cages).insert(id, cage.clone());
+        self.cages.lock().insert(id, cage.clone());
         Ok(cage)
     }
 
     /// A port's password changed.
+    /// The ports seen listening and the passwords set, as stored.
+    async fn stored(
+        &self,
+        id: SandboxId,
+    ) -> Result<(
+        Vec<caged_store::PreviewPort>,
+        Vec<caged_store::PreviewPassword>,
+    )> {
+        let stored = self
+            .db
+            .run(move |store| {
+                Ok::<_, caged_store::StoreError>((
+                    store.preview_ports(id)?,
+                    store.preview_passwords(id)?,
+                ))
+            })
+            .await?;
+        Ok(stored)
+    }
+
     fn password_changed(&self, id: SandboxId, port: u16, password: Option<PreviewPassword>) {
         if let Some(cage) = self.cage(id) {
-            let mut passwords = lock(&cage.passwords);
+            let mut passwords = cage.passwords.lock();
             match password {
                 Some(password) => passwords.insert(port, password),
                 None => passwords.remove(&port),
             };
         }
-        lock(&self.verified).retain(|(route, _), _| route.id != id || route.port != port);
+        self.verified
+            .lock()
+            .retain(|(route, _), _| route.id != id || route.port != port);
     }
 
     /// Protects a sandbox's port with a password (`None` opens it again); requests follow at
@@ -394,15 +405,7 @@ impl Previews {
             return Ok(Vec::new());
         }
         let id = record.id;
-        let (ports, passwords) = self
-            .db
-            .run(move |store| {
-                Ok::<_, caged_store::StoreError>((
-                    store.preview_ports(id)?,
-                    store.preview_passwords(id)?,
-                ))
-            })
-            .await?;
+        let (ports, passwords) = self.stored(id).await?;
         let mut previews: BTreeMap<u16, Preview> = BTreeMap::new();
         for port in ports {
             previews.insert(

@@ -1,8 +1,9 @@
 //! The lifecycle's locks: one async lock per sandbox, so operations on one sandbox never
 //! interleave and different sandboxes never wait on each other.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use caged_domain::SandboxId;
 
@@ -16,10 +17,7 @@ pub(crate) struct Locks {
 impl Locks {
     pub(crate) async fn lock(&self, id: SandboxId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
-            let mut map = self
-                .map
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut map = self.map.lock();
             // Drop locks nobody holds or waits on, so the map does not grow without bound.
             map.retain(|_, lock| Arc::strong_count(lock) > 1);
             map.entry(id).or_default().clone()
@@ -30,10 +28,7 @@ impl Locks {
     /// The lock if nobody holds it; for background work that should yield to requests.
     pub(crate) fn try_lock(&self, id: SandboxId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         let lock = {
-            let mut map = self
-                .map
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut map = self.map.lock();
             map.entry(id).or_default().clone()
         };
         lock.try_lock_owned().ok()

@@ -6,8 +6,8 @@
 //! Short work a request or a loop hands off (recording an event, waking a sandbox) is not a
 //! loop and is not registered; it ends on its own.
 
+use parking_lot::Mutex;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::task::AbortHandle;
@@ -44,7 +44,7 @@ impl Tasks {
             task.await;
             tracing::debug!(task = name, "ended");
         });
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.lock();
         running.retain(|(_, handle)| !handle.is_finished());
         running.push((name, handle.abort_handle()));
     }
@@ -60,7 +60,7 @@ impl Tasks {
         {
             return;
         }
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self.running.lock();
         for (name, handle) in running.iter().filter(|(_, handle)| !handle.is_finished()) {
             tracing::warn!(
                 task = name,

@@ -21,8 +21,8 @@ pub use sessions::{NewSession, SessionRecord};
 pub use trust::{Charged, NewEvent, NewPenalty, PenaltyRecord};
 pub use web::{DAY_MS, DailyLlm, WebSession};
 
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::Mutex;
 
 use caged_domain::{EventKind, SandboxConfig, SandboxId, SandboxState, Transition};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -190,12 +190,10 @@ impl Store {
         })
     }
 
-    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
-        // back on drop), so a poisoned lock is safe to keep using.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn conn(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        // The lock does not poison: a panic while holding it cannot leave SQLite inconsistent
+        // (transactions roll back on drop), so the next caller carries on.
+        self.conn.lock()
     }
 
     /// A value kept for the lifetime of the data folder, created on first use.

@@ -12,8 +12,9 @@
 //! Every server logs what reached it, so tests assert on the observer's side: a transparent
 //! proxy makes a refused connection look open to the client. Nothing routes beyond it.
 
+use parking_lot::Mutex;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use simple_dns::rdata::{A, RData};
@@ -53,7 +54,6 @@ impl Internet {
     pub fn seen_by(&self, server: Ipv4Addr) -> Vec<Seen> {
         self.seen
             .lock()
-            .unwrap()
             .iter()
             .filter(|seen| seen.server == server)
             .cloned()
@@ -264,7 +264,7 @@ async fn web_server(
             if port == 22 {
                 // A server that speaks first and keeps the connection open, echoing, until the
                 // client (or something between) closes it.
-                seen.lock().unwrap().push(Seen {
+                seen.lock().push(Seen {
                     server,
                     port,
                     what: "opaque".into(),
@@ -303,7 +303,7 @@ async fn web_server(
                     caged_network::http::Head::NotHttp => break "opaque".to_string(),
                 }
             };
-            seen.lock().unwrap().push(Seen {
+            seen.lock().push(Seen {
                 server,
                 port,
                 what: what.clone(),
@@ -394,7 +394,7 @@ async fn dns_server(
             continue;
         };
         let Ok(query) = Packet::parse(&buf[..len]) else {
-            seen.lock().unwrap().push(Seen {
+            seen.lock().push(Seen {
                 server,
                 port: 53,
                 what: "dns (unparsable)".into(),
@@ -409,7 +409,7 @@ async fn dns_server(
             .to_string()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        seen.lock().unwrap().push(Seen {
+        seen.lock().push(Seen {
             server,
             port: 53,
             what: format!("dns {name} {:?}", question.qtype),

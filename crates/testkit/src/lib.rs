@@ -42,12 +42,10 @@ pub struct TestServer {
 /// addresses), and different for every folder of this process, so servers running side by side
 /// never number links alike. /23s of 10.200.0.0/13, 128 sandboxes each.
 pub fn sandbox_network(data_dir: &std::path::Path) -> String {
-    use std::sync::{Mutex, OnceLock};
+    use parking_lot::Mutex;
+    use std::sync::OnceLock;
     static GIVEN: OnceLock<Mutex<HashMap<PathBuf, u32>>> = OnceLock::new();
-    let mut given = GIVEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut given = GIVEN.get_or_init(Default::default).lock();
     // Processes start at different places, so two test binaries rarely meet either.
     let start = (std::process::id() % 16) * 64;
     let next = given.len() as u32;

@@ -4,10 +4,11 @@
 //! token usage it is told to report. It keeps every request it got, so a test can check what
 //! reached "the provider" (the operator's key, never the sandbox's).
 
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,11 +107,7 @@ impl FakeLlm {
 
     /// Every request so far, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.seen.lock().clone()
     }
 }
 
@@ -133,16 +130,12 @@ async fn answer(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    shared
-        .seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Seen {
-            path: path.clone(),
-            authorization,
-            api_key,
-            body: body.clone(),
-        });
+    shared.seen.lock().push(Seen {
+        path: path.clone(),
+        authorization,
+        api_key,
+        body: body.clone(),
+    });
     let (tokens_in, tokens_out) = (
         shared.tokens_in.load(Ordering::SeqCst),
         shared.tokens_out.load(Ordering::SeqCst),

@@ -1,10 +1,11 @@
 //! A webhook receiver for tests: a real HTTP server on loopback that keeps every POST it gets
 //! and answers 500 to the first `fail_first` (to see retries), 200 after.
 
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -80,13 +81,11 @@ impl WebhookReceiver {
                             } else {
                                 StatusCode::OK
                             };
-                            kept.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(Received {
-                                    headers,
-                                    body: String::from_utf8_lossy(&body).into_owned(),
-                                    status: status.as_u16(),
-                                });
+                            kept.lock().push(Received {
+                                headers,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                                status: status.as_u16(),
+                            });
                             let mut response = Response::new(Full::new(Bytes::new()));
                             *response.status_mut() = status;
                             Ok::<_, Infallible>(response)
@@ -110,9 +109,6 @@ impl WebhookReceiver {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.received
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.received.lock().clone()
     }
 }

@@ -2,8 +2,9 @@
 //! are in, as the runtime's host view says), and opens of the sensitive files each sandbox is
 //! watched for (the opener waits while the tracker reads who it is).
 
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use caged_domain::Isolation;

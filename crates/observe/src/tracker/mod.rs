@@ -14,11 +14,12 @@ mod programs;
 pub use programs::names_file;
 
 use caged_domain::event::{NetworkAction, Seen};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caged_domain::{Isolation, SandboxId};
@@ -100,10 +101,7 @@ impl Commands {
     }
 
     pub(crate) fn push(&self, command: Command) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(command);
+        self.queue.lock().push(command);
         if let Some(waker) = &self.waker {
             waker.wake();
         }
@@ -113,7 +111,7 @@ impl Commands {
         if let Some(waker) = &self.waker {
             waker.drain();
         }
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.queue.lock())
     }
 }
 
@@ -383,7 +381,7 @@ impl Tracker {
     }
 
     fn stat(&self, f: impl FnOnce(&mut Stats)) {
-        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut self.stats.lock());
     }
 
     /// Sends an observation of the command rooted at `root`, or holds it until the API says

@@ -51,7 +51,7 @@ impl Tracker {
         }
         let sensitive = &self.sensitive;
         let refuse = |id: (u64, u64)| sensitive.contains_key(&id);
-        let mut programs = watched.programs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut programs = watched.programs.lock();
         let programs =
             programs.get_or_insert_with(|| canonical_programs(watched.root.as_ref(), &refuse));
         // The program file as the process runs it (even if renamed or deleted since). Never a

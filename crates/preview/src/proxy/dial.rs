@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 
-use crate::{Previews, lock};
+use crate::Previews;
 
 /// Dials `http://<sandbox-id>:<port>` from inside that sandbox's network namespace, at the
 /// address the port was detected listening on (its loopback when listening on all addresses).
@@ -36,7 +36,7 @@ impl tower_service::Service<hyper::Uri> for Dialer {
                 .ok_or_else(not_found)?;
             let port = uri.port_u16().ok_or_else(not_found)?;
             let cage = previews.cage(id).ok_or_else(not_found)?;
-            let listening = lock(&cage.ports).get(&port).copied();
+            let listening = cage.ports.lock().get(&port).copied();
             let mut last_error = None;
             for addr in dial_candidates(listening) {
                 match cage.ns.connect(SocketAddr::new(addr, port)).await {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::route::wake;
 use super::{Body, BoxError, Ctx, Proxy, empty, page};
 use crate::host::Route;
-use crate::{Cage, Previews, gate, lock};
+use crate::{Cage, Previews, gate};
 
 pub(super) async fn forward(
     ctx: &Ctx,
@@ -87,7 +87,7 @@ pub(super) async fn forward(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (proxy, cage, port) = (proxy.clone(), cage.clone(), route.port);
-        let slot = lock(&ctx.slot).take();
+        let slot = ctx.slot.lock().take();
         tokio::spawn(async move {
             let _slot = slot;
             let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {

@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 use super::{Body, Ctx, LOGIN_PATH, empty, full, html_headers, page};
 use crate::gate::{self, COOKIE};
 use crate::host::Route;
-use crate::lock;
 
 /// Whether the request carries this port's credential; removes it from the request if so.
 pub(super) async fn authorized(
@@ -52,14 +51,14 @@ pub(super) async fn authorized(
         return false;
     };
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-    let known = lock(&previews.verified).get(&(route, digest)).copied();
+    let known = previews.verified.lock().get(&(route, digest)).copied();
     let ok = if known == Some(password.set_at_ms) {
         true
     } else {
         let phc = password.hash.clone();
         let verified = verify(given, phc).await;
         if verified {
-            let mut cache = lock(&previews.verified);
+            let mut cache = previews.verified.lock();
             if cache.len() > 10_000 {
                 cache.clear();
             }

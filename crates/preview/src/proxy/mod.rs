@@ -14,9 +14,10 @@ mod forward;
 mod login;
 mod route;
 
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Lifecycle, Previews, lock};
+use crate::{Lifecycle, Previews};
 use dial::Dialer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -181,7 +182,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         Ok(cage) => cage,
         Err(refusal) => return refusal.into(),
     };
-    let password = lock(&cage.passwords).get(&route.port).cloned();
+    let password = cage.passwords.lock().get(&route.port).cloned();
     let mut req = req;
     if let Some(password) = password {
         if req.uri().path() == LOGIN_PATH && req.method() == Method::POST {

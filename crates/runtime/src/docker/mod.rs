@@ -42,11 +42,11 @@ pub struct DockerRuntime {
     host: Option<String>,
     /// Connected on first use: the client library refuses to build a client for a socket that
     /// does not exist yet, and the engine may start after the server.
-    client: std::sync::Mutex<Option<Docker>>,
+    client: parking_lot::Mutex<Option<Docker>>,
     installation_id: String,
     gvisor: OnceLock<Support>,
     /// Where the engine keeps sandboxes' files, as the last probe found.
-    host_view: std::sync::Mutex<Option<Arc<dyn HostView>>>,
+    host_view: parking_lot::Mutex<Option<Arc<dyn HostView>>>,
     seccomp_profile: String,
 }
 
@@ -91,19 +91,16 @@ impl DockerRuntime {
     pub fn connect(host: Option<&str>, installation_id: &str) -> DockerRuntime {
         DockerRuntime {
             host: host.map(str::to_string),
-            client: std::sync::Mutex::new(None),
+            client: parking_lot::Mutex::new(None),
             installation_id: installation_id.to_string(),
             gvisor: OnceLock::new(),
-            host_view: std::sync::Mutex::new(None),
+            host_view: parking_lot::Mutex::new(None),
             seccomp_profile: seccomp::profile().to_string(),
         }
     }
 
     fn docker(&self) -> Result<Docker> {
-        let mut client = self
-            .client
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut client = self.client.lock();
         if let Some(docker) = client.as_ref() {
             return Ok(docker.clone());
         }
@@ -420,7 +417,7 @@ impl Runtime for DockerRuntime {
             .as_deref()
             .map(std::path::PathBuf::from)
             .filter(|root| layout::watchable(&driver, root));
-        *self.host_view.lock().unwrap_or_else(|p| p.into_inner()) = sandbox_filesystems
+        *self.host_view.lock() = sandbox_filesystems
             .clone()
             .map(|root| Arc::new(layout::Btrfs::new(root)) as Arc<dyn HostView>);
         Ok(EngineInfo {
@@ -446,10 +443,7 @@ impl Runtime for DockerRuntime {
     }
 
     fn host_view(&self) -> Option<Arc<dyn HostView>> {
-        self.host_view
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.host_view.lock().clone()
     }
 
     async fn isolation_support(&self, isolation: Isolation) -> Support {

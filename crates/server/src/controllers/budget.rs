@@ -7,8 +7,9 @@
 //! sandbox at or over its budget that is still alive after a restart is simply destroyed then.
 
 use caged_domain::EventKind;
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use caged_cost::{Level, Micros};
@@ -112,19 +113,13 @@ async fn check_all(
         let spend = spend(&state.config.cost.prices, &record).total();
         for level in caged_cost::budget::reached(spend, Micros(budget)) {
             if level == Level::Exceeded {
-                let started = destroying
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(record.id);
+                let started = destroying.lock().insert(record.id);
                 if started {
                     let (state, destroying, record) =
                         (state.clone(), destroying.clone(), record.clone());
                     tokio::spawn(async move {
                         exceed(&state, &record).await;
-                        destroying
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&record.id);
+                        destroying.lock().remove(&record.id);
                     });
                 }
                 continue;
