@@ -204,16 +204,9 @@ fn upstream_client() -> Result<UpstreamClient, String> {
 /// Serves the gateway on a link's listener.
 fn serve(ctx: Arc<Inner>, link: SandboxId, listener: tokio::net::TcpListener) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let what = format!("gateway of sandbox {link}");
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(sandbox = %link, "gateway accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
+            let (stream, _) = caged_network::sockets::accept(&listener, &what).await;
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {

@@ -39,20 +39,13 @@ pub(super) fn serve(
     listener: tokio::net::TcpListener,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let what = format!("egress proxy of sandbox {}", link.id);
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(sandbox = %link.id, "egress accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (stream, _) = caged_network::sockets::accept(&listener, &what).await;
             if link.connections.lock().len() >= MAX_CONNECTIONS {
                 caged_network::sockets::reset(stream);
                 continue;
             }
-            let _ = stream.set_nodelay(true);
             let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
             let (net, task_link) = (net.clone(), link.clone());
             let task = tokio::spawn(async move {

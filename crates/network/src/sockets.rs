@@ -30,6 +30,27 @@ pub fn tcp_on_link(ifname: &str, addr: SocketAddrV4) -> io::Result<tokio::net::T
     tokio::net::TcpListener::from_std(socket.into())
 }
 
+/// The next connection on `listener`, with Nagle off (our services relay small frames). A
+/// failed accept (out of descriptors and the like) is logged and retried after a pause rather
+/// than spun on; `what` names the service in that log line.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(err) => {
+                tracing::warn!("{what}: accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Where a connection redirected by the firewall was going (`SO_ORIGINAL_DST`).
 pub fn original_destination(stream: &tokio::net::TcpStream) -> io::Result<SocketAddrV4> {
     const SO_ORIGINAL_DST: libc::c_int = 80;

@@ -75,15 +75,7 @@ pub(crate) async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!("preview listener: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = caged_network::sockets::accept(&listener, "preview listener") => accepted,
             () = stop.cancelled() => return,
         };
         // Past the cap a new connection is closed at once rather than starving the others.
@@ -91,7 +83,6 @@ pub(crate) async fn serve(
             tracing::warn!(%peer, "preview connection refused: {MAX_CONNECTIONS} already open");
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let (proxy, tls) = (proxy.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
