@@ -122,9 +122,9 @@ async fn main() {
     let usage = client.usage(&id).await.expect("usage");
     println!(
         "metered: {} calls' tokens in the sandbox's usage ({} in, {} out)",
-        usage["tokens_in"].as_i64().unwrap_or(0) / 1000,
-        usage["tokens_in"],
-        usage["tokens_out"]
+        usage.tokens_in / 1000,
+        usage.tokens_in,
+        usage.tokens_out
     );
     drop(server);
 }

@@ -59,20 +59,13 @@ async fn main() {
     let client = loop {
         if let Ok(key) = std::fs::read_to_string(data.path().join("admin.key")) {
             let client = Client::new(&url, Some(key.trim().to_string()));
-            if client
-                .system()
-                .await
-                .is_ok_and(|system| system["engine"]["status"] == "up")
-            {
+            if client.system().await.is_ok_and(|system| system.engine_up()) {
                 break client;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let installation = client.system().await.unwrap()["installation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let installation = client.system().await.unwrap().installation_id;
 
     // Caged.
     let started = Instant::now();

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
+use caged_client::wire::Event;
 use caged_testkit::TestServer;
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PROCESSES: u32 = 10_000;
 
@@ -72,7 +73,7 @@ async fn settled_count(
     server: &TestServer,
     id: &str,
     after: i64,
-    count: impl Fn(&Value) -> u64,
+    count: impl Fn(&Event) -> u64,
     expect: u64,
 ) -> u64 {
     let mut last = (0, Instant::now());
@@ -82,7 +83,7 @@ async fn settled_count(
         loop {
             let page = server.client.events(id, seq).await.expect("events");
             let Some(tail) = page.last() else { break };
-            seq = tail["seq"].as_i64().unwrap();
+            seq = tail.seq;
             total += page.iter().map(&count).sum::<u64>();
         }
         if total != last.0 {
@@ -101,7 +102,7 @@ async fn last_seq(server: &TestServer, id: &str) -> i64 {
     loop {
         let page = server.client.events(id, seq).await.expect("events");
         match page.last() {
-            Some(tail) => seq = tail["seq"].as_i64().unwrap(),
+            Some(tail) => seq = tail.seq,
             None => return seq,
         }
     }
@@ -126,12 +127,12 @@ async fn observed(server: &TestServer, id: &str, files: u64, runs: &mut Runs) ->
             .parse()
             .expect("micros"),
     );
-    let is_measured = |e: &Value| {
+    let is_measured = |e: &Event| {
         u64::from(
-            e["kind"] == "process"
-                && e["payload"]["op"] == "exec"
-                && (e["payload"]["argv"] == json!(["/bin/true", "measured"])
-                    || e["payload"]["argv"].is_null()),
+            e.kind == "process"
+                && e.payload["op"] == "exec"
+                && (e.payload["argv"] == json!(["/bin/true", "measured"])
+                    || e.payload["argv"].is_null()),
         )
     };
     let processes = settled_count(server, id, before, is_measured, u64::from(PROCESSES)).await;
@@ -144,9 +145,9 @@ async fn observed(server: &TestServer, id: &str, files: u64, runs: &mut Runs) ->
             .parse()
             .expect("micros"),
     );
-    let created = |e: &Value| {
-        if e["kind"] == "fs" {
-            e["payload"]["created"].as_u64().unwrap_or(0)
+    let created = |e: &Event| {
+        if e.kind == "fs" {
+            e.payload["created"].as_u64().unwrap_or(0)
         } else {
             0
         }
@@ -195,10 +196,8 @@ async fn gvisor_gap(server: &TestServer) -> (u64, u64, u64) {
         &format!("for i in $(seq 1 {GAP_PROCESSES}); do /bin/true measured; done"),
     )
     .await;
-    let is_measured = |e: &Value| {
-        u64::from(
-            e["kind"] == "process" && e["payload"]["argv"] == json!(["/bin/true", "measured"]),
-        )
+    let is_measured = |e: &Event| {
+        u64::from(e.kind == "process" && e.payload["argv"] == json!(["/bin/true", "measured"]))
     };
     let processes = settled_count(server, &id, before, is_measured, 0).await;
     let before = last_seq(server, &id).await;
@@ -208,9 +207,9 @@ async fn gvisor_gap(server: &TestServer) -> (u64, u64, u64) {
         "mkdir -p /work/small && tar -xf /tmp/small.tar -C /work/small",
     )
     .await;
-    let created = |e: &Value| {
-        if e["kind"] == "fs" {
-            e["payload"]["created"].as_u64().unwrap_or(0)
+    let created = |e: &Event| {
+        if e.kind == "fs" {
+            e.payload["created"].as_u64().unwrap_or(0)
         } else {
             0
         }

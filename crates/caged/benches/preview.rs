@@ -70,7 +70,7 @@ async fn proxy(seconds: u64) {
         .await
         .expect("previews")
         .iter()
-        .any(|preview| preview["port"] == 8000)
+        .any(|preview| preview.port == 8000)
     {
         assert!(
             started.elapsed() < Duration::from_secs(30),

@@ -40,8 +40,8 @@ async fn main() {
     let started = Instant::now();
     let snapshot = client.create_snapshot(&id, None).await.unwrap();
     let caged_snapshot = started.elapsed();
-    let raw_bytes = snapshot["raw_bytes"].as_f64().unwrap();
-    let sid = snapshot["id"].as_str().unwrap().to_string();
+    let raw_bytes = snapshot.raw_bytes as f64;
+    let sid = snapshot.id.clone();
 
     // Floor: the engine's export piped to zstd -1, nothing kept.
     let started = Instant::now();
@@ -122,10 +122,7 @@ async fn main() {
         .unwrap();
     let plain_create = started.elapsed();
     let started = Instant::now();
-    let forked = client
-        .fork(empty_snapshot["id"].as_str().unwrap(), &json!(null))
-        .await
-        .unwrap();
+    let forked = client.fork(&empty_snapshot.id, &()).await.unwrap();
     let empty_fork = started.elapsed();
     for sandbox in [&plain.id, &forked.id, &empty, &id] {
         client.destroy(sandbox).await.unwrap();
@@ -135,7 +132,7 @@ async fn main() {
     let rate = |d: Duration| mb / d.as_secs_f64();
     println!(
         "\nsnapshot of {mb:.0} MB of changed files (busybox sandbox), stored {:.0} MB",
-        snapshot["size_bytes"].as_f64().unwrap() / 1e6
+        snapshot.size_bytes as f64 / 1e6
     );
     println!("{:<34} {:>9} {:>9}", "", "seconds", "MB/s");
     for (label, duration) in [

@@ -1,6 +1,6 @@
 //! Human tables and JSON output, the two shapes every reading command prints.
 
-use serde_json::Value;
+use serde::Serialize;
 
 /// Prints rows under a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -24,28 +24,32 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub fn json(value: &Value) {
+pub fn json(value: &impl Serialize) {
+    // The API's types are strings, numbers and parsed JSON: nothing in them fails to serialize.
     println!(
         "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        serde_json::to_string_pretty(value).unwrap_or_default()
     );
 }
 
-/// A JSON value as a table cell: strings bare, null as `-`.
-pub fn cell(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
+/// An optional text as a table cell, `-` when absent.
+pub fn cell(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_string()
 }
 
-/// Micro-dollars as `$1.234567` (`-` when absent).
-pub fn money(micros: &Value) -> String {
-    micros.as_i64().map_or_else(
-        || "-".into(),
-        |micros| caged_cost::Micros(micros).to_string(),
-    )
+/// Micro-dollars as `$1.234567`.
+pub fn money(micros: i64) -> String {
+    caged_cost::Micros(micros).to_string()
+}
+
+/// Bytes as `12.3 MB`.
+pub fn megabytes(bytes: i64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// `yes` or `no`.
+pub fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_string()
 }
 
 /// "3m12s"-style durations for tables.

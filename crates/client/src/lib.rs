@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,7 +38,7 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-/// The API's types, for reading what the `Value`-returning methods answer.
+/// The API's types: every method answers one of them.
 pub use caged_wire as wire;
 /// The answers the typed methods return, under the names they have always had here.
 pub use caged_wire::{Cost, ExecResult, Resources, Sandbox, TransitionView};
@@ -108,12 +109,12 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|err| ClientError::Protocol(err.to_string()))
     }
 
-    pub async fn system(&self) -> Result<Value> {
+    pub async fn system(&self) -> Result<wire::System> {
         self.json(self.request(Method::GET, "/v1/system")).await
     }
 
     /// `config` is a `.caged.yaml` document as JSON, plus optionally `defer_init`.
-    pub async fn create_sandbox(&self, config: &Value) -> Result<Sandbox> {
+    pub async fn create_sandbox(&self, config: &impl Serialize) -> Result<Sandbox> {
         self.json(self.request(Method::POST, "/v1/sandboxes").json(config))
             .await
     }
@@ -136,8 +137,8 @@ impl Client {
         Ok(detail.sandbox)
     }
 
-    /// The sandbox as raw JSON, with every field the server sends.
-    pub async fn sandbox_json(&self, id: &str) -> Result<Value> {
+    /// The sandbox with what `GET /v1/sandboxes/{id}` adds: its previews, trust and config.
+    pub async fn sandbox_detail(&self, id: &str) -> Result<wire::SandboxDetail> {
         self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}")))
             .await
     }
@@ -162,8 +163,8 @@ impl Client {
             .await
     }
 
-    /// Runs a command to completion. `request`: `{"cmd": [...], "env": {}, "cwd": "", "timeout": s}`.
-    pub async fn exec(&self, id: &str, request: &Value) -> Result<ExecResult> {
+    /// Runs a command to completion. `request` is a [`wire::ExecRequest`], or its JSON.
+    pub async fn exec(&self, id: &str, request: &impl Serialize) -> Result<ExecResult> {
         self.json(
             self.request(Method::POST, &format!("/v1/sandboxes/{id}/exec"))
                 .json(request),
@@ -184,8 +185,11 @@ impl Client {
         .await
     }
 
-    /// Starts a streaming exec over a WebSocket.
-    pub async fn exec_stream(&self, id: &str, request: &Value) -> Result<ExecStream> {
+    /// Starts a streaming exec over a WebSocket. `request` is a [`wire::ExecRequest`], or its
+    /// JSON.
+    pub async fn exec_stream(&self, id: &str, request: &impl Serialize) -> Result<ExecStream> {
+        let request = serde_json::to_string(request)
+            .map_err(|err| ClientError::Protocol(format!("the exec request: {err}")))?;
         let ws_base = self
             .base
             .replacen("http://", "ws://", 1)
@@ -208,7 +212,7 @@ impl Client {
             Err(err) => return Err(err.into()),
         };
         let (mut sink, stream) = socket.split();
-        sink.send(Message::Text(request.to_string().into())).await?;
+        sink.send(Message::Text(request.into())).await?;
         Ok(ExecStream {
             sink: ExecInput { sink },
             output: ExecOutputStream { stream },
@@ -248,7 +252,7 @@ impl Client {
         path: &str,
         data: impl Into<reqwest::Body>,
         mode: Option<u32>,
-    ) -> Result<Value> {
+    ) -> Result<wire::FileWritten> {
         let mut builder = self
             .request(Method::PUT, &format!("/v1/sandboxes/{id}/files"))
             .query(&[("path", path)])
@@ -265,7 +269,7 @@ impl Client {
         id: &str,
         path: &str,
         tar: impl Into<reqwest::Body>,
-    ) -> Result<Value> {
+    ) -> Result<wire::FileWritten> {
         let builder = self
             .request(Method::PUT, &format!("/v1/sandboxes/{id}/files"))
             .query(&[("path", path)])
@@ -275,14 +279,14 @@ impl Client {
     }
 
     /// A sandbox's events after sequence number `after`, oldest first.
-    pub async fn events(&self, id: &str, after: i64) -> Result<Vec<Value>> {
-        let value: Value = self
+    pub async fn events(&self, id: &str, after: i64) -> Result<Vec<wire::Event>> {
+        let list: wire::EventList = self
             .json(self.request(
                 Method::GET,
                 &format!("/v1/sandboxes/{id}/events?after={after}"),
             ))
             .await?;
-        Ok(value["events"].as_array().cloned().unwrap_or_default())
+        Ok(list.events)
     }
 
     /// Follows a sandbox's events live (Server-Sent Events), from after `after`.
@@ -299,7 +303,7 @@ impl Client {
         })
     }
 
-    pub async fn create_snapshot(&self, id: &str, name: Option<&str>) -> Result<Value> {
+    pub async fn create_snapshot(&self, id: &str, name: Option<&str>) -> Result<wire::Snapshot> {
         let body = wire::CreateSnapshot {
             name: name.map(str::to_string),
         };
@@ -312,35 +316,35 @@ impl Client {
 
     /// A sandbox's sessions with their trust scores, once what the host saw until now is
     /// scored.
-    pub async fn sessions(&self, id: &str) -> Result<Vec<Value>> {
-        let value: Value = self
+    pub async fn sessions(&self, id: &str) -> Result<Vec<wire::SessionListItem>> {
+        let list: wire::SessionList = self
             .json(self.request(
                 Method::GET,
                 &format!("/v1/sandboxes/{id}/sessions?settle=true"),
             ))
             .await?;
-        Ok(value["sessions"].as_array().cloned().unwrap_or_default())
+        Ok(list.sessions)
     }
 
     /// A session with its trust score, once what the host saw until now is scored.
-    pub async fn session(&self, session: &str) -> Result<Value> {
+    pub async fn session(&self, session: &str) -> Result<wire::SessionDetail> {
         self.json(self.request(Method::GET, &format!("/v1/sessions/{session}?settle=true")))
             .await
     }
 
-    pub async fn session_events(&self, session: &str) -> Result<Vec<Value>> {
-        let value: Value = self
+    pub async fn session_events(&self, session: &str) -> Result<Vec<wire::Event>> {
+        let list: wire::EventList = self
             .json(self.request(Method::GET, &format!("/v1/sessions/{session}/events")))
             .await?;
-        Ok(value["events"].as_array().cloned().unwrap_or_default())
+        Ok(list.events)
     }
 
     /// The sandbox's previews: listening ports with their URLs, and protected ports.
-    pub async fn previews(&self, id: &str) -> Result<Vec<Value>> {
-        let value: Value = self
+    pub async fn previews(&self, id: &str) -> Result<Vec<wire::Preview>> {
+        let list: wire::PreviewList = self
             .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/previews")))
             .await?;
-        Ok(value["previews"].as_array().cloned().unwrap_or_default())
+        Ok(list.previews)
     }
 
     /// Protects a preview with `password`, or opens it again with `None`.
@@ -349,7 +353,7 @@ impl Client {
         id: &str,
         port: u16,
         password: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<wire::Preview> {
         let body = wire::ProtectPreview {
             password: password.map(str::to_string),
         };
@@ -361,19 +365,23 @@ impl Client {
     }
 
     /// The sandbox's network: mode, link, allowlist and the hosts it tried.
-    pub async fn network(&self, id: &str) -> Result<Value> {
+    pub async fn network(&self, id: &str) -> Result<wire::NetworkView> {
         self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/network")))
             .await
     }
 
     /// The hosts the sandbox tried, with a ready `allowed_hosts` block.
-    pub async fn network_learn(&self, id: &str) -> Result<Value> {
+    pub async fn network_learn(&self, id: &str) -> Result<wire::NetworkLearn> {
         self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/network/learn")))
             .await
     }
 
     /// Replaces a live `allowlist` sandbox's allowed hosts.
-    pub async fn set_allowed_hosts(&self, id: &str, hosts: &[String]) -> Result<Value> {
+    pub async fn set_allowed_hosts(
+        &self,
+        id: &str,
+        hosts: &[String],
+    ) -> Result<wire::AllowedHosts> {
         self.json(
             self.request(
                 Method::PUT,
@@ -387,13 +395,13 @@ impl Client {
     }
 
     /// What a sandbox spent: running time, compute, tokens, LLM cost, budget, per session.
-    pub async fn usage(&self, id: &str) -> Result<Value> {
+    pub async fn usage(&self, id: &str) -> Result<wire::Usage> {
         self.json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/usage")))
             .await
     }
 
     /// Sets (or with `None` removes) a live sandbox's budget.
-    pub async fn set_budget(&self, id: &str, budget_usd: Option<f64>) -> Result<Value> {
+    pub async fn set_budget(&self, id: &str, budget_usd: Option<f64>) -> Result<wire::Budget> {
         self.json(
             self.request(Method::PUT, &format!("/v1/sandboxes/{id}/budget"))
                 .json(&wire::SetBudget { budget_usd }),
@@ -401,20 +409,20 @@ impl Client {
         .await
     }
 
-    /// The account's webhook (URL, signing secret) and its latest deliveries.
     /// The account's spend and running sandboxes per UTC day, the last `days` days.
-    pub async fn account_usage(&self, days: u32) -> Result<Value> {
+    pub async fn account_usage(&self, days: u32) -> Result<wire::AccountUsage> {
         self.json(self.request(Method::GET, &format!("/v1/account/usage?days={days}")))
             .await
     }
 
-    pub async fn webhook(&self) -> Result<Value> {
+    /// The account's webhook (URL, signing secret) and its latest deliveries.
+    pub async fn webhook(&self) -> Result<wire::WebhookStatus> {
         self.json(self.request(Method::GET, "/v1/account/webhook"))
             .await
     }
 
     /// Sets the account's webhook; the answer holds the new signing secret.
-    pub async fn set_webhook(&self, url: &str) -> Result<Value> {
+    pub async fn set_webhook(&self, url: &str) -> Result<wire::Webhook> {
         self.json(
             self.request(Method::PUT, "/v1/account/webhook")
                 .json(&wire::SetWebhook {
@@ -424,19 +432,19 @@ impl Client {
         .await
     }
 
-    pub async fn delete_webhook(&self) -> Result<Value> {
+    pub async fn delete_webhook(&self) -> Result<wire::Webhook> {
         self.json(self.request(Method::DELETE, "/v1/account/webhook"))
             .await
     }
 
-    pub async fn snapshots(&self, id: &str) -> Result<Vec<Value>> {
-        let value: Value = self
+    pub async fn snapshots(&self, id: &str) -> Result<Vec<wire::Snapshot>> {
+        let list: wire::SnapshotList = self
             .json(self.request(Method::GET, &format!("/v1/sandboxes/{id}/snapshots")))
             .await?;
-        Ok(value["snapshots"].as_array().cloned().unwrap_or_default())
+        Ok(list.snapshots)
     }
 
-    pub async fn delete_snapshot(&self, snapshot: &str) -> Result<Value> {
+    pub async fn delete_snapshot(&self, snapshot: &str) -> Result<wire::SnapshotDeleted> {
         self.json(self.request(Method::DELETE, &format!("/v1/snapshots/{snapshot}")))
             .await
     }
@@ -453,7 +461,7 @@ impl Client {
     }
 
     /// A new sandbox from a snapshot; `overrides` is a partial `.caged.yaml` as JSON (or null).
-    pub async fn fork(&self, snapshot: &str, overrides: &Value) -> Result<Sandbox> {
+    pub async fn fork(&self, snapshot: &str, overrides: &impl Serialize) -> Result<Sandbox> {
         self.json(
             self.request(Method::POST, &format!("/v1/snapshots/{snapshot}/fork"))
                 .json(overrides),
@@ -467,15 +475,18 @@ impl Client {
             .await
     }
 
-    pub async fn templates(&self) -> Result<Value> {
-        self.json(self.request(Method::GET, "/v1/templates")).await
+    pub async fn templates(&self) -> Result<Vec<wire::Template>> {
+        let list: wire::TemplateList = self
+            .json(self.request(Method::GET, "/v1/templates"))
+            .await?;
+        Ok(list.templates)
     }
 
     pub async fn import_template(
         &self,
         name: &str,
         rootfs: impl Into<reqwest::Body>,
-    ) -> Result<Value> {
+    ) -> Result<wire::Template> {
         let builder = self
             .request(Method::POST, &format!("/v1/templates/{name}"))
             .header("content-type", "application/x-tar")
@@ -483,7 +494,7 @@ impl Client {
         self.json(builder).await
     }
 
-    pub async fn create_account(&self, name: &str) -> Result<Value> {
+    pub async fn create_account(&self, name: &str) -> Result<wire::NewAccount> {
         self.json(
             self.request(Method::POST, "/v1/accounts")
                 .json(&wire::CreateAccount {
@@ -493,8 +504,9 @@ impl Client {
         .await
     }
 
-    pub async fn accounts(&self) -> Result<Value> {
-        self.json(self.request(Method::GET, "/v1/accounts")).await
+    pub async fn accounts(&self) -> Result<Vec<wire::AccountView>> {
+        let list: wire::AccountList = self.json(self.request(Method::GET, "/v1/accounts")).await?;
+        Ok(list.accounts)
     }
 
     /// A raw request, for routes without a typed method and for tests of the API's edges.
@@ -523,19 +535,19 @@ async fn api_error(response: Response) -> ClientError {
 }
 
 fn error_from_body(status: u16, body: &[u8]) -> ClientError {
-    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let code = value["error"]["code"]
-        .as_str()
-        .unwrap_or("http_error")
-        .to_string();
-    let message = value["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("the server answered HTTP {status}"));
-    ClientError::Api {
-        status,
-        code,
-        message,
+    // Not every failure comes from Caged (a proxy in between, a server too old or too new):
+    // what is not an error body is said as its status.
+    match serde_json::from_slice::<wire::ErrorBody>(body) {
+        Ok(body) => ClientError::Api {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "http_error".into(),
+            message: format!("the server answered HTTP {status}"),
+        },
     }
 }
 
@@ -617,26 +629,24 @@ impl ExecOutputStream {
                     _ => continue,
                 },
                 Message::Text(text) => {
-                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    match value["type"].as_str() {
-                        Some("exit") => {
-                            return Some(Ok(ExecEvent::Exit {
-                                exit_code: value["exit_code"].as_i64(),
-                                timed_out: value["timed_out"].as_bool().unwrap_or(false),
-                            }));
-                        }
-                        Some("error") => {
-                            return Some(Err(ClientError::Api {
-                                status: 0,
-                                code: value["code"].as_str().unwrap_or("error").to_string(),
-                                message: value["message"]
-                                    .as_str()
-                                    .unwrap_or("exec failed")
-                                    .to_string(),
-                            }));
-                        }
-                        _ => continue,
-                    }
+                    // A message of a kind this client does not know is skipped, not fatal.
+                    let Ok(message) = serde_json::from_str::<wire::ExecServerMessage>(&text) else {
+                        continue;
+                    };
+                    return Some(match message {
+                        wire::ExecServerMessage::Exit {
+                            exit_code,
+                            timed_out,
+                        } => Ok(ExecEvent::Exit {
+                            exit_code,
+                            timed_out,
+                        }),
+                        wire::ExecServerMessage::Error { code, message } => Err(ClientError::Api {
+                            status: 0,
+                            code,
+                            message,
+                        }),
+                    });
                 }
                 Message::Close(_) => return None,
                 _ => continue,
@@ -663,7 +673,7 @@ impl ExecOutputStream {
     }
 }
 
-/// A live event stream; each call to [`EventFeed::next`] gives the next event as JSON.
+/// A live event stream; each call to [`EventFeed::next`] gives the next event.
 pub struct EventFeed {
     body: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     buffer: Vec<u8>,
@@ -671,7 +681,7 @@ pub struct EventFeed {
 
 impl EventFeed {
     /// The next event; `None` when the server ended the stream.
-    pub async fn next(&mut self) -> Option<Result<Value>> {
+    pub async fn next(&mut self) -> Option<Result<wire::Event>> {
         loop {
             // One SSE message ends with a blank line; keep-alive comments carry no data.
             if let Some(end) = self.buffer.windows(2).position(|window| window == b"\n\n") {

@@ -117,8 +117,7 @@ async fn ensure_templates(client: &Client) {
     TEMPLATES
         .get_or_init(|| async {
             let present = client.templates().await.expect("list templates");
-            let names: Vec<&str> =
-                present["templates"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
+            let names: Vec<&str> = present.iter().map(|template| template.name.as_str()).collect();
             for name in ["busybox", "base"] {
                 if names.contains(&name) {
                     continue;
@@ -141,11 +140,7 @@ impl TestServer {
             .create_account(name)
             .await
             .expect("account created");
-        let key = account["api_key"]
-            .as_str()
-            .expect("api key in response")
-            .to_string();
-        Client::new(&self.url, Some(key))
+        Client::new(&self.url, Some(account.api_key))
     }
 
     /// A running sandbox from `config` (a `.caged.yaml` document as JSON).

@@ -19,3 +19,13 @@ pub enum FileWritten {
         path: String,
     },
 }
+
+impl FileWritten {
+    /// How many entries it wrote: a file is one.
+    pub fn entries(&self) -> u64 {
+        match self {
+            FileWritten::File { .. } => 1,
+            FileWritten::Directory { entries, .. } => *entries,
+        }
+    }
+}

@@ -58,3 +58,10 @@ pub struct ObservationStatus {
     pub processes: u64,
     pub unread_processes: u64,
 }
+
+impl System {
+    /// Whether the engine answered its last probe.
+    pub fn engine_up(&self) -> bool {
+        matches!(self.engine, EngineStatus::Up { .. })
+    }
+}

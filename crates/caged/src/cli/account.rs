@@ -27,33 +27,23 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
             if *json {
                 output::json(&account);
             } else {
-                println!("{}", account["api_key"].as_str().unwrap_or_default());
+                println!("{}", account.api_key);
                 eprintln!("created account {name}; the key above is shown only once");
             }
         }
         Command::Ls { json } => {
-            let value = client.accounts().await?;
+            let accounts = client.accounts().await?;
             if *json {
-                output::json(&value["accounts"]);
+                output::json(&accounts);
             } else {
-                let rows: Vec<Vec<String>> = value["accounts"]
-                    .as_array()
+                let rows: Vec<Vec<String>> = accounts
                     .into_iter()
-                    .flatten()
                     .map(|account| {
                         vec![
-                            account["id"].as_str().unwrap_or_default().to_string(),
-                            account["name"].as_str().unwrap_or_default().to_string(),
-                            if account["admin"] == true {
-                                "yes"
-                            } else {
-                                "no"
-                            }
-                            .to_string(),
-                            account["created_at"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_string(),
+                            account.id,
+                            account.name,
+                            output::yes_no(account.admin),
+                            account.created_at,
                         ]
                     })
                     .collect();

@@ -55,7 +55,7 @@ async fn upload(client: &Client, local: &Path, id: &str, path: &str) -> anyhow::
         let dir = local.to_path_buf();
         let tar = tokio::task::spawn_blocking(move || tar_directory(&dir)).await??;
         let result = client.write_tar(id, path, tar).await?;
-        eprintln!("copied {} entries into {id}:{path}", result["entries"]);
+        eprintln!("copied {} entries into {id}:{path}", result.entries());
         return Ok(());
     }
     use std::os::unix::fs::PermissionsExt;

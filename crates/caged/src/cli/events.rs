@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use caged_client::wire::Event;
 use serde_json::Value;
 
 use crate::Cli;
@@ -30,20 +31,21 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let mut feed = client.follow_events(&args.id, last).await?;
     while let Some(event) = feed.next().await {
         let event = event?;
-        last = event["seq"].as_i64().unwrap_or(last);
+        last = event.seq;
         print(&event, args.json);
     }
     eprintln!("caged: the server ended the event stream (after event {last})");
     Ok(ExitCode::FAILURE)
 }
 
-fn print(event: &Value, json: bool) {
+fn print(event: &Event, json: bool) {
     if json {
-        println!("{event}");
+        // Strings, numbers and parsed JSON: nothing in it fails to serialize.
+        println!("{}", serde_json::to_string(event).unwrap_or_default());
         return;
     }
-    let payload = &event["payload"];
-    let detail = match event["kind"].as_str().unwrap_or("") {
+    let payload = &event.payload;
+    let detail = match event.kind.as_str() {
         "state" => format!(
             "{} → {}{}",
             payload["from"].as_str().unwrap_or("-"),
@@ -77,9 +79,5 @@ fn print(event: &Value, json: bool) {
         ),
         _ => payload.to_string(),
     };
-    println!(
-        "{}  {:<6} {detail}",
-        event["at"].as_str().unwrap_or(""),
-        event["kind"].as_str().unwrap_or("")
-    );
+    println!("{}  {:<6} {detail}", event.at, event.kind);
 }

@@ -12,37 +12,38 @@ pub struct Args {
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let value = cli.client().sandbox_json(&args.id).await?;
+    let detail = cli.client().sandbox_detail(&args.id).await?;
     if args.json {
-        output::json(&value);
+        output::json(&detail);
         return Ok(ExitCode::SUCCESS);
     }
-    let field = |key: &str| match &value[key] {
-        serde_json::Value::String(text) => text.clone(),
-        serde_json::Value::Null => "-".to_string(),
-        other => other.to_string(),
-    };
-    for key in [
-        "id",
-        "name",
-        "state",
-        "template",
-        "isolation",
-        "network_mode",
-        "timeout_seconds",
-        "budget_usd",
-        "created_at",
+    let sandbox = &detail.sandbox;
+    for (key, value) in [
+        ("id", sandbox.id.clone()),
+        ("name", output::cell(sandbox.name.as_deref())),
+        ("state", sandbox.state.clone()),
+        ("template", sandbox.template.clone()),
+        ("isolation", sandbox.isolation.clone()),
+        ("network_mode", sandbox.network_mode.clone()),
+        ("timeout_seconds", sandbox.timeout_seconds.to_string()),
+        (
+            "budget_usd",
+            sandbox
+                .budget_usd
+                .map_or_else(|| "-".into(), |usd| usd.to_string()),
+        ),
+        ("created_at", sandbox.created_at.clone()),
     ] {
-        println!("{key:<16} {}", field(key));
+        println!("{key:<16} {value}");
     }
-    let resources = &value["resources"];
+    let resources = &sandbox.resources;
     println!(
         "{:<16} cpu {}, memory {} MB, disk {} GB{}",
         "resources",
-        resources["cpu"],
-        resources["memory_mb"],
-        resources["disk_gb"],
-        if resources["disk_enforced"] == true {
+        resources.cpu,
+        resources.memory_mb,
+        resources.disk_gb,
+        if resources.disk_enforced {
             ""
         } else {
             " (disk not enforced by this engine)"
@@ -51,22 +52,23 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     println!(
         "{:<16} {}",
         "running",
-        output::duration(value["running_seconds"].as_f64().unwrap_or(0.0))
+        output::duration(sandbox.running_seconds)
     );
-    let cost = &value["cost"];
-    let money = |key: &str| output::money(&cost[key]);
-    println!(
-        "{:<16} {} (compute {}, LLM {}){}",
-        "cost",
-        money("total_micros"),
-        money("compute_micros"),
-        money("llm_micros"),
-        match cost["budget_percent"].as_f64() {
-            Some(percent) => format!(", {percent:.2}% of {}", money("budget_micros")),
-            None => String::new(),
-        }
-    );
-    if let Some(init) = value["init"].as_object() {
+    if let Some(cost) = &sandbox.cost {
+        println!(
+            "{:<16} {} (compute {}, LLM {}){}",
+            "cost",
+            output::money(cost.total_micros),
+            output::money(cost.compute_micros),
+            output::money(cost.llm_micros),
+            match (cost.budget_percent, cost.budget_micros) {
+                (Some(percent), Some(budget)) =>
+                    format!(", {percent:.2}% of {}", output::money(budget)),
+                _ => String::new(),
+            }
+        );
+    }
+    if let Some(init) = sandbox.init.as_ref().and_then(|init| init.as_object()) {
         println!(
             "{:<16} {} (exit {})",
             "init_script",
@@ -74,24 +76,20 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             init.get("exit_code").unwrap_or(&serde_json::Value::Null)
         );
     }
-    for preview in value["previews"].as_array().into_iter().flatten() {
+    for preview in &detail.previews {
         println!(
             "{:<16} {}{}{}",
             "preview",
-            preview["url"].as_str().unwrap_or("?"),
-            if preview["protected"] == true {
-                " (password)"
-            } else {
-                ""
-            },
-            if preview["listening"] == true {
+            preview.url,
+            if preview.protected { " (password)" } else { "" },
+            if preview.listening {
                 ""
             } else {
                 " (not listening)"
             }
         );
     }
-    if let Some(reason) = value["destroyed_reason"].as_str() {
+    if let Some(reason) = &sandbox.destroyed_reason {
         println!("{:<16} {reason}", "destroyed");
     }
     Ok(ExitCode::SUCCESS)

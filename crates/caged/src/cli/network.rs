@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use serde_json::Value;
+use caged_client::wire::{AllowedHosts, LearnedHost, NetworkView};
 
 use crate::{Cli, output};
 
@@ -48,22 +48,19 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
                 output::json(&network);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("mode:          {}", text(&network["network_mode"]));
-            if let Some(link) = network["link"].as_object() {
+            println!("mode:          {}", network.network_mode);
+            if let Some(link) = &network.link {
                 println!(
                     "link:          {} (sandbox {}, host {}, resolver {})",
-                    text(&link["host_interface"]),
-                    text(&link["sandbox_address"]),
-                    text(&link["host_address"]),
-                    text(&link["resolver"])
+                    link.host_interface, link.sandbox_address, link.host_address, link.resolver
                 );
             } else {
                 println!("link:          none (loopback only)");
             }
-            if network["network_mode"] == "allowlist" {
-                println!("allowed hosts: {}", hosts(&network["allowed_hosts"]));
+            if network.network_mode == "allowlist" {
+                println!("allowed hosts: {}", hosts(&network.allowed_hosts));
             }
-            let rows = host_rows(&network["hosts"]);
+            let rows = host_rows(&network.hosts);
             if !rows.is_empty() {
                 println!();
                 output::table(&["HOST", "REACHED", "ATTEMPTS"], &rows);
@@ -74,7 +71,7 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
             if *json {
                 output::json(&learned);
             } else {
-                print!("{}", text(&learned["caged_yaml"]));
+                print!("{}", learned.caged_yaml);
             }
         }
         Command::Allow {
@@ -115,37 +112,25 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn allowed(network: &Value) -> anyhow::Result<Vec<String>> {
-    if network["network_mode"] != "allowlist" {
+fn allowed(network: &NetworkView) -> anyhow::Result<Vec<String>> {
+    if network.network_mode != "allowlist" {
         bail!(
             "the sandbox's network_mode is {}; allowed_hosts applies only to allowlist sandboxes",
-            text(&network["network_mode"])
+            network.network_mode
         );
     }
-    Ok(network["allowed_hosts"]
-        .as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .filter_map(|h| h.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(network.allowed_hosts.clone())
 }
 
-fn report(result: &Value, json: bool) {
+fn report(result: &AllowedHosts, json: bool) {
     if json {
         output::json(result);
     } else {
-        eprintln!("allowed hosts now: {}", hosts(&result["allowed_hosts"]));
+        eprintln!("allowed hosts now: {}", hosts(&result.allowed_hosts));
     }
 }
 
-fn hosts(list: &Value) -> String {
-    let names: Vec<&str> = list
-        .as_array()
-        .map(|hosts| hosts.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+fn hosts(names: &[String]) -> String {
     if names.is_empty() {
         "(none)".into()
     } else {
@@ -153,23 +138,15 @@ fn hosts(list: &Value) -> String {
     }
 }
 
-fn host_rows(list: &Value) -> Vec<Vec<String>> {
-    list.as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .map(|host| {
-                    vec![
-                        text(&host["host"]),
-                        if host["allowed"] == true { "yes" } else { "no" }.to_string(),
-                        host["attempts"].to_string(),
-                    ]
-                })
-                .collect()
+fn host_rows(hosts: &[LearnedHost]) -> Vec<Vec<String>> {
+    hosts
+        .iter()
+        .map(|host| {
+            vec![
+                host.host.clone(),
+                output::yes_no(host.allowed),
+                host.attempts.to_string(),
+            ]
         })
-        .unwrap_or_default()
-}
-
-fn text(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_string()
+        .collect()
 }

@@ -4,7 +4,6 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
 use crate::{Cli, output};
 
@@ -41,27 +40,21 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
         Command::Ls { id, json } => {
             let previews = client.previews(id).await?;
             if *json {
-                output::json(&Value::Array(previews));
+                output::json(&previews);
             } else if previews.is_empty() {
                 eprintln!("sandbox {id} listens on no TCP port yet");
             } else {
                 let rows: Vec<Vec<String>> = previews
                     .iter()
                     .map(|preview| {
-                        let listening = match &preview["address"] {
-                            Value::String(address) => address.clone(),
-                            _ => "(closed)".to_string(),
-                        };
                         vec![
-                            preview["port"].to_string(),
-                            text(&preview["url"]),
-                            listening,
-                            if preview["protected"] == true {
-                                "yes"
-                            } else {
-                                "no"
-                            }
-                            .into(),
+                            preview.port.to_string(),
+                            preview.url.clone(),
+                            preview
+                                .address
+                                .clone()
+                                .unwrap_or_else(|| "(closed)".to_string()),
+                            output::yes_no(preview.protected),
                         ]
                     })
                     .collect();
@@ -95,16 +88,12 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
                 .await?;
             if *json {
                 output::json(&preview);
-            } else if preview["protected"] == true {
-                eprintln!("{} is now password protected", text(&preview["url"]));
+            } else if preview.protected {
+                eprintln!("{} is now password protected", preview.url);
             } else {
-                eprintln!("{} is open to anyone with its URL", text(&preview["url"]));
+                eprintln!("{} is open to anyone with its URL", preview.url);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn text(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_string()
 }

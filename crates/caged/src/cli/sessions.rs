@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
-use serde_json::Value;
+use caged_client::wire::{Event, SessionDetail};
+use serde::Serialize;
 
-use crate::output::cell as text;
+use crate::output::cell;
 use crate::{Cli, output};
 
 #[derive(clap::Args)]
@@ -21,33 +22,34 @@ pub struct ShowArgs {
     json: bool,
 }
 
+/// `caged session --json`: the session with its events.
+#[derive(Serialize)]
+struct Shown {
+    events: Vec<Event>,
+    #[serde(flatten)]
+    detail: SessionDetail,
+}
+
 pub async fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
     let sessions = cli.client().sessions(&args.id).await?;
     if args.json {
-        output::json(&Value::Array(sessions));
+        output::json(&sessions);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = sessions
-        .iter()
-        .map(|session| {
+        .into_iter()
+        .map(|item| {
+            let (session, trust) = (item.session, item.trust);
             vec![
-                text(&session["id"]),
-                text(&session["agent_type"]),
-                text(&session["state"]),
-                text(&session["started_at"]),
-                output::duration(session["duration_seconds"].as_f64().unwrap_or(0.0)),
-                format!(
-                    "{} {}",
-                    text(&session["trust_score"]),
-                    text(&session["trust_rating"])
-                ),
-                format!(
-                    "{}/{}",
-                    text(&session["tokens_in"]),
-                    text(&session["tokens_out"])
-                ),
-                output::money(&session["llm_cost_micros"]),
-                text(&session["end_reason"]),
+                session.id,
+                session.agent_type,
+                state(&session.state),
+                session.started_at,
+                output::duration(session.duration_seconds),
+                format!("{} {}", trust.trust_score, trust.trust_rating),
+                format!("{}/{}", session.tokens_in, session.tokens_out),
+                output::money(session.llm_cost_micros),
+                cell(session.end_reason.as_deref()),
             ]
         })
         .collect();
@@ -70,46 +72,47 @@ pub async fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn show(cli: &Cli, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let client = cli.client();
-    let mut session = client.session(&args.session).await?;
-    session["events"] = Value::Array(client.session_events(&args.session).await?);
+    let detail = client.session(&args.session).await?;
+    let events = client.session_events(&args.session).await?;
     if args.json {
-        output::json(&session);
+        output::json(&Shown { events, detail });
         return Ok(ExitCode::SUCCESS);
     }
-    for key in [
-        "id",
-        "sandbox_id",
-        "agent_type",
-        "state",
-        "started_at",
-        "ended_at",
-        "end_reason",
+    let session = &detail.session;
+    for (key, value) in [
+        ("id", Some(session.id.as_str())),
+        ("sandbox_id", Some(session.sandbox_id.as_str())),
+        ("agent_type", Some(session.agent_type.as_str())),
+        ("state", Some(state(&session.state).as_str())),
+        ("started_at", Some(session.started_at.as_str())),
+        ("ended_at", session.ended_at.as_deref()),
+        ("end_reason", session.end_reason.as_deref()),
     ] {
-        println!("{key:<14} {}", text(&session[key]));
+        println!("{key:<14} {}", cell(value));
     }
     println!(
         "{:<14} {}",
         "duration",
-        output::duration(session["duration_seconds"].as_f64().unwrap_or(0.0))
+        output::duration(session.duration_seconds)
     );
-    println!(
-        "{:<14} {}",
-        "events",
-        session["events"].as_array().map_or(0, Vec::len)
-    );
+    println!("{:<14} {}", "events", events.len());
     println!(
         "{:<14} {} ({})",
-        "trust",
-        text(&session["trust_score"]),
-        text(&session["trust_rating"])
+        "trust", detail.trust.trust_score, detail.trust.trust_rating
     );
-    for penalty in session["penalties"].as_array().into_iter().flatten() {
+    for penalty in &detail.penalties {
         println!(
             "  -{:<3} {:<16} {}",
-            penalty["points"].as_u64().unwrap_or(0),
-            text(&penalty["rule"]),
-            text(&penalty["reason"])
+            penalty.points, penalty.rule, penalty.reason
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn state(state: &caged_client::wire::SessionState) -> String {
+    match state {
+        caged_client::wire::SessionState::Open => "open",
+        caged_client::wire::SessionState::Ended => "ended",
+    }
+    .to_string()
 }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::{Cli, output};
@@ -57,30 +56,30 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
             let snapshot = client.create_snapshot(id, name.as_deref()).await?;
             eprintln!(
                 "{} entries, {} compressed",
-                snapshot["entries"],
-                megabytes(&snapshot["size_bytes"])
+                snapshot.entries,
+                output::megabytes(snapshot.size_bytes)
             );
             if *json {
                 output::json(&snapshot);
             } else {
-                println!("{}", snapshot["id"].as_str().unwrap_or_default());
+                println!("{}", snapshot.id);
             }
         }
         Command::Ls { id, json } => {
             let snapshots = client.snapshots(id).await?;
             if *json {
-                output::json(&Value::Array(snapshots));
+                output::json(&snapshots);
             } else {
                 let rows: Vec<Vec<String>> = snapshots
                     .iter()
                     .map(|snapshot| {
                         vec![
-                            text(&snapshot["id"]),
-                            text(&snapshot["name"]),
-                            text(&snapshot["kind"]),
-                            megabytes(&snapshot["size_bytes"]),
-                            snapshot["entries"].to_string(),
-                            text(&snapshot["created_at"]),
+                            snapshot.id.clone(),
+                            output::cell(snapshot.name.as_deref()),
+                            snapshot.kind.clone(),
+                            output::megabytes(snapshot.size_bytes),
+                            snapshot.entries.to_string(),
+                            snapshot.created_at.clone(),
                         ]
                     })
                     .collect();
@@ -100,9 +99,9 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Fork { snapshot, json } => {
-            let sandbox = client.fork(snapshot, &Value::Null).await?;
+            let sandbox = client.fork(snapshot, &()).await?;
             if *json {
-                output::json(&client.sandbox_json(&sandbox.id).await?);
+                output::json(&client.sandbox_detail(&sandbox.id).await?);
             } else {
                 println!("{}", sandbox.id);
                 eprintln!(
@@ -151,15 +150,4 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| "-".into())
-}
-
-fn megabytes(value: &Value) -> String {
-    format!("{:.1} MB", value.as_f64().unwrap_or(0.0) / 1e6)
 }

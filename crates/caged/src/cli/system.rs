@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use caged_client::wire::EngineStatus;
+
 use crate::{Cli, output};
 
 #[derive(clap::Args)]
@@ -11,46 +13,34 @@ pub struct Args {
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    let value = cli.client().system().await?;
+    let system = cli.client().system().await?;
     if args.json {
-        output::json(&value);
+        output::json(&system);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "server       caged {} (installation {})",
-        value["version"].as_str().unwrap_or("?"),
-        value["installation_id"].as_str().unwrap_or("?")
+        system.version, system.installation_id
     );
-    let engine = &value["engine"];
-    match engine["status"].as_str() {
-        Some("up") => {
-            let info = &engine["info"];
+    match &system.engine {
+        EngineStatus::Up { info } => {
             println!(
                 "engine       up: Docker {} (API {}), storage {}",
-                info["version"].as_str().unwrap_or("?"),
-                info["api_version"].as_str().unwrap_or("?"),
-                info["storage_driver"].as_str().unwrap_or("?")
+                info.version, info.api_version, info.storage_driver
             );
-            println!(
-                "disk limits  {}",
-                info["disk_limits"]["detail"].as_str().unwrap_or("?")
-            );
-            let gvisor = &info["gvisor"];
+            println!("disk limits  {}", info.disk_limits.detail);
             println!(
                 "gvisor       {}: {}",
-                if gvisor["available"] == true {
+                if info.gvisor.available {
                     "available"
                 } else {
                     "unavailable"
                 },
-                gvisor["detail"].as_str().unwrap_or("?")
+                info.gvisor.detail
             );
         }
-        Some(status) => println!(
-            "engine       {status}: {}",
-            engine["reason"].as_str().unwrap_or("")
-        ),
-        None => println!("engine       unknown"),
+        EngineStatus::Starting => println!("engine       starting: not probed yet"),
+        EngineStatus::Down { reason } => println!("engine       down: {reason}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,23 +22,13 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
     let client = cli.client();
     match command {
         Command::Ls { json } => {
-            let value = client.templates().await?;
+            let templates = client.templates().await?;
             if *json {
-                output::json(&value["templates"]);
+                output::json(&templates);
             } else {
-                let rows: Vec<Vec<String>> = value["templates"]
-                    .as_array()
+                let rows: Vec<Vec<String>> = templates
                     .into_iter()
-                    .flatten()
-                    .map(|template| {
-                        vec![
-                            template["name"].as_str().unwrap_or_default().to_string(),
-                            format!(
-                                "{:.1} MB",
-                                template["size_bytes"].as_f64().unwrap_or(0.0) / 1e6
-                            ),
-                        ]
-                    })
+                    .map(|template| vec![template.name, output::megabytes(template.size_bytes)])
                     .collect();
                 output::table(&["NAME", "SIZE"], &rows);
             }
@@ -56,9 +46,8 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
             let template = client.import_template(name, body).await?;
             eprintln!(
-                "template {} imported ({:.1} MB)",
-                name,
-                template["size_bytes"].as_f64().unwrap_or(0.0) / 1e6
+                "template {name} imported ({})",
+                output::megabytes(template.size_bytes)
             );
         }
     }

@@ -59,7 +59,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let copied = client.write_tar(&sandbox.id, "/workspace", tar).await?;
     eprintln!(
         "{} entries in {:.1}s",
-        copied["entries"],
+        copied.entries(),
         copy_started.elapsed().as_secs_f64()
     );
 
@@ -68,9 +68,10 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!("running init_script in /workspace…");
         client.start_init(&sandbox.id).await?;
         let init = loop {
-            let value = client.sandbox_json(&sandbox.id).await?;
-            let init = value["init"].clone();
-            if init["status"] != "running" && !init.is_null() {
+            // `init` is the server's report of the script: null until it started.
+            if let Some(init) = client.sandbox(&sandbox.id).await?.init
+                && init["status"] != "running"
+            {
                 break init;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -101,7 +102,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.json {
-        crate::output::json(&client.sandbox_json(&sandbox.id).await?);
+        crate::output::json(&client.sandbox_detail(&sandbox.id).await?);
     } else {
         println!("{}", sandbox.id);
     }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use caged_cost::Micros;
 
-use crate::output::{cell as text, money};
+use crate::output::{cell, money};
 use crate::{Cli, output};
 
 #[derive(clap::Args)]
@@ -55,76 +55,61 @@ pub async fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> {
         output::json(&usage);
         return Ok(ExitCode::SUCCESS);
     }
-    let cost = &usage["cost"];
-    let budget = match (
-        cost["budget_micros"].as_i64(),
-        cost["budget_percent"].as_f64(),
-    ) {
+    let cost = &usage.cost;
+    let budget = match (cost.budget_micros, cost.budget_percent) {
         (Some(budget), Some(percent)) => format!("{} ({percent:.2}% spent)", Micros(budget)),
         _ => "none".into(),
     };
     let lines = [
-        ("sandbox", text(&usage["sandbox_id"])),
-        ("state", text(&usage["state"])),
-        (
-            "running",
-            output::duration(usage["running_seconds"].as_f64().unwrap_or(0.0)),
-        ),
+        ("sandbox", usage.sandbox_id.clone()),
+        ("state", usage.state.clone()),
+        ("running", output::duration(usage.running_seconds)),
         (
             "resources",
             format!(
                 "{} vCPU, {} MB",
-                text(&usage["resources"]["cpu"]),
-                text(&usage["resources"]["memory_mb"])
+                usage.resources.cpu, usage.resources.memory_mb
             ),
         ),
-        ("compute", money(&cost["compute_micros"])),
+        ("compute", money(cost.compute_micros)),
         (
             "tokens",
-            format!(
-                "{} in, {} out",
-                text(&usage["tokens_in"]),
-                text(&usage["tokens_out"])
-            ),
+            format!("{} in, {} out", usage.tokens_in, usage.tokens_out),
         ),
-        ("llm", money(&cost["llm_micros"])),
-        ("total", money(&cost["total_micros"])),
+        ("llm", money(cost.llm_micros)),
+        ("total", money(cost.total_micros)),
         ("budget", budget),
     ];
     for (key, value) in lines {
         println!("{key:<10} {value}");
     }
-    if let Some(alerts) = usage["alerts"].as_array().filter(|a| !a.is_empty()) {
+    if !usage.alerts.is_empty() {
         println!();
-        for alert in alerts {
+        for alert in &usage.alerts {
             println!(
                 "alert      {} at {}% of {} ({} spent) {}",
-                text(&alert["level"]),
-                text(&alert["percent"]),
-                money(&alert["budget_micros"]),
-                money(&alert["spend_micros"]),
-                text(&alert["at"])
+                cell(alert.level.as_deref()),
+                alert.percent,
+                money(alert.budget_micros),
+                money(alert.spend_micros),
+                alert.at
             );
         }
     }
-    let sessions = usage["sessions"].as_array().cloned().unwrap_or_default();
-    if !sessions.is_empty() {
+    if !usage.sessions.is_empty() {
         println!();
-        let rows: Vec<Vec<String>> = sessions
+        let rows: Vec<Vec<String>> = usage
+            .sessions
             .iter()
             .map(|session| {
                 vec![
-                    text(&session["id"]),
-                    text(&session["agent_type"]),
-                    output::duration(session["running_seconds"].as_f64().unwrap_or(0.0)),
-                    money(&session["compute_micros"]),
-                    format!(
-                        "{}/{}",
-                        text(&session["tokens_in"]),
-                        text(&session["tokens_out"])
-                    ),
-                    money(&session["llm_micros"]),
-                    money(&session["total_micros"]),
+                    session.id.clone(),
+                    session.agent_type.clone(),
+                    output::duration(session.running_seconds),
+                    money(session.compute_micros),
+                    format!("{}/{}", session.tokens_in, session.tokens_out),
+                    money(session.llm_micros),
+                    money(session.total_micros),
                 ]
             })
             .collect();
@@ -151,19 +136,18 @@ async fn account_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> 
         output::json(&usage);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = usage["days"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = usage
+        .days
+        .iter()
         .map(|day| {
             vec![
-                text(&day["date"]),
-                text(&day["sandboxes_running"]),
-                output::duration(day["running_seconds"].as_f64().unwrap_or(0.0)),
-                money(&day["compute_micros"]),
-                text(&day["llm_calls"]),
-                money(&day["llm_micros"]),
-                money(&day["total_micros"]),
+                day.date.clone(),
+                day.sandboxes_running.to_string(),
+                output::duration(day.running_seconds),
+                money(day.compute_micros),
+                day.llm_calls.to_string(),
+                money(day.llm_micros),
+                money(day.total_micros),
             ]
         })
         .collect();
@@ -181,9 +165,9 @@ async fn account_usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<ExitCode> 
     );
     println!(
         "\ntotal {} (compute {}, LLM {})",
-        money(&usage["total_micros"]),
-        money(&usage["compute_micros"]),
-        money(&usage["llm_micros"])
+        money(usage.total_micros),
+        money(usage.compute_micros),
+        money(usage.llm_micros)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -202,13 +186,13 @@ pub async fn budget(cli: &Cli, args: &BudgetArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         output::json(&answer);
     } else {
-        let cost = &answer["cost"];
-        match cost["budget_micros"].as_i64() {
+        let cost = &answer.cost;
+        match cost.budget_micros {
             Some(budget) => println!(
                 "sandbox {} budget {} ({:.2}% spent)",
                 args.id,
                 Micros(budget),
-                cost["budget_percent"].as_f64().unwrap_or(0.0)
+                cost.budget_percent.unwrap_or(0.0)
             ),
             None => println!("sandbox {} has no budget (no limit)", args.id),
         }
@@ -224,8 +208,8 @@ pub async fn webhook(cli: &Cli, command: &WebhookCommand) -> anyhow::Result<Exit
             if *json {
                 output::json(&answer);
             } else {
-                println!("url     {}", text(&answer["url"]));
-                println!("secret  {}", text(&answer["secret"]));
+                println!("url     {}", cell(answer.url.as_deref()));
+                println!("secret  {}", cell(answer.secret.as_deref()));
                 println!(
                     "Each POST carries Caged-Signature: t=<unix time>,v1=<HMAC-SHA256 of \"<t>.<body>\" with the secret>."
                 );
@@ -237,20 +221,19 @@ pub async fn webhook(cli: &Cli, command: &WebhookCommand) -> anyhow::Result<Exit
                 output::json(&answer);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("url     {}", text(&answer["url"]));
-            println!("secret  {}", text(&answer["secret"]));
-            let rows: Vec<Vec<String>> = answer["deliveries"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            println!("url     {}", cell(answer.webhook.url.as_deref()));
+            println!("secret  {}", cell(answer.webhook.secret.as_deref()));
+            let rows: Vec<Vec<String>> = answer
+                .deliveries
+                .iter()
                 .map(|delivery| {
                     vec![
-                        text(&delivery["id"]),
-                        text(&delivery["type"]),
-                        text(&delivery["created_at"]),
-                        text(&delivery["attempts"]),
-                        text(&delivery["delivered_at"]),
-                        text(&delivery["last_error"]),
+                        delivery.id.to_string(),
+                        delivery.event_type.clone(),
+                        delivery.created_at.clone(),
+                        delivery.attempts.to_string(),
+                        cell(delivery.delivered_at.as_deref()),
+                        cell(delivery.last_error.as_deref()),
                     ]
                 })
                 .collect();

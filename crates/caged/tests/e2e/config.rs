@@ -140,10 +140,11 @@ async fn up_copies_the_project_and_runs_init_script() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&listing), "listing.txt\nmain.py\n");
-    let sandbox = server.client.sandbox_json(&id).await.unwrap();
-    assert_eq!(sandbox["init"]["status"], "succeeded");
-    assert_eq!(sandbox["init"]["stdout"], "initialized\n");
-    assert_eq!(sandbox["resources"]["memory_mb"], 128);
+    let sandbox = server.client.sandbox(&id).await.unwrap();
+    let init = sandbox.init.expect("init_script ran");
+    assert_eq!(init["status"], "succeeded");
+    assert_eq!(init["stdout"], "initialized\n");
+    assert_eq!(sandbox.resources.memory_mb, 128);
 
     // A failing init_script says so, exits non-zero and leaves the sandbox running.
     std::fs::write(
@@ -173,7 +174,13 @@ async fn create_runs_init_script_in_the_background() {
         .await;
     let mut init = serde_json::Value::Null;
     for _ in 0..100 {
-        init = server.client.sandbox_json(&id).await.unwrap()["init"].clone();
+        init = server
+            .client
+            .sandbox(&id)
+            .await
+            .unwrap()
+            .init
+            .unwrap_or_default();
         if init["status"] == "succeeded" || init["status"] == "failed" {
             break;
         }

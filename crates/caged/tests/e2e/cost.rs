@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use caged_client::wire::Event;
 use caged_domain::time::ms_from_rfc3339;
 use caged_testkit::TestServer;
 use caged_testkit::llm::FakeLlm;
@@ -32,14 +33,14 @@ async fn server_with(llm: &FakeLlm, prices: &str) -> TestServer {
     .await
 }
 
-async fn events_of(server: &TestServer, id: &str, kind: &str) -> Vec<Value> {
+async fn events_of(server: &TestServer, id: &str, kind: &str) -> Vec<Event> {
     server
         .client
         .events(id, 0)
         .await
         .unwrap()
         .into_iter()
-        .filter(|event| event["kind"] == kind)
+        .filter(|event| event.kind == kind)
         .collect()
 }
 
@@ -88,26 +89,17 @@ async fn compute_is_billed_for_exactly_the_running_intervals() {
     let asleep = client.usage(&id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     let still = client.usage(&id).await.unwrap();
-    assert_eq!(asleep["running_ms"], still["running_ms"]);
-    assert_eq!(
-        asleep["cost"]["compute_micros"],
-        still["cost"]["compute_micros"]
-    );
+    assert_eq!(asleep.running_ms, still.running_ms);
+    assert_eq!(asleep.cost.compute_micros, still.cost.compute_micros);
     client.resume(&id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.destroy(&id).await.unwrap();
 
-    let sandbox = client.sandbox_json(&id).await.unwrap();
-    let transitions: Vec<(String, i64)> = sandbox["transitions"]
-        .as_array()
-        .unwrap()
+    let sandbox = client.sandbox(&id).await.unwrap();
+    let transitions: Vec<(String, i64)> = sandbox
+        .transitions
         .iter()
-        .map(|t| {
-            (
-                t["state"].as_str().unwrap().to_string(),
-                ms_from_rfc3339(t["at"].as_str().unwrap()).unwrap(),
-            )
-        })
+        .map(|t| (t.state.clone(), ms_from_rfc3339(&t.at).unwrap()))
         .collect();
     let running_ms: i64 = transitions
         .windows(2)
@@ -119,23 +111,26 @@ async fn compute_is_billed_for_exactly_the_running_intervals() {
         ["pending", "running", "paused", "running", "destroyed"]
     );
     let usage = client.usage(&id).await.unwrap();
-    assert_eq!(usage["running_ms"], running_ms, "{usage:#}");
+    assert_eq!(usage.running_ms, running_ms, "{usage:#?}");
     assert_eq!(
-        usage["cost"]["compute_micros"],
+        usage.cost.compute_micros,
         running_ms * 2512 / 1000,
-        "{usage:#}"
+        "{usage:#?}"
     );
     // The paused stretch (at least 600 ms) is not in it.
     let wall = transitions.last().unwrap().1 - transitions[1].1;
     assert!(running_ms <= wall - 600, "{running_ms} of {wall}");
-    assert_eq!(usage["cost"]["llm_micros"], 0);
+    assert_eq!(usage.cost.llm_micros, 0);
     assert_eq!(
-        sandbox["cost"]["total_micros"],
-        usage["cost"]["compute_micros"]
+        sandbox
+            .cost
+            .expect("the server sends the cost")
+            .total_micros,
+        usage.cost.compute_micros
     );
     // A destroyed sandbox's bill is final.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(client.usage(&id).await.unwrap()["running_ms"], running_ms);
+    assert_eq!(client.usage(&id).await.unwrap().running_ms, running_ms);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,8 +196,7 @@ curl -sSN -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' 
     );
     assert!(output.contains("\"completion_tokens\":345"), "{output}");
 
-    let session = client.sessions(&id).await.unwrap()[0].clone();
-    let session_id = session["id"].as_str().unwrap().to_string();
+    let session_id = client.sessions(&id).await.unwrap()[0].session.id.clone();
     let llm_events = eventually("four llm events", async || {
         let events = events_of(&server, &id, "llm").await;
         (events.len() == 4).then_some(events)
@@ -211,8 +205,8 @@ curl -sSN -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' 
     let seen: Vec<(String, bool, u64, u64, i64)> = llm_events
         .iter()
         .map(|event| {
-            let p = &event["payload"];
-            assert_eq!(event["session_id"], session_id.as_str(), "{event:#}");
+            let p = &event.payload;
+            assert_eq!(event.session_id.as_ref(), Some(&session_id), "{event:#?}");
             assert_eq!(p["status"], 200);
             assert_eq!(p["outcome"], "completed");
             assert_eq!(p["model"], "test-model");
@@ -254,27 +248,26 @@ curl -sSN -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' 
 
     // Totals: the sandbox's and the session's share.
     let usage = client.usage(&id).await.unwrap();
+    assert_eq!((usage.tokens_in, usage.tokens_out), (4800, 1380));
+    assert_eq!(usage.cost.llm_micros, 4 * 5850);
+    let share = &usage.sessions[0];
+    assert_eq!(share.id, session_id);
+    assert_eq!((share.tokens_in, share.llm_micros), (4800, 4 * 5850));
     assert_eq!(
-        (usage["tokens_in"].as_i64(), usage["tokens_out"].as_i64()),
-        (Some(4800), Some(1380))
-    );
-    assert_eq!(usage["cost"]["llm_micros"], 4 * 5850);
-    let share = &usage["sessions"][0];
-    assert_eq!(share["id"], session_id.as_str());
-    assert_eq!(
-        (share["tokens_in"].as_i64(), share["llm_micros"].as_i64()),
-        (Some(4800), Some(4 * 5850))
-    );
-    assert_eq!(
-        client.session(&session_id).await.unwrap()["tokens_out"],
+        client
+            .session(&session_id)
+            .await
+            .unwrap()
+            .session
+            .tokens_out,
         1380
     );
 
     // A call outside any session is the sandbox's, not the session's.
     assert_eq!(calls(&server, &id, 1).await.unwrap().trim(), "200");
     let usage = client.usage(&id).await.unwrap();
-    assert_eq!(usage["cost"]["llm_micros"], 5 * 5850);
-    assert_eq!(usage["sessions"][0]["llm_micros"], 4 * 5850);
+    assert_eq!(usage.cost.llm_micros, 5 * 5850);
+    assert_eq!(usage.sessions[0].llm_micros, 4 * 5850);
 
     // Keys that are not this sandbox's are refused before the provider: none, forged, another
     // sandbox's.
@@ -315,10 +308,7 @@ curl -sSN -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' 
     // An `allowlist` sandbox reaches the gateway too, without listing the provider.
     assert_eq!(calls(&server, &other, 1).await.unwrap().trim(), "200");
     assert_eq!(llm.seen().len(), 6);
-    assert_eq!(
-        client.usage(&other).await.unwrap()["cost"]["llm_micros"],
-        5850
-    );
+    assert_eq!(client.usage(&other).await.unwrap().cost.llm_micros, 5850);
 }
 
 fn signed_correctly(received: &caged_testkit::webhook::Received, secret: &str) -> bool {
@@ -375,11 +365,11 @@ async fn budget_alerts_fire_once_each_then_a_final_snapshot_and_destroy() {
         events_of(&server, &id, "budget")
             .await
             .iter()
-            .filter(|e| e["payload"]["op"] == "alert")
+            .filter(|e| e.payload["op"] == "alert")
             .map(|e| {
                 (
-                    e["payload"]["level"].as_str().unwrap().to_string(),
-                    e["payload"]["budget_micros"].as_i64().unwrap(),
+                    e.payload["level"].as_str().unwrap().to_string(),
+                    e.payload["budget_micros"].as_i64().unwrap(),
                 )
             })
             .collect()
@@ -408,8 +398,8 @@ async fn budget_alerts_fire_once_each_then_a_final_snapshot_and_destroy() {
     })
     .await;
     let usage = client.usage(&id).await.unwrap();
-    assert_eq!(usage["cost"]["total_micros"], 950_000);
-    assert_eq!(usage["cost"]["budget_percent"], 95.0);
+    assert_eq!(usage.cost.total_micros, 950_000);
+    assert_eq!(usage.cost.budget_percent, Some(95.0));
 
     // Raised live: the sequence stops (50% of the new budget, still running).
     let raised = caged(&server, &["budget", &id, "2"]);
@@ -428,11 +418,14 @@ async fn budget_alerts_fire_once_each_then_a_final_snapshot_and_destroy() {
     // provider, and the sandbox is destroyed (this exec may end with it).
     let _ = calls(&server, &id, 30).await;
     let destroyed = eventually("the destroy", async || {
-        let sandbox = client.sandbox_json(&id).await.unwrap();
-        (sandbox["state"] == "destroyed").then_some(sandbox)
+        let sandbox = client.sandbox(&id).await.unwrap();
+        (sandbox.state == "destroyed").then_some(sandbox)
     })
     .await;
-    assert_eq!(destroyed["destroyed_reason"], "budget exceeded");
+    assert_eq!(
+        destroyed.destroyed_reason.as_deref(),
+        Some("budget exceeded")
+    );
     assert_eq!(
         llm.seen().len(),
         15 + 1 + 3 + 1 + 20,
@@ -452,19 +445,16 @@ async fn budget_alerts_fire_once_each_then_a_final_snapshot_and_destroy() {
         events_of(&server, &id, "budget")
             .await
             .into_iter()
-            .find(|e| e["payload"]["op"] == "destroyed")
+            .find(|e| e.payload["op"] == "destroyed")
     })
     .await;
-    let snapshot_id = end["payload"]["snapshot_id"].as_str().unwrap().to_string();
-    assert_eq!(end["payload"]["spend_micros"], 2_000_000);
+    let snapshot_id = end.payload["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(end.payload["spend_micros"], 2_000_000);
 
     // The work is in the final snapshot.
     let snapshots = client.snapshots(&id).await.unwrap();
-    let last = snapshots
-        .iter()
-        .find(|s| s["id"] == snapshot_id.as_str())
-        .unwrap();
-    assert_eq!(last["name"], "final (budget exceeded)");
+    let last = snapshots.iter().find(|s| s.id == snapshot_id).unwrap();
+    assert_eq!(last.name.as_deref(), Some("final (budget exceeded)"));
     let fork = client.fork(&snapshot_id, &json!({})).await.unwrap();
     let kept = client
         .run(&fork.id, &["cat", "/workspace/work.txt"])
@@ -532,13 +522,7 @@ async fn budget_alerts_fire_once_each_then_a_final_snapshot_and_destroy() {
     assert_eq!(last["data"]["snapshot_id"], snapshot_id.as_str());
     assert_eq!(last["sandbox"]["id"], id.as_str());
     let shown = client.webhook().await.unwrap();
-    assert!(
-        shown["deliveries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|d| !d["delivered_at"].is_null())
-    );
+    assert!(shown.deliveries.iter().all(|d| d.delivered_at.is_some()));
 
     // The CLI's account of it.
     let usage = caged(&server, &["usage", &id]);
@@ -584,7 +568,7 @@ async fn budgets_and_webhooks_reject_bad_input() {
     }
     // No budget means no limit; `none` removes one.
     let set = client.set_budget(&id, Some(3.5)).await.unwrap();
-    assert_eq!(set["budget_usd"], 3.5);
+    assert_eq!(set.budget_usd, Some(3.5));
     assert_eq!(client.sandbox(&id).await.unwrap().budget_usd, Some(3.5));
     let removed = caged(&server, &["budget", &id, "none"]);
     assert!(removed.status.success());
@@ -636,13 +620,16 @@ async fn a_sandbox_found_over_budget_at_start_is_gone_before_the_api_serves() {
         sandbox.state, "destroyed",
         "the first answer after the restart"
     );
-    let view = server.client.sandbox_json(&id).await.unwrap();
-    assert_eq!(view["destroyed_reason"], "budget exceeded", "{view}");
+    assert_eq!(
+        sandbox.destroyed_reason.as_deref(),
+        Some("budget exceeded"),
+        "{sandbox:?}"
+    );
     let snapshots = server.client.snapshots(&id).await.unwrap();
     assert!(
         snapshots
             .iter()
-            .any(|s| s["name"] == "final (budget exceeded)"),
+            .any(|s| s.name.as_deref() == Some("final (budget exceeded)")),
         "{snapshots:?}"
     );
 }

@@ -55,7 +55,7 @@ impl ServerProcess {
             if let Ok(key) = std::fs::read_to_string(data_dir.join("admin.key")) {
                 let client = Client::new(&url, Some(key.trim().to_string()));
                 if let Ok(system) = client.system().await
-                    && system["engine"]["status"] == "up"
+                    && system.engine_up()
                 {
                     process.client = client;
                     return process;
@@ -71,10 +71,7 @@ impl ServerProcess {
 
     /// The server's installation id, and a guard that removes everything it made on the engine.
     pub(crate) async fn installation(&self) -> (String, caged_testkit::InstallationGuard) {
-        let installation = self.client.system().await.unwrap()["installation_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let installation = self.client.system().await.unwrap().installation_id;
         let guard = caged_testkit::InstallationGuard(installation.clone());
         (installation, guard)
     }
@@ -190,9 +187,15 @@ async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let last_reason =
-            server.client.events(&id, 0).await.unwrap().last().unwrap()["payload"]["reason"]
-                .clone();
+        let last_reason = server
+            .client
+            .events(&id, 0)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .payload["reason"]
+            .clone();
         assert_eq!(last_reason, expected_reason, "{point}");
         if expected_state == "destroyed" {
             assert_eq!(
@@ -295,10 +298,7 @@ async fn a_crash_mid_restore_keeps_exactly_one_whole_sandbox() {
             .run(&id, &["sh", "-c", "echo v1 > /workspace/f"])
             .await
             .unwrap();
-        let sid = server.client.create_snapshot(&id, None).await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let sid = server.client.create_snapshot(&id, None).await.unwrap().id;
         server
             .client
             .run(&id, &["sh", "-c", "echo v2 > /workspace/f"])

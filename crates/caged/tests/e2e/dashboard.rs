@@ -281,28 +281,27 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     wait_text(page, "main h1 .badge", "running").await;
     let sandbox = server.client.sandbox(&id).await.unwrap();
     assert_eq!(sandbox.state, "running");
-    let config = server.client.sandbox_json(&id).await.unwrap();
-    assert_eq!(config["name"], "dash-web");
-    assert_eq!(config["budget_usd"], 5.0);
-    assert_eq!(config["network_mode"], "allowlist");
-    assert_eq!(config["allowed_hosts"], json!(["example.test"]));
+    assert_eq!(sandbox.name.as_deref(), Some("dash-web"));
+    assert_eq!(sandbox.budget_usd, Some(5.0));
+    assert_eq!(sandbox.network_mode, "allowlist");
+    assert_eq!(sandbox.allowed_hosts, ["example.test"]);
 
     // Settings of a live sandbox: its budget and its allowlist.
     fill(page, "#budget-usd", "7").await;
     click(page, "#budget-form button[value=set]").await;
     wait_text(page, "#toast", "Budget set").await;
     assert_eq!(
-        server.client.sandbox_json(&id).await.unwrap()["budget_usd"],
-        7.0
+        server.client.sandbox(&id).await.unwrap().budget_usd,
+        Some(7.0)
     );
     fill(page, "#allowlist", "example.test\npypi.org").await;
     click(page, "#allowlist-form button").await;
     wait_text(page, "#toast", "Allowlist saved").await;
     let network = server.client.network(&id).await.unwrap();
     assert_eq!(
-        network["allowed_hosts"],
-        json!(["example.test", "pypi.org"]),
-        "{network}"
+        network.allowed_hosts,
+        ["example.test", "pypi.org"],
+        "{network:?}"
     );
     wait_text(page, "#caged-yaml", "template: \"busybox\"").await;
 
@@ -386,9 +385,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     wait_text(page, "#previews li[data-port='8080']", "password").await;
     let previews = server.client.previews(&id).await.unwrap();
     assert!(
-        previews
-            .iter()
-            .any(|p| p["port"] == 8080 && p["protected"] == true),
+        previews.iter().any(|p| p.port == 8080 && p.protected),
         "{previews:?}"
     );
     let host = format!(
@@ -407,7 +404,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     wait_text(page, "#snapshots tbody", "from-dashboard").await;
     let snapshots = server.client.snapshots(&id).await.unwrap();
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
-    let snapshot_id = snapshots[0]["id"].as_str().unwrap().to_string();
+    let snapshot_id = snapshots[0].id.clone();
     screenshot(page, "sandbox").await;
     click(
         page,
@@ -510,9 +507,9 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
         .unwrap();
     assert_eq!(days, 30);
     let usage = server.client.account_usage(1).await.unwrap();
-    let today = usage["days"][0]["date"].as_str().unwrap().to_string();
-    assert_eq!(usage["days"][0]["sandboxes_running"], 2, "{usage}");
-    assert!(usage["days"][0]["compute_micros"].as_i64().unwrap() > 0);
+    let today = usage.days[0].date.clone();
+    assert_eq!(usage.days[0].sandboxes_running, 2, "{usage:?}");
+    assert!(usage.days[0].compute_micros > 0);
     let row = text(page, &format!("#usage-table tr[data-date='{today}']"))
         .await
         .unwrap();

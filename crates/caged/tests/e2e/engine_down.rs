@@ -1,6 +1,7 @@
 //! The server starts without an engine, answers 503 with the reason, and picks the engine up
 //! when it appears.
 
+use caged_client::wire::EngineStatus;
 use serde_json::json;
 use tokio::net::{UnixListener, UnixStream};
 
@@ -17,7 +18,10 @@ async fn server_works_around_an_absent_engine_and_recovers() {
     let client = &server.client;
 
     let system = client.system().await.unwrap();
-    assert_eq!(system["engine"]["status"], "down", "{system}");
+    assert!(
+        matches!(system.engine, EngineStatus::Down { .. }),
+        "{system:?}"
+    );
     let (status, code, message) = error_code(
         client
             .create_sandbox(&json!({ "template": "busybox" }))
@@ -46,7 +50,7 @@ async fn server_works_around_an_absent_engine_and_recovers() {
     // Wait for the condition (the watcher retries every 2 s; a loaded machine may be slow).
     let mut up = false;
     for _ in 0..600 {
-        if client.system().await.unwrap()["engine"]["status"] == "up" {
+        if client.system().await.unwrap().engine_up() {
             up = true;
             break;
         }

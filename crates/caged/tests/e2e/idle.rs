@@ -26,17 +26,14 @@ async fn wait_for(
     }
 }
 
-fn state_reasons(events: &[serde_json::Value]) -> Vec<(String, String)> {
+fn state_reasons(events: &[caged_client::wire::Event]) -> Vec<(String, String)> {
     events
         .iter()
-        .filter(|event| event["kind"] == "state")
+        .filter(|event| event.kind == "state")
         .map(|event| {
             (
-                event["payload"]["to"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                event["payload"]["reason"]
+                event.payload["to"].as_str().unwrap_or_default().to_string(),
+                event.payload["reason"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),

@@ -59,17 +59,17 @@ async fn disk_limit_stops_a_big_write() {
     let server = caged_testkit::spawn().await;
     let client = &server.client;
     let system = client.system().await.unwrap();
-    assert_eq!(
-        system["engine"]["info"]["disk_limits"]["available"], true,
+    let caged_client::wire::EngineStatus::Up { info } = &system.engine else {
+        panic!("the engine is not up: {system:?}");
+    };
+    assert!(
+        info.disk_limits.available,
         "this engine cannot enforce disk limits; start it with scripts/engine-up (btrfs data root)"
     );
     let id = server
         .sandbox(json!({ "template": "busybox", "resources": { "disk": 1 } }))
         .await;
-    assert_eq!(
-        client.sandbox_json(&id).await.unwrap()["resources"]["disk_enforced"],
-        true
-    );
+    assert!(client.sandbox(&id).await.unwrap().resources.disk_enforced);
     let write = client
         .run(
             &id,

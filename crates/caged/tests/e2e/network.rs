@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use caged_client::wire::{Event, Link};
 use caged_testkit::TestServer;
 use caged_testkit::internet::{self, ALLOWED, EVIL, PRIVATE, PUBLIC_RESOLVER};
 use serde_json::{Value, json};
@@ -81,23 +82,29 @@ async fn server_on(internet: &internet::Internet) -> TestServer {
     caged_testkit::spawn_with(|config| config.network.upstream = Some(vec![resolver])).await
 }
 
-async fn network_events(server: &TestServer, id: &str) -> Vec<Value> {
+async fn network_events(server: &TestServer, id: &str) -> Vec<Event> {
     server
         .client
         .events(id, 0)
         .await
         .unwrap()
         .into_iter()
-        .filter(|event| event["kind"] == "network")
+        .filter(|event| event.kind == "network")
         .collect()
 }
 
+/// The sandbox's link; it has one.
+async fn link_of(server: &TestServer, id: &str) -> Link {
+    let network = server.client.network(id).await.unwrap();
+    network.link.expect("the sandbox has a link")
+}
+
 /// Waits until an event satisfying `matches` is recorded.
-async fn wait_for_event(server: &TestServer, id: &str, matches: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for_event(server: &TestServer, id: &str, matches: impl Fn(&Value) -> bool) -> Event {
     let started = Instant::now();
     loop {
         let events = network_events(server, id).await;
-        if let Some(event) = events.iter().find(|event| matches(&event["payload"])) {
+        if let Some(event) = events.iter().find(|event| matches(&event.payload)) {
             return event.clone();
         }
         assert!(
@@ -249,7 +256,7 @@ async fn allowlist_holds(isolation: &str) {
         p["action"] == "blocked" && p["host"] == "evil.test"
     })
     .await;
-    assert_eq!(blocked["payload"]["reason"], "not in allowed_hosts");
+    assert_eq!(blocked.payload["reason"], "not in allowed_hosts");
     wait_for_event(&server, &id, |p| {
         p["action"] == "dns_refused" && p["host"] == "evil.test"
     })
@@ -266,8 +273,8 @@ async fn allowlist_holds(isolation: &str) {
     })
     .await;
     assert!(
-        connected["payload"]["bytes_in"].as_u64().unwrap() > 0,
-        "{connected}"
+        connected.payload["bytes_in"].as_u64().unwrap() > 0,
+        "{connected:?}"
     );
 }
 
@@ -287,7 +294,7 @@ async fn dns_stub_refuses_tunnels_and_strips_rebinding() {
     let server = server_on(&internet).await;
     let id = allowlist_sandbox(&server, "container").await;
     let link = server.client.network(&id).await.unwrap();
-    let stub = link["link"]["resolver"].as_str().unwrap().to_string();
+    let stub = link.link.expect("a link").resolver;
     // TXT (16), NULL (10), ANY (255) for an allowed name: REFUSED (rcode 5).
     for qtype in ["16", "10", "255"] {
         let reply = net(&server, &id, &["dns", &stub, "allowed.test", qtype]).await;
@@ -350,9 +357,9 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
     let traffic = loop {
         let events = network_events(&server, &id).await;
         if let Some(event) = events.iter().find(|e| {
-            e["payload"]["action"] == "traffic"
-                && e["payload"]["host"] == "allowed.test"
-                && e["payload"]["port"] == 80
+            e.payload["action"] == "traffic"
+                && e.payload["host"] == "allowed.test"
+                && e.payload["port"] == 80
         }) {
             break event.clone();
         }
@@ -363,17 +370,17 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(
-        traffic["payload"]["connections"].as_u64().unwrap() >= 1,
-        "{traffic}"
+        traffic.payload["connections"].as_u64().unwrap() >= 1,
+        "{traffic:?}"
     );
     // The response is 100-odd bytes of HTTP plus TCP/IP headers both ways.
     assert!(
-        traffic["payload"]["bytes_in"].as_u64().unwrap() > 100,
-        "{traffic}"
+        traffic.payload["bytes_in"].as_u64().unwrap() > 100,
+        "{traffic:?}"
     );
     assert!(
-        traffic["payload"]["bytes_out"].as_u64().unwrap() > 60,
-        "{traffic}"
+        traffic.payload["bytes_out"].as_u64().unwrap() > 60,
+        "{traffic:?}"
     );
     // A name resolved through the stub, any name in full mode.
     assert_eq!(
@@ -382,14 +389,8 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
     );
 
     let api_port = server.addr.port().to_string();
-    let other_addr = server.client.network(&other).await.unwrap()["link"]["sandbox_address"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let host_addr = server.client.network(&id).await.unwrap()["link"]["host_address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other_addr = link_of(&server, &other).await.sandbox_address;
+    let host_addr = link_of(&server, &id).await.host_address;
     for (addr, port) in [
         (host_addr.as_str(), api_port.as_str()), // the host itself, on the link
         ("198.51.100.1", "22"),                  // the host, on another of its addresses
@@ -420,13 +421,13 @@ async fn full_mode_reaches_the_internet_but_not_the_host_or_private_ranges() {
         p["action"] == "blocked" && p["by"] == "firewall" && p["address"] == "169.254.169.254"
     })
     .await;
-    assert_eq!(metadata["payload"]["port"], 80);
+    assert_eq!(metadata.payload["port"], 80);
     assert!(
-        metadata["payload"]["reason"]
+        metadata.payload["reason"]
             .as_str()
             .unwrap()
             .contains("link-local"),
-        "{metadata}"
+        "{metadata:?}"
     );
     wait_for_event(&server, &id, |p| {
         p["by"] == "firewall"
@@ -500,18 +501,15 @@ async fn a_removed_layer_is_put_back() {
     let full = server.sandbox(json!({ "template": "busybox" })).await;
     let full_base = server.sandbox(json!({ "template": "base" })).await;
     let table = format!("caged_{}", server.installation_id);
-    let link = server.client.network(&full).await.unwrap();
-    let ifname = link["link"]["host_interface"].as_str().unwrap().to_string();
-    let allow_if = server.client.network(&id).await.unwrap()["link"]["host_interface"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let link = link_of(&server, &full).await;
+    let ifname = link.host_interface.clone();
+    let allow_if = link_of(&server, &id).await.host_interface;
 
     // A service of the host's own, listening on every address.
     let host_service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     host_service.set_nonblocking(true).unwrap();
     let service_port = host_service.local_addr().unwrap().port().to_string();
-    let full_host = link["link"]["host_address"].as_str().unwrap().to_string();
+    let full_host = link.host_address.clone();
 
     // The main table deleted: the guard table still drops what it refused, and an allowlist
     // link forwards nothing anyway (its forwarding is off)...
@@ -635,7 +633,7 @@ async fn none_mode_has_no_link() {
         .unwrap();
     assert_eq!(links.stdout.split_whitespace().collect::<Vec<_>>(), ["lo"]);
     let network = server.client.network(&id).await.unwrap();
-    assert_eq!(network["link"], Value::Null);
+    assert_eq!(network.link, None);
     // Nor does it learn the host's resolvers or search domains.
     let resolv = server
         .client

@@ -71,6 +71,8 @@ async fn the_openapi_document_is_valid_and_describes_the_answers() {
         .write_file(&id, "/workspace/a.txt", "a", Some(0o600))
         .await
         .unwrap();
+    // The client read the answer into its type; the type as JSON must meet the schema too.
+    let written = serde_json::to_value(&written).unwrap();
     answers.check("/v1/sandboxes/{id}/files", "put", "200", &written);
     let mut tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
@@ -82,6 +84,7 @@ async fn the_openapi_document_is_valid_and_describes_the_answers() {
         .write_tar(&id, "/workspace/dir", tar.into_inner().unwrap())
         .await
         .unwrap();
+    let extracted = serde_json::to_value(&extracted).unwrap();
     answers.check("/v1/sandboxes/{id}/files", "put", "200", &extracted);
 
     // A streaming exec opens a session.

@@ -5,10 +5,11 @@
 use std::time::{Duration, Instant};
 
 use caged_client::Client;
+use caged_client::wire::Preview;
 use caged_testkit::TestServer;
 use caged_testkit::http::{self, request, send};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{caged, error_code};
 
@@ -19,13 +20,13 @@ fn host(id: &str, port: u16) -> String {
 }
 
 /// The sandbox's previews once `port` is (`true`) or is no longer (`false`) listening.
-async fn wait_for_port(client: &Client, id: &str, port: u16, listening: bool) -> Vec<Value> {
+async fn wait_for_port(client: &Client, id: &str, port: u16, listening: bool) -> Vec<Preview> {
     let started = Instant::now();
     loop {
         let previews = client.previews(id).await.unwrap();
         let seen = previews
             .iter()
-            .any(|preview| preview["port"] == port && preview["listening"] == true);
+            .any(|preview| preview.port == port && preview.listening);
         if seen == listening {
             return previews;
         }
@@ -73,15 +74,17 @@ async fn ports_are_detected_from_the_host_and_served_by_host_name() {
     busybox_httpd(client, &id, "127.0.0.1:8080", "loopback-only").await;
 
     let previews = wait_for_port(client, &id, 8080, true).await;
-    let preview = previews.iter().find(|p| p["port"] == 8080).unwrap();
-    assert_eq!(preview["address"], "127.0.0.1");
+    let preview = previews.iter().find(|p| p.port == 8080).unwrap();
+    assert_eq!(preview.address.as_deref(), Some("127.0.0.1"));
     assert_eq!(
-        preview["url"],
+        preview.url,
         format!("http://{}:{}", host(&id, 8080), server.preview_addr.port())
     );
     // Docker's resolver listens in the sandbox too, but it is the engine's, not a preview.
     assert!(
-        previews.iter().all(|p| p["address"] != "127.0.0.11"),
+        previews
+            .iter()
+            .all(|p| p.address.as_deref() != Some("127.0.0.11")),
         "{previews:?}"
     );
 
@@ -100,8 +103,8 @@ async fn ports_are_detected_from_the_host_and_served_by_host_name() {
     }
 
     // inspect and the CLI show it too.
-    let inspected = client.sandbox_json(&id).await.unwrap();
-    assert_eq!(inspected["previews"][0]["port"], 8080);
+    let inspected = client.sandbox_detail(&id).await.unwrap();
+    assert_eq!(inspected.previews[0].port, 8080);
     let listed = caged(&server, &["preview", "ls", &id]);
     let stdout = String::from_utf8_lossy(&listed.stdout);
     assert!(stdout.contains(&host(&id, 8080)), "{stdout}");
@@ -116,11 +119,11 @@ async fn ports_are_detected_from_the_host_and_served_by_host_name() {
     let events = client.events(&id, 0).await.unwrap();
     let ports: Vec<(i64, &str)> = events
         .iter()
-        .filter(|event| event["kind"] == "port")
+        .filter(|event| event.kind == "port")
         .map(|event| {
             (
-                event["payload"]["port"].as_i64().unwrap(),
-                event["payload"]["state"].as_str().unwrap(),
+                event.payload["port"].as_i64().unwrap(),
+                event.payload["state"].as_str().unwrap(),
             )
         })
         .collect();
@@ -281,7 +284,7 @@ async fn a_loopback_python_server_streams_upgrades_and_speaks_http2() {
     assert!(
         events
             .iter()
-            .any(|event| event["payload"]["reason"] == "woken by preview traffic"),
+            .any(|event| event.payload["reason"] == "woken by preview traffic"),
         "{events:?}"
     );
     socket.close(None).await.unwrap();
@@ -322,7 +325,7 @@ async fn passwords_cookies_and_basic_auth() {
     );
     assert!(protected.status.success(), "{protected:?}");
     let previews = client.previews(&id).await.unwrap();
-    assert_eq!(previews[0]["protected"], true);
+    assert!(previews[0].protected);
     // Stored hashed: the plain password is nowhere in the database.
     let db = std::fs::read(server.data_dir.path().join("caged.db")).unwrap();
     assert!(!db.windows(11).any(|window| window == b"open sesame"));
@@ -505,7 +508,7 @@ async fn https_with_a_generated_wildcard_certificate() {
     busybox_httpd(client, &id, "80", "over tls").await;
     wait_for_port(client, &id, 80, true).await;
     let previews = client.previews(&id).await.unwrap();
-    assert!(previews[0]["url"].as_str().unwrap().starts_with("https://"));
+    assert!(previews[0].url.starts_with("https://"));
     let cert = server
         .data_dir
         .path()
@@ -570,12 +573,12 @@ async fn a_request_wakes_a_sleeping_sandbox() {
     assert_eq!(sandbox.state, "running");
     let events = client.events(&id, 0).await.unwrap();
     assert!(
-        events.iter().any(|event| event["kind"] == "state"
-            && event["payload"]["reason"] == "woken by a preview request"),
+        events.iter().any(|event| event.kind == "state"
+            && event.payload["reason"] == "woken by a preview request"),
         "{events:?}"
     );
     assert!(
-        events.iter().any(|event| event["kind"] == "http"),
+        events.iter().any(|event| event.kind == "http"),
         "{events:?}"
     );
 
@@ -591,7 +594,7 @@ async fn a_request_wakes_a_sleeping_sandbox() {
         .await
         .unwrap()
         .iter()
-        .filter(|event| event["kind"] == "port" && event["payload"]["state"] == "open")
+        .filter(|event| event.kind == "port" && event.payload["state"] == "open")
         .count();
     assert_eq!(opened, 1);
 }

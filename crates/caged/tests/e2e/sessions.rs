@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use caged_client::Client;
+use caged_client::wire::{SessionListItem, SessionState};
 use serde_json::{Value, json};
 
 use crate::caged;
@@ -14,8 +15,8 @@ use crate::crash::ServerProcess;
 async fn wait_for_sessions(
     client: &Client,
     id: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
+    done: impl Fn(&[SessionListItem]) -> bool,
+) -> Vec<SessionListItem> {
     let started = Instant::now();
     loop {
         let sessions = client.sessions(id).await.unwrap();
@@ -103,10 +104,10 @@ async fn an_agent_session_lasts_as_long_as_its_command() {
         .unwrap();
     stream.output.collect().await.unwrap();
     let sessions = wait_for_sessions(&server.client, &id, |sessions| {
-        sessions.len() == 2 && sessions[1]["state"] == "ended"
+        sessions.len() == 2 && sessions[1].session.state == SessionState::Ended
     })
     .await;
-    assert_eq!(sessions[1]["agent_type"], "shell");
+    assert_eq!(sessions[1].session.agent_type, "shell");
 
     // Someone else's session is not found.
     let bob = server.new_account("bob").await;
@@ -129,17 +130,20 @@ async fn a_session_ends_when_its_client_is_killed() {
     let sessions = wait_for_sessions(&server.client, &id, |sessions| {
         sessions
             .first()
-            .is_some_and(|session| session["state"] == "open")
+            .is_some_and(|item| item.session.state == SessionState::Open)
     })
     .await;
-    assert_eq!(sessions[0]["agent_type"], "unknown");
+    assert_eq!(sessions[0].session.agent_type, "unknown");
     agent.kill().unwrap(); // SIGKILL: no goodbye
     agent.wait().unwrap();
     let sessions = wait_for_sessions(&server.client, &id, |sessions| {
-        sessions[0]["state"] == "ended"
+        sessions[0].session.state == SessionState::Ended
     })
     .await;
-    assert_eq!(sessions[0]["end_reason"], "the client disconnected");
+    assert_eq!(
+        sessions[0].session.end_reason.as_deref(),
+        Some("the client disconnected")
+    );
     // Its command went with it.
     let ps = server.client.run(&id, &["ps"]).await.unwrap();
     assert!(!ps.stdout.contains("sleep 1000"), "{}", ps.stdout);
@@ -160,11 +164,9 @@ async fn sessions_a_killed_server_left_open_end_when_it_restarts() {
     drop(server); // SIGKILL
     let server = ServerProcess::start(data.path(), None).await;
     let sessions = server.client.sessions(&id).await.unwrap();
+    let session = &sessions[0].session;
     assert_eq!(
-        (
-            sessions[0]["state"].as_str(),
-            sessions[0]["end_reason"].as_str()
-        ),
-        (Some("ended"), Some("the server stopped"))
+        (session.state, session.end_reason.as_deref()),
+        (SessionState::Ended, Some("the server stopped"))
     );
 }

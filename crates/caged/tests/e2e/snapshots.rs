@@ -44,12 +44,9 @@ async fn capture_restore_fork_and_download_round_trip() {
     );
 
     let snapshot = client.create_snapshot(&id, Some("first")).await.unwrap();
-    let sid = snapshot["id"].as_str().unwrap().to_string();
-    assert_eq!(snapshot["template"], "busybox");
-    assert!(
-        snapshot["size_bytes"].as_i64().unwrap() > 19_000_000,
-        "{snapshot}"
-    );
+    let sid = snapshot.id.clone();
+    assert_eq!(snapshot.template, "busybox");
+    assert!(snapshot.size_bytes > 19_000_000, "{snapshot:?}");
     assert_eq!(
         client.sandbox(&id).await.unwrap().state,
         "running",
@@ -164,10 +161,7 @@ async fn snapshot_limits_are_clear_errors() {
         message,
         format!("sandbox {id} has 2 snapshots, the most allowed is 2; delete one first")
     );
-    client
-        .delete_snapshot(second["id"].as_str().unwrap())
-        .await
-        .unwrap();
+    client.delete_snapshot(&second.id).await.unwrap();
 
     // Random data does not compress: 4 MB cannot fit a 3 MB quota.
     client
@@ -234,10 +228,7 @@ async fn hostile_snapshot_bytes_are_refused_and_change_nothing() {
         .run(&id, &["sh", "-c", "echo original > /workspace/keep"])
         .await
         .unwrap();
-    let sid = client.create_snapshot(&id, None).await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = client.create_snapshot(&id, None).await.unwrap().id;
     client
         .run(&id, &["sh", "-c", "echo current > /workspace/keep"])
         .await
@@ -308,13 +299,13 @@ async fn snapshot_event(
     id: &str,
     after: i64,
     op: &str,
-) -> serde_json::Value {
+) -> caged_client::wire::Event {
     let started = std::time::Instant::now();
     loop {
         let events = client.events(id, after).await.unwrap();
         if let Some(event) = events
             .into_iter()
-            .find(|e| e["kind"] == "snapshot" && e["payload"]["op"] == op)
+            .find(|e| e.kind == "snapshot" && e.payload["op"] == op)
         {
             return event;
         }
@@ -327,9 +318,7 @@ async fn snapshot_event(
 }
 
 async fn last_seq(client: &caged_client::Client, id: &str) -> i64 {
-    client.events(id, 0).await.unwrap().last().unwrap()["seq"]
-        .as_i64()
-        .unwrap()
+    client.events(id, 0).await.unwrap().last().unwrap().seq
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -349,12 +338,7 @@ async fn every_pause_takes_an_auto_snapshot_unless_nothing_changed() {
         let mark = last_seq(client, &id).await;
         client.pause(&id).await.unwrap();
         let event = snapshot_event(client, &id, mark, "auto").await;
-        ids.push(
-            event["payload"]["snapshot_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        ids.push(event.payload["snapshot_id"].as_str().unwrap().to_string());
         if round == 0 {
             // Asleep and woken with nothing changed: no second copy.
             client.resume(&id).await.unwrap();
@@ -362,7 +346,7 @@ async fn every_pause_takes_an_auto_snapshot_unless_nothing_changed() {
             client.pause(&id).await.unwrap();
             let skipped = snapshot_event(client, &id, mark, "auto-skipped").await;
             assert_eq!(
-                skipped["payload"]["reason"],
+                skipped.payload["reason"],
                 "nothing changed since the latest snapshot"
             );
         }
@@ -374,7 +358,7 @@ async fn every_pause_takes_an_auto_snapshot_unless_nothing_changed() {
         .await
         .unwrap()
         .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
+        .map(|s| s.id.clone())
         .collect();
     assert_eq!(kept, ids[1..].to_vec());
     assert!(
@@ -383,14 +367,13 @@ async fn every_pause_takes_an_auto_snapshot_unless_nothing_changed() {
             .await
             .unwrap()
             .iter()
-            .all(|s| s["kind"] == "auto")
+            .all(|s| s.kind == "auto")
     );
     let events = client.events(&id, 0).await.unwrap();
     assert!(
         events
             .iter()
-            .any(|e| e["payload"]["op"] == "evicted"
-                && e["payload"]["snapshot_id"] == ids[0].as_str())
+            .any(|e| e.payload["op"] == "evicted" && e.payload["snapshot_id"] == ids[0].as_str())
     );
     // The latest auto-snapshot holds the latest content.
     client

@@ -48,10 +48,10 @@ async fn a_second_account_cannot_see_or_touch_the_first() {
         .set_webhook("https://hooks.example.com/alice")
         .await
         .unwrap();
-    assert!(bob.webhook().await.unwrap()["url"].is_null());
+    assert_eq!(bob.webhook().await.unwrap().webhook.url, None);
     assert_eq!(
-        alice.webhook().await.unwrap()["url"],
-        "https://hooks.example.com/alice"
+        alice.webhook().await.unwrap().webhook.url.as_deref(),
+        Some("https://hooks.example.com/alice")
     );
     assert!(server.client.list_sandboxes(true).await.unwrap().is_empty());
 

