@@ -7,8 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use caged_cost::{Micros, Protocol, UsageMeter};
 use caged_domain::time::now_ms;
-use caged_domain::{SandboxId, SandboxState};
-use caged_store::SandboxRecord;
+use caged_domain::{EventKind, SandboxId, SandboxState};
+use caged_store::{NewEvent, SandboxRecord};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -323,15 +323,8 @@ fn note_refusal(
         let recorded = ctx
             .db
             .run(move |store| {
-                store.record_event_in(
-                    id,
-                    &account,
-                    now,
-                    caged_domain::EventKind::Llm,
-                    &payload,
-                    false,
-                    session.as_deref(),
-                )
+                let new = NewEvent::new(id, account, now, EventKind::Llm, payload);
+                store.record_event(&new.in_session(session), false)
             })
             .await;
         if let Ok(event) = recorded {

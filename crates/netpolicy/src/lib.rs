@@ -30,7 +30,7 @@ use caged_network::firewall::{Firewall, LinkRule, Mode};
 use caged_network::ranges::Net4;
 use caged_network::{Allowlist, LinkSpec, Pool};
 use caged_runtime::Runtime;
-use caged_store::{Db, SandboxRecord};
+use caged_store::{Db, NewEvent, SandboxRecord};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -732,7 +732,8 @@ impl Network {
         tokio::spawn(async move {
             let written = db
                 .run(move |store| {
-                    store.record_event(id, &account, now_ms(), EventKind::Network, &payload, false)
+                    let new = NewEvent::new(id, account, now_ms(), EventKind::Network, payload);
+                    store.record_event(&new, false)
                 })
                 .await;
             match written {

@@ -9,7 +9,7 @@ use caged_domain::time::now_ms;
 use caged_domain::{SandboxConfig, SandboxId, SandboxState};
 use caged_node::Start;
 use caged_runtime::{ExecSpec, RuntimeError};
-use caged_store::{NewSandbox, SandboxRecord, StoreError};
+use caged_store::{NewEvent, NewSandbox, SandboxRecord, StoreError};
 use serde_json::json;
 
 use crate::error::{Error, Result};
@@ -353,15 +353,8 @@ pub(crate) async fn record_activity_in(
     match state
         .db
         .run(move |store| {
-            store.record_event_in(
-                id,
-                &account_id,
-                at,
-                kind,
-                &payload,
-                true,
-                session.as_deref(),
-            )
+            let new = NewEvent::new(id, account_id, at, kind, payload).in_session(session);
+            store.record_event(&new, true)
         })
         .await
     {

@@ -18,7 +18,7 @@ pub use cost::{NewAlert, NewLlmCall, WebhookDelivery, WebhookTarget};
 pub use db::{Db, Written};
 pub use previews::{PortChange, PreviewPassword, PreviewPort, SandboxHead};
 pub use sessions::{NewSession, SessionRecord};
-pub use trust::{Charged, NewEvent, NewPenalty, PenaltyRecord};
+pub use trust::{Charged, NewPenalty, PenaltyRecord};
 pub use web::{DAY_MS, DailyLlm, WebSession};
 
 use parking_lot::Mutex;
@@ -409,42 +409,32 @@ impl Store {
         Ok(event)
     }
 
-    /// Appends an event; with `active`, also marks the sandbox as used at `at_ms`.
-    pub fn record_event(
-        &self,
-        id: SandboxId,
-        account_id: &str,
-        at_ms: i64,
-        kind: EventKind,
-        payload: &serde_json::Value,
-        active: bool,
-    ) -> Result<Event> {
-        self.record_event_in(id, account_id, at_ms, kind, payload, active, None)
-    }
-
-    /// [`Store::record_event`] for something that happened in a session.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_event_in(
-        &self,
-        id: SandboxId,
-        account_id: &str,
-        at_ms: i64,
-        kind: EventKind,
-        payload: &serde_json::Value,
-        active: bool,
-        session_id: Option<&str>,
-    ) -> Result<Event> {
+    /// Appends an event; with `active`, also marks the sandbox as used at its time.
+    pub fn record_event(&self, new: &NewEvent, active: bool) -> Result<Event> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if active {
             tx.execute(
                 "UPDATE sandboxes SET last_active_ms = MAX(COALESCE(last_active_ms, 0), ?2) WHERE id = ?1",
-                params![id.as_str(), at_ms],
+                params![new.sandbox_id.as_str(), new.at_ms],
             )?;
         }
-        let event = insert_event_in(&tx, id, account_id, at_ms, kind, payload, session_id)?;
+        let event = insert_new_event(&tx, new)?;
         tx.commit()?;
         Ok(event)
+    }
+
+    /// Appends many events in one transaction (the observer writes thousands a second; none is
+    /// activity).
+    pub fn record_events(&self, batch: &[NewEvent]) -> Result<Vec<Event>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let events = batch
+            .iter()
+            .map(|new| insert_new_event(&tx, new))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(events)
     }
 
     /// Events of one sandbox after `after_seq`, oldest first, at most `limit`.
@@ -724,6 +714,53 @@ fn restrict(path: &Path, create: bool) -> Result<()> {
         Err(err) if !create && err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other.map_err(io),
     }
+}
+
+/// An event to append: what happened to which sandbox, when, and in which session if any.
+pub struct NewEvent {
+    pub sandbox_id: SandboxId,
+    pub account_id: String,
+    pub session_id: Option<String>,
+    pub at_ms: i64,
+    pub kind: EventKind,
+    pub payload: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(
+        sandbox_id: SandboxId,
+        account_id: impl Into<String>,
+        at_ms: i64,
+        kind: EventKind,
+        payload: serde_json::Value,
+    ) -> Self {
+        NewEvent {
+            sandbox_id,
+            account_id: account_id.into(),
+            session_id: None,
+            at_ms,
+            kind,
+            payload,
+        }
+    }
+
+    /// The same event, attributed to `session` (none leaves it outside any session).
+    pub fn in_session(mut self, session: Option<String>) -> Self {
+        self.session_id = session;
+        self
+    }
+}
+
+fn insert_new_event(tx: &rusqlite::Transaction<'_>, new: &NewEvent) -> Result<Event> {
+    insert_event_in(
+        tx,
+        new.sandbox_id,
+        &new.account_id,
+        new.at_ms,
+        new.kind,
+        &new.payload,
+        new.session_id.as_deref(),
+    )
 }
 
 pub(crate) fn insert_event(

@@ -185,6 +185,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::NewEvent;
 
     #[test]
     fn a_session_opens_collects_its_events_and_ends_once() {
@@ -203,18 +204,17 @@ mod tests {
             .unwrap();
         let json = serde_json::json!({ "cmd": ["ls"] });
         store
-            .record_event_in(
-                sandbox,
-                &account,
-                150,
-                EventKind::Exec,
-                &json,
+            .record_event(
+                &NewEvent::new(sandbox, &account, 150, EventKind::Exec, json.clone())
+                    .in_session(Some("ses_1".into())),
                 true,
-                Some("ses_1"),
             )
             .unwrap();
         store
-            .record_event(sandbox, &account, 160, EventKind::Exec, &json, true)
+            .record_event(
+                &NewEvent::new(sandbox, &account, 160, EventKind::Exec, json),
+                true,
+            )
             .unwrap();
         assert_eq!(store.open_sessions().unwrap(), vec![("ses_1".into(), 150)]);
         let ended = store

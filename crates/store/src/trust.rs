@@ -8,16 +8,6 @@ use rusqlite::params;
 
 use crate::{Event, Result, Store, insert_event_in};
 
-/// An event to append in a batch.
-pub struct NewEvent {
-    pub sandbox_id: SandboxId,
-    pub account_id: String,
-    pub session_id: Option<String>,
-    pub at_ms: i64,
-    pub kind: EventKind,
-    pub payload: serde_json::Value,
-}
-
 pub struct NewPenalty<'a> {
     pub sandbox_id: SandboxId,
     pub account_id: &'a str,
@@ -60,26 +50,6 @@ fn band(score: i64) -> &'static str {
 }
 
 impl Store {
-    /// Appends many events in one transaction (the observer writes thousands a second).
-    pub fn record_events(&self, batch: &[NewEvent]) -> Result<Vec<Event>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut events = Vec::with_capacity(batch.len());
-        for new in batch {
-            events.push(insert_event_in(
-                &tx,
-                new.sandbox_id,
-                &new.account_id,
-                new.at_ms,
-                new.kind,
-                &new.payload,
-                new.session_id.as_deref(),
-            )?);
-        }
-        tx.commit()?;
-        Ok(events)
-    }
-
     /// Charges a penalty unless the same (rule, key) was already charged to that session;
     /// returns the `trust` events recorded (none when it was a repeat).
     pub fn charge_penalty(&self, new: NewPenalty<'_>) -> Result<Vec<Event>> {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+use caged_domain::EventKind;
+use caged_store::NewEvent;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
@@ -201,16 +203,8 @@ fn note_activity(previews: &Arc<Previews>, cage: &Cage, port: u16) {
         let result = db
             .write(move |store| {
                 if log {
-                    store
-                        .record_event(
-                            id,
-                            &account,
-                            now,
-                            caged_domain::EventKind::Http,
-                            &payload,
-                            true,
-                        )
-                        .map(Some)
+                    let new = NewEvent::new(id, account, now, EventKind::Http, payload);
+                    store.record_event(&new, true).map(Some)
                 } else {
                     store.mark_active(id, now).map(|()| None)
                 }

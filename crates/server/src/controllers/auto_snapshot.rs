@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxId, SandboxState};
-use caged_store::SandboxRecord;
+use caged_store::{NewEvent, SandboxRecord};
 use serde_json::{Value, json};
 
 use crate::error::Result;
@@ -119,7 +119,8 @@ async fn record_event(state: &AppState, record: &SandboxRecord, payload: Value) 
     let written = state
         .db
         .write(move |store| {
-            store.record_event(id, &account, now_ms(), EventKind::Snapshot, &payload, false)
+            let new = NewEvent::new(id, account, now_ms(), EventKind::Snapshot, payload);
+            store.record_event(&new, false)
         })
         .await;
     if let Err(err) = written {

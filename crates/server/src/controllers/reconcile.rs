@@ -15,7 +15,7 @@ use std::time::Duration;
 use caged_domain::{SandboxId, SandboxState};
 use caged_node::Start;
 use caged_runtime::{ContainerSummary, EngineState, RuntimeError};
-use caged_store::SandboxRecord;
+use caged_store::{NewEvent, SandboxRecord};
 
 use crate::sandboxes;
 use crate::state::AppState;
@@ -260,7 +260,8 @@ async fn fix(
                     if let Ok(event) = state
                         .db
                         .run(move |store| {
-                            store.record_event(id, &account, at, EventKind::Restart, &payload, true)
+                            let new = NewEvent::new(id, account, at, EventKind::Restart, payload);
+                            store.record_event(&new, true)
                         })
                         .await
                     {
