@@ -21,6 +21,8 @@ pub enum ArchiveError {
     TooManyEntries { limit: u64 },
     #[error("more than {limit} bytes unpacked")]
     TooLarge { limit: u64 },
+    #[error("entry {path:?}: deeper than {limit} directories")]
+    TooDeep { path: String, limit: usize },
     #[error("unsupported compression ({kind}); send a plain tar or a gzip-compressed one")]
     UnsupportedCompression { kind: &'static str },
     #[error("not a readable tar archive")]
@@ -44,7 +46,20 @@ fn entry_error(path: &str, reason: impl Into<String>) -> ArchiveError {
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_entries: u64,
+    /// Bytes of file content once unpacked (what lands on the disk, whatever the compression).
     pub max_bytes: u64,
+    /// Path components of one entry.
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// What may be unpacked onto a disk of `disk_bytes`: no more than it holds.
+    pub fn for_disk(disk_bytes: u64) -> Self {
+        Limits {
+            max_bytes: disk_bytes,
+            ..Limits::default()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -52,6 +67,9 @@ impl Default for Limits {
         Limits {
             max_entries: 1_000_000,
             max_bytes: 64 << 30,
+            // Linux's PATH_MAX of 4096 bytes allows about 2,000 one-letter levels; no real tree
+            // is near this, and a deeper one is a way to make every later walk of it slow.
+            max_depth: 256,
         }
     }
 }
@@ -110,6 +128,9 @@ pub fn sanitize_with(
     let mut builder = tar::Builder::new(output);
     builder.mode(tar::HeaderMode::Deterministic);
     let mut seen = HashSet::new();
+    // Symlinks this archive made: an extractor would write anything below one through it, out
+    // of the destination, so no later entry may be below one.
+    let mut links = HashSet::new();
     let mut entries_written = 0u64;
     let mut bytes = 0u64;
     for entry in archive.entries().map_err(ArchiveError::Read)? {
@@ -120,6 +141,21 @@ pub fn sanitize_with(
         else {
             continue; // "./": the destination itself, whose mode is not the archive's to change
         };
+        if path.components().count() > limits.max_depth {
+            return Err(ArchiveError::TooDeep {
+                path: shown,
+                limit: limits.max_depth,
+            });
+        }
+        if let Some(link) = path.ancestors().skip(1).find(|dir| links.contains(*dir)) {
+            return Err(entry_error(
+                &shown,
+                format!(
+                    "lies below {}, a symlink earlier in the archive",
+                    link.display()
+                ),
+            ));
+        }
         entries_written += 1;
         if entries_written > limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
@@ -175,6 +211,7 @@ pub fn sanitize_with(
                 builder
                     .append_link(&mut header, &path, &target)
                     .map_err(write_err)?;
+                links.insert(path.clone());
             }
             EntryType::Link => {
                 let target = entry
@@ -226,14 +263,17 @@ fn type_name(kind: EntryType) -> &'static str {
     }
 }
 
-/// A one-entry tar: `name` (relative) with `data`, preceded by directory entries for `dirs`.
+/// Writes a one-entry tar to `out`: `name` (relative) with `size` bytes read from `data`,
+/// preceded by directory entries for `dirs`.
 pub fn single_file_tar(
+    out: impl Write,
     dirs: &[PathBuf],
     name: &Path,
-    data: &[u8],
+    data: impl Read,
+    size: u64,
     mode: u32,
-) -> io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::with_capacity(data.len() + 2048));
+) -> io::Result<()> {
+    let mut builder = tar::Builder::new(out);
     for dir in dirs {
         let mut header = Header::new_gnu();
         header.set_entry_type(EntryType::Directory);
@@ -244,9 +284,9 @@ pub fn single_file_tar(
     let mut header = Header::new_gnu();
     header.set_entry_type(EntryType::Regular);
     header.set_mode(mode & 0o1777);
-    header.set_size(data.len() as u64);
+    header.set_size(size);
     builder.append_data(&mut header, name, data)?;
-    builder.into_inner()
+    builder.into_inner()?.flush()
 }
 
 /// Extracts an archive that came out of a sandbox into `dest`, dropping its first path
@@ -509,6 +549,51 @@ mod tests {
     }
 
     #[test]
+    fn sanitize_refuses_entries_below_a_link_it_made() {
+        for below in ["up/etc/passwd", "up/etc", "up/x/y"] {
+            let input = raw_tar(&[
+                ("ok", EntryType::Regular, b"1", None),
+                ("up", EntryType::Symlink, b"", Some("/")),
+                (below, EntryType::Regular, b"x", None),
+            ]);
+            let err = sanitize(&input[..], Vec::new(), Limits::default()).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("entry {below:?}: lies below up, a symlink earlier in the archive")
+            );
+        }
+        // A link beside other entries, or a sibling whose name starts like it, is fine.
+        let input = raw_tar(&[
+            ("up", EntryType::Symlink, b"", Some("/")),
+            ("upper/file", EntryType::Regular, b"x", None),
+        ]);
+        assert_eq!(
+            sanitize(&input[..], Vec::new(), Limits::default()).unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn sanitize_refuses_deep_paths() {
+        let deep = ["d"; 5].join("/");
+        let input = raw_tar(&[(&deep, EntryType::Regular, b"x", None)]);
+        let limits = Limits {
+            max_depth: 4,
+            ..Limits::default()
+        };
+        let err = sanitize(&input[..], Vec::new(), limits).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "entry \"d/d/d/d/d\": deeper than 4 directories"
+        );
+        let limits = Limits {
+            max_depth: 5,
+            ..Limits::default()
+        };
+        assert_eq!(sanitize(&input[..], Vec::new(), limits).unwrap(), 1);
+    }
+
+    #[test]
     fn sanitize_enforces_limits() {
         let input = raw_tar(&[
             ("a", EntryType::Regular, b"12345", None),
@@ -520,6 +605,7 @@ mod tests {
             Limits {
                 max_entries: 1,
                 max_bytes: 100,
+                ..Limits::default()
             },
         )
         .unwrap_err();
@@ -530,6 +616,7 @@ mod tests {
             Limits {
                 max_entries: 10,
                 max_bytes: 4,
+                ..Limits::default()
             },
         )
         .unwrap_err();

@@ -319,19 +319,72 @@ impl SandboxConfig {
             check_host_pattern(host)
                 .map_err(|msg| ConfigError::at(format!("allowed_hosts[{i}]"), msg))?;
         }
-        for (key, value) in &self.env {
-            if !is_env_name(key) {
-                return Err(ConfigError::at(
-                    format!("env.{key}"),
-                    "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
-                ));
-            }
-            if value.contains('\0') {
-                return Err(ConfigError::at(format!("env.{key}"), "contains a NUL byte"));
-            }
-        }
+        check_env(&self.env, MAX_SANDBOX_ENV_BYTES)
+            .map_err(|(key, msg)| ConfigError::at(format!("env.{key}"), msg))?;
         Ok(())
     }
+}
+
+/// The kernel's limit on one argument or `NAME=value` string (`MAX_ARG_STRLEN`, with its NUL).
+pub const MAX_ARG_BYTES: usize = 128 * 1024;
+/// What a sandbox's own environment may take: every process in it starts with it, beside its
+/// own arguments, under the kernel's total (`ARG_MAX`, 2 MiB with the default 8 MiB stack).
+pub const MAX_SANDBOX_ENV_BYTES: usize = 256 * 1024;
+/// What one command's arguments and extra environment may take together.
+pub const MAX_EXEC_ARGS_BYTES: usize = 1024 * 1024;
+
+/// Checks variables the kernel will be handed: names, no NUL, each and all within the kernel's
+/// limits (`total` for the lot). The error names the variable (empty for the total) and why.
+pub fn check_env(env: &BTreeMap<String, String>, total: usize) -> Result<(), (String, String)> {
+    let mut used = 0usize;
+    for (key, value) in env {
+        if !is_env_name(key) {
+            return Err((
+                key.clone(),
+                "is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)".into(),
+            ));
+        }
+        if value.contains('\0') {
+            return Err((key.clone(), "contains a NUL byte".into()));
+        }
+        let bytes = key.len() + value.len() + 2;
+        if bytes > MAX_ARG_BYTES {
+            return Err((
+                key.clone(),
+                format!("is {bytes} bytes as NAME=value; the kernel takes at most {MAX_ARG_BYTES}"),
+            ));
+        }
+        used += bytes;
+        if used > total {
+            return Err((
+                key.clone(),
+                format!("takes the environment past {total} bytes in all"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a command's arguments: at least a program, no NUL, each within the kernel's limit;
+/// returns the bytes they take. The error names the field (`cmd`, `cmd[2]`) and why.
+pub fn check_argv(argv: &[String]) -> Result<usize, String> {
+    if argv.first().is_none_or(|program| program.is_empty()) {
+        return Err("cmd: must name a program (an argv array, not a shell string)".into());
+    }
+    let mut used = 0usize;
+    for (i, arg) in argv.iter().enumerate() {
+        if arg.contains('\0') {
+            return Err(format!("cmd[{i}]: contains a NUL byte"));
+        }
+        used += arg.len() + 1;
+        if arg.len() + 1 > MAX_ARG_BYTES {
+            return Err(format!(
+                "cmd[{i}]: is {} bytes; the kernel takes at most {MAX_ARG_BYTES} per argument",
+                arg.len() + 1
+            ));
+        }
+    }
+    Ok(used)
 }
 
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -911,5 +964,32 @@ allowed_hosts:
         keys.sort();
         config_keys.sort();
         assert_eq!(keys, config_keys);
+    }
+
+    #[test]
+    fn arguments_and_environments_are_held_to_the_kernel_limits() {
+        let long = "x".repeat(MAX_ARG_BYTES);
+        assert_eq!(check_argv(&["ls".into(), "-l".into()]), Ok(6));
+        assert_eq!(
+            check_argv(&["ls".into(), long.clone()]),
+            Err("cmd[1]: is 131073 bytes; the kernel takes at most 131072 per argument".into())
+        );
+        assert!(check_argv(&[]).unwrap_err().starts_with("cmd: must name"));
+        // NAME=value and its NUL fit exactly, one byte more does not.
+        let fits = "x".repeat(MAX_ARG_BYTES - 3);
+        let env: BTreeMap<_, _> = [("A".to_string(), fits)].into();
+        assert_eq!(check_env(&env, usize::MAX), Ok(()));
+        let env: BTreeMap<_, _> = [("AB".to_string(), "x".repeat(MAX_ARG_BYTES - 3))].into();
+        assert_eq!(check_env(&env, usize::MAX).unwrap_err().0, "AB".to_string());
+        let env: BTreeMap<_, _> =
+            [("A".to_string(), "1".into()), ("B".to_string(), "2".into())].into();
+        assert_eq!(check_env(&env, 8), Ok(()));
+        assert_eq!(
+            check_env(&env, 7),
+            Err((
+                "B".into(),
+                "takes the environment past 7 bytes in all".into()
+            ))
+        );
     }
 }

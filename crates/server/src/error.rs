@@ -37,6 +37,9 @@ pub(crate) enum Error {
     InitStarted(SandboxId),
     #[error("{0}")]
     NotAllowlist(String),
+    /// An upload past a limit: the server's, or what the sandbox's disk holds.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     IsDirectory(String),
     #[error("{0}")]

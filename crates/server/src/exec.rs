@@ -58,25 +58,21 @@ impl ExecRequest {
     pub(crate) fn parse(value: serde_json::Value) -> Result<ExecRequest> {
         let request: ExecRequest =
             serde_json::from_value(value).map_err(|err| invalid(format!("exec request: {err}")))?;
-        if request.cmd.is_empty() || request.cmd[0].is_empty() {
-            return Err(invalid(
-                "cmd: must name a program (an argv array, not a shell string)",
-            ));
+        use caged_domain::config::{MAX_EXEC_ARGS_BYTES, check_argv, check_env};
+        let argv_bytes = check_argv(&request.cmd).map_err(invalid)?;
+        if argv_bytes > MAX_EXEC_ARGS_BYTES {
+            return Err(invalid(format!(
+                "cmd: its arguments take {argv_bytes} bytes; at most {MAX_EXEC_ARGS_BYTES}"
+            )));
         }
-        if request.cmd.iter().any(|arg| arg.contains('\0')) {
-            return Err(invalid("cmd: arguments may not contain NUL bytes"));
-        }
+        let left = MAX_EXEC_ARGS_BYTES.saturating_sub(argv_bytes);
+        check_env(&request.env, left).map_err(|(key, msg)| {
+            invalid(format!("env.{key}: {msg} (with the command's arguments)"))
+        })?;
         if let Some(timeout) = request.timeout
             && !(timeout.is_finite() && timeout > 0.0 && timeout <= 7.0 * 86_400.0)
         {
             return Err(invalid("timeout: must be between 0 and 604800 seconds"));
-        }
-        for key in request.env.keys() {
-            if !caged_domain::config::is_env_name(key) {
-                return Err(invalid(format!(
-                    "env: {key:?} is not a valid variable name"
-                )));
-            }
         }
         if let Some(agent) = &request.agent {
             crate::sessions::check_agent_type(agent)?;

@@ -2,15 +2,25 @@
 //! out; a file, or a tar extracted into a directory, in. Paths are resolved inside the sandbox
 //! only; uploaded archives are rewritten by `caged_archive::sanitize` and decompressed here, so
 //! the engine only ever sees a plain, clean tar.
+//!
+//! An upload is read as it arrives into an unlinked file in the data folder (gone with the
+//! process, whatever kills it), checked whole against the sandbox's disk and the archive
+//! limits, and only then streamed to the engine: memory stays bounded whatever the compression
+//! ratio, and a refused upload changes nothing in the sandbox.
 
 use caged_domain::EventKind;
+use std::io::{Seek, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use caged_archive::Limits;
+use caged_archive::{ArchiveError, Limits};
 use caged_domain::SandboxId;
 use caged_runtime::{ByteStream, RuntimeError};
-use futures_util::Stream;
+use caged_store::SandboxRecord;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use serde_json::json;
 
 use crate::error::{Error, Result};
@@ -76,13 +86,78 @@ pub(crate) async fn read(
                 "empty archive from the engine",
             )
         })??;
-        std::io::copy(&mut entry, writer)?;
+        // The path may have been swapped (for a link, a directory) since it was looked at: a
+        // read that cannot deliver the whole file fails the stream, which aborts the response,
+        // rather than ending it cleanly as a short file.
+        let kind = entry.header().entry_type();
+        if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+            return Err(std::io::Error::other(
+                "the path stopped being a regular file while it was read",
+            ));
+        }
+        let expected = entry.size();
+        let copied = std::io::copy(&mut entry, writer)?;
+        if copied != expected {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the engine sent {copied} of the file's {expected} bytes"),
+            ));
+        }
         Ok(())
     });
     Ok(Read::File {
         content: Box::pin(content),
         mode: stat.mode & 0o777,
     })
+}
+
+/// An upload's body, read as it arrives.
+pub(crate) type Upload = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// `body`, cut off with an error once it passes the server's upload limit; the flag says
+/// whether that is why it ended.
+fn capped(body: Upload, limit: usize) -> (Upload, Arc<AtomicBool>) {
+    let over = Arc::new(AtomicBool::new(false));
+    let flag = over.clone();
+    let mut seen = 0usize;
+    let capped = body.map(move |chunk| {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            flag.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(
+                "upload larger than the server's limit",
+            ));
+        }
+        Ok(chunk)
+    });
+    (capped.boxed(), over)
+}
+
+fn too_large(state: &AppState) -> Error {
+    Error::TooLarge(format!(
+        "upload refused: larger than the server's limit of {} MB (--max-upload-mb)",
+        state.config.max_upload_bytes >> 20
+    ))
+}
+
+/// What an upload into `record` may unpack to: no more than its disk holds.
+fn upload_limits(record: &SandboxRecord) -> Limits {
+    Limits::for_disk(record.config.resources.disk << 30)
+}
+
+/// A spooled upload, rewound and ready to stream to the engine.
+fn spooled(file: std::fs::File) -> ByteStream {
+    let file = tokio::fs::File::from_std(file);
+    tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+        .map(|chunk| chunk.map_err(RuntimeError::from))
+        .boxed()
+}
+
+/// An unlinked file in the data folder: its blocks are freed when it is closed, or when the
+/// process dies.
+fn spool_file(state: &AppState) -> std::io::Result<std::fs::File> {
+    tempfile::tempfile_in(&state.config.data_dir)
 }
 
 /// Extracts a tar (plain or gzip) into directory `raw_path`, making it and its parents if
@@ -92,22 +167,48 @@ pub(crate) async fn write_tar(
     account_id: &str,
     id: SandboxId,
     raw_path: &str,
-    body: Bytes,
+    body: Upload,
 ) -> Result<(String, u64)> {
     let path = checked_path(raw_path)?;
     let (record, _busy) = sandboxes::active(state, account_id, id, "file write").await?;
     let handle = sandboxes::container_of(&record)?;
-    let body_len = body.len();
-    let (clean, entries) = blocking::run(
-        move || -> std::result::Result<(Vec<u8>, u64), caged_archive::ArchiveError> {
-            let reader = caged_archive::decompressed(std::io::Cursor::new(body))?;
-            let mut clean = Vec::with_capacity(body_len + 1024);
-            let entries = caged_archive::sanitize(reader, &mut clean, Limits::default())?;
-            Ok((clean, entries))
-        },
-    )
-    .await
-    .map_err(|err| Error::invalid("bad_archive", format!("archive rejected: {err}")))?;
+    let limits = upload_limits(&record);
+    let spool = spool_file(state).map_err(|err| Error::Internal(format!("spooling: {err}")))?;
+    let (body, over) = capped(body, state.config.max_upload_bytes);
+    let checked = blocking::consume(body, move |reader| {
+        let mut spool = spool;
+        let input = caged_archive::decompressed(reader)?;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut spool);
+        let entries = caged_archive::sanitize(input, &mut out, limits)?;
+        let spool_err = |source| ArchiveError::Write {
+            path: PathBuf::from("(spool)"),
+            source,
+        };
+        out.flush().map_err(spool_err)?;
+        drop(out);
+        spool.rewind().map_err(spool_err)?;
+        Ok::<_, ArchiveError>((spool, entries))
+    })
+    .await;
+    let (clean, entries) = match checked {
+        Ok(done) => done,
+        Err(_) if over.load(Ordering::Relaxed) => return Err(too_large(state)),
+        Err(ArchiveError::TooLarge { limit }) => {
+            return Err(Error::TooLarge(format!(
+                "archive refused: it unpacks to more than the sandbox's {} GB disk ({limit} bytes)",
+                record.config.resources.disk
+            )));
+        }
+        Err(ArchiveError::Write { source, .. }) => {
+            return Err(Error::Internal(format!("spooling the upload: {source}")));
+        }
+        Err(err) => {
+            return Err(Error::invalid(
+                "bad_archive",
+                format!("archive rejected: {err}"),
+            ));
+        }
+    };
     let (base, missing) = missing_dirs(state, handle, &path).await?;
     if !missing.is_empty() {
         let dirs_only = dirs_tar(&missing).map_err(|err| Error::Internal(err.to_string()))?;
@@ -116,7 +217,10 @@ pub(crate) async fn write_tar(
             .write_tar(handle, &base, dirs_only.into())
             .await?;
     }
-    state.node.write_tar(handle, &path, clean.into()).await?;
+    state
+        .node
+        .write_tar_stream(handle, &path, spooled(clean))
+        .await?;
     let payload = json!({ "op": "write", "path": path, "kind": "directory", "entries": entries });
     sandboxes::record_activity(state, &record, EventKind::File, payload).await;
     Ok((path, entries))
@@ -129,9 +233,9 @@ pub(crate) async fn write_file(
     account_id: &str,
     id: SandboxId,
     raw_path: &str,
-    body: Bytes,
+    body: Upload,
     mode: u32,
-) -> Result<String> {
+) -> Result<(String, u64)> {
     let path = checked_path(raw_path)?;
     let (record, _busy) = sandboxes::active(state, account_id, id, "file write").await?;
     let handle = sandboxes::container_of(&record)?;
@@ -147,15 +251,39 @@ pub(crate) async fn write_file(
         Ok(_) | Err(caged_node::Error::Runtime(RuntimeError::PathNotFound { .. })) => {}
         Err(err) => return Err(err.into()),
     }
+    let disk = record.config.resources.disk << 30;
+    let spool = spool_file(state).map_err(|err| Error::Internal(format!("spooling: {err}")))?;
+    let (body, over) = capped(body, state.config.max_upload_bytes);
+    let received = blocking::consume(body, move |reader| {
+        let mut spool = spool;
+        // One byte past the disk is enough to know it does not fit.
+        let size = std::io::copy(&mut std::io::Read::take(reader, disk + 1), &mut spool)?;
+        spool.rewind()?;
+        Ok::<_, std::io::Error>((spool, size))
+    })
+    .await;
+    let (content, size) = match received {
+        Ok(done) => done,
+        Err(_) if over.load(Ordering::Relaxed) => return Err(too_large(state)),
+        Err(err) => return Err(Error::Internal(format!("reading the upload: {err}"))),
+    };
+    if size > disk {
+        return Err(Error::TooLarge(format!(
+            "file refused: larger than the sandbox's {} GB disk",
+            record.config.resources.disk
+        )));
+    }
     let (base, missing) = missing_dirs(state, handle, parent).await?;
     let relative: PathBuf = missing.last().cloned().unwrap_or_default().join(name);
-    let size = body.len();
-    let tar = caged_archive::single_file_tar(&missing, &relative, &body, mode)
-        .map_err(|err| Error::Internal(err.to_string()))?;
-    state.node.write_tar(handle, &base, tar.into()).await?;
+    let tar = blocking::produce(move |out| {
+        caged_archive::single_file_tar(out, &missing, &relative, content, size, mode)
+    })
+    .map(|chunk| chunk.map_err(RuntimeError::from))
+    .boxed();
+    state.node.write_tar_stream(handle, &base, tar).await?;
     let payload = json!({ "op": "write", "path": path, "kind": "file", "bytes": size });
     sandboxes::record_activity(state, &record, EventKind::File, payload).await;
-    Ok(path)
+    Ok((path, size))
 }
 
 /// The deepest existing ancestor of `dir` (which must be a directory) and the directories to

@@ -38,10 +38,7 @@ pub(crate) async fn snapshot(
 
 /// What a restore may unpack: no more bytes than the sandbox's disk, no absurd entry counts.
 fn limits_for(config: &SandboxConfig) -> Limits {
-    Limits {
-        max_entries: 1_000_000,
-        max_bytes: config.resources.disk << 30,
-    }
+    Limits::for_disk(config.resources.disk << 30)
 }
 
 /// Captures a sandbox's filesystem. A running sandbox is frozen for the copy and thawed after,

@@ -54,6 +54,25 @@ async fn exec_reports_output_status_env_and_cwd() {
             json!({ "cmd": ["ls"], "cwd": "../etc" }),
             "cwd: bad sandbox path \"../etc\": must be absolute (start with /)",
         ),
+        (
+            json!({ "cmd": ["echo", "a\u{0}b"] }),
+            "cmd[1]: contains a NUL byte",
+        ),
+        (
+            json!({ "cmd": ["echo", "x".repeat(200_000)] }),
+            "cmd[1]: is 200001 bytes; the kernel takes at most 131072 per argument",
+        ),
+        (
+            json!({ "cmd": ["echo"], "env": { "A": "a\u{0}b" } }),
+            "env.A: contains a NUL byte (with the command's arguments)",
+        ),
+        (
+            json!({ "cmd": ["echo", "x".repeat(100_000)], "env": { "A": "x".repeat(100_000), "B": "x".repeat(100_000),
+                    "C": "x".repeat(100_000), "D": "x".repeat(100_000), "E": "x".repeat(100_000),
+                    "F": "x".repeat(100_000), "G": "x".repeat(100_000), "H": "x".repeat(100_000),
+                    "I": "x".repeat(100_000), "J": "x".repeat(100_000) } }),
+            "env.J: takes the environment past 948570 bytes in all (with the command's arguments)",
+        ),
     ] {
         let (status, code, message) = error_code(client.exec(&id, &body).await.unwrap_err());
         assert_eq!(
@@ -61,6 +80,55 @@ async fn exec_reports_output_status_env_and_cwd() {
             (400, "invalid_exec", expected)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_is_in_the_error_shape_whichever_layer_refused() {
+    let server = caged_testkit::spawn().await;
+    let client = &server.client;
+    let id = server.sandbox(json!({ "template": "busybox" })).await;
+    // An 8 MB argv: refused by the body limit, before the handler, still as JSON.
+    let huge = json!({ "cmd": ["echo", "x".repeat(8 << 20)] });
+    let (status, body) = client
+        .raw(
+            reqwest::Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(huge),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "request body too large: a JSON body may be at most 2 MB"
+    );
+    // A method the route does not take.
+    let (status, body) = client
+        .raw(reqwest::Method::PATCH, &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    // A 1 MB environment value is the request's fault, named, before any engine call.
+    let (status, code, message) = error_code(
+        client
+            .create_sandbox(
+                &json!({ "template": "busybox", "env": { "BIG": "x".repeat(1 << 20) } }),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "invalid_config"),
+        "{message}"
+    );
+    assert!(
+        message.starts_with("env.BIG: is 1048581 bytes as NAME=value; the kernel takes at most"),
+        "{message}"
+    );
+    assert_eq!(client.list_sandboxes(false).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

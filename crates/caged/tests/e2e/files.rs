@@ -182,6 +182,15 @@ fn tar_with(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
         let mut header = tar::Header::new_old();
         header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         header.set_entry_type(*kind);
+        if *kind == tar::EntryType::Symlink {
+            // A link's data is its target.
+            header.as_old_mut().linkname[..data.len()].copy_from_slice(data);
+            header.set_mode(0o777);
+            header.set_size(0);
+            header.set_cksum();
+            out.extend_from_slice(header.as_bytes());
+            continue;
+        }
         header.set_size(data.len() as u64);
         header.set_mode(0o4755);
         header.set_cksum();
@@ -219,6 +228,14 @@ async fn hostile_archives_are_refused_and_change_nothing() {
                 ("null", tar::EntryType::Char, &b""[..]),
             ],
             "character device entries are not allowed",
+        ),
+        (
+            vec![
+                ("ok", tar::EntryType::Regular, &b"1"[..]),
+                ("up", tar::EntryType::Symlink, &b"/"[..]),
+                ("up/etc/evil", tar::EntryType::Regular, &b"x"[..]),
+            ],
+            "lies below up, a symlink earlier in the archive",
         ),
     ] {
         let (status, code, message) = error_code(
@@ -296,4 +313,100 @@ async fn uploads_over_the_limit_are_refused_whole() {
         .write_file(&id, "/workspace/small", vec![7u8; 1000], None)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_upload_is_bounded_by_the_sandbox_disk() {
+    let server = caged_testkit::spawn().await;
+    let client = &server.client;
+    let id = server
+        .sandbox(json!({ "template": "busybox", "resources": { "disk": 1 } }))
+        .await;
+    // A small file, then one whose header says 3 GiB: a few KB of gzip that would unpack to
+    // more than the disk holds. Caged must refuse it from the header, before the engine sees
+    // anything, and keep nothing of it.
+    let mut tar = tar_with(&[("ok", tar::EntryType::Regular, &b"1"[..])]);
+    tar.truncate(tar.len() - 1024);
+    let mut header = tar::Header::new_gnu();
+    header.set_path("huge").unwrap();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(3 << 30);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.extend_from_slice(header.as_bytes());
+    tar.extend(std::iter::repeat_n(0u8, 4 << 20));
+    let bomb = gzip(&tar);
+    assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+    let (status, code, message) = error_code(
+        client
+            .write_tar(&id, "/workspace/up", bomb)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, code.as_str()), (413, "too_large"), "{message}");
+    assert!(message.contains("the sandbox's 1 GB disk"), "{message}");
+    let listing = client
+        .run(&id, &["sh", "-c", "ls -A /workspace"])
+        .await
+        .unwrap();
+    assert_eq!(listing.stdout, "");
+
+    // The same sandbox takes an archive that fits.
+    let fits = gzip(&tar_with(&[(
+        "a/b",
+        tar::EntryType::Regular,
+        &[7u8; 4096][..],
+    )]));
+    client.write_tar(&id, "/workspace/up", fits).await.unwrap();
+    let size = client
+        .run(&id, &["stat", "-c", "%s", "/workspace/up/a/b"])
+        .await
+        .unwrap();
+    assert_eq!(size.stdout, "4096\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_racing_a_swap_is_whole_or_an_error() {
+    let server = caged_testkit::spawn().await;
+    let client = &server.client;
+    let id = server.sandbox(json!({ "template": "busybox" })).await;
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    client
+        .write_file(&id, "/workspace/data", data.clone(), None)
+        .await
+        .unwrap();
+    // The sandbox swaps /workspace/f between a copy of the data and a link to a directory,
+    // as fast as it can, while the host reads it.
+    let swap = "cd /workspace && mkdir d && cp data f && \
+                while true; do ln -s d f.l; mv -f f.l f; cp data f.new; rm f; mv f.new f; done";
+    client
+        .exec(
+            &id,
+            &json!({ "cmd": ["sh", "-c", format!("({swap}) >/dev/null 2>&1 &")] }),
+        )
+        .await
+        .unwrap();
+    let (mut whole, mut refused) = (0, 0);
+    for _ in 0..40 {
+        let Ok(download) = client.read_file(&id, "/workspace/f").await else {
+            refused += 1;
+            continue;
+        };
+        if download.is_dir {
+            continue; // read through the link: a directory, answered as one
+        }
+        match download.body.bytes().await {
+            Ok(bytes) => {
+                assert!(
+                    bytes[..] == data[..],
+                    "a 200 with {} of the file's {} bytes",
+                    bytes.len(),
+                    data.len()
+                );
+                whole += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(whole > 0, "no read came through whole ({refused} refused)");
 }

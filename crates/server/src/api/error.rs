@@ -99,6 +99,60 @@ impl Cause {
     }
 }
 
+/// The middleware that puts the framework's own refusals (a body past its limit, a method a
+/// route does not take, a header it cannot read) in the API's error shape: every `/v1` answer
+/// that is an error is `{"error": {"code", "message"}}`, whichever layer produced it.
+pub(crate) async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_api = request.uri().path().starts_with("/v1/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !is_api || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::NOT_FOUND => "not_found",
+        status if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = match (status, text.is_empty()) {
+        // Uploads answer their own limit; what reaches here is a JSON body past its own.
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => {
+            format!(
+                "request body too large: a JSON body may be at most {} MB",
+                super::JSON_BODY_LIMIT >> 20
+            )
+        }
+        (_, true) => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string(),
+        (_, false) => text,
+    };
+    let mut answer = ApiError::new(status, code, message).into_response();
+    // Keep what the framework said beside the body (`Allow` on a 405, for one).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
 /// The middleware that logs what failed behind an answer.
 pub(crate) async fn log_failures(response: Response) -> Response {
     if let Some(cause) = response.extensions().get::<Cause>() {
@@ -124,6 +178,9 @@ impl From<Error> for ApiError {
             Error::NoInitScript(_) => ApiError::conflict("no_init_script", message),
             Error::InitStarted(_) => ApiError::conflict("init_started", message),
             Error::NotAllowlist(_) => ApiError::conflict("not_allowlist", message),
+            Error::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
             Error::IsDirectory(_) => ApiError::conflict("is_directory", message),
             Error::NotADirectory(_) => ApiError::conflict("not_a_directory", message),
             Error::SnapshotLimit(_) => {

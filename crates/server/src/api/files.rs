@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use caged_wire as wire;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use super::auth::Caller;
@@ -94,7 +95,9 @@ pub(crate) async fn read(
                    default), or with `Content-Type: application/x-tar` (or `application/gzip`) a \
                    tar, plain or gzip-compressed, extracted into the directory at `path`, which \
                    is made if missing. Uploads are limited by the server's `--max-upload-mb` \
-                   (413 beyond it).",
+                   and, once unpacked, by the sandbox's disk (413 `too_large` beyond either); \
+                   an archive is checked whole before anything is written, so a refused one \
+                   changes nothing. No entry may lie below a symlink the archive itself made.",
     params(
         SandboxPath,
         PathQuery,
@@ -117,60 +120,78 @@ pub(crate) async fn write(
     Path(id): Path<String>,
     Query(query): Query<PathQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let mut refused = ApiError::new(
-                rejection.status(),
-                "too_large",
-                format!(
-                    "upload refused: {} (the server's limit is --max-upload-mb)",
-                    rejection.body_text()
-                ),
-            )
-            .into_response();
-            // The rest of the upload is never read, so this connection cannot carry another
-            // request: say so, or the client may send its next one on it and lose it.
+    body: Body,
+) -> Response {
+    let outcome = write_body(&state, &account.id, &id, &query.path, &headers, body).await;
+    match outcome {
+        Ok(written) => (StatusCode::OK, axum::Json(written)).into_response(),
+        Err(err) => {
+            let mut refused = err.into_response();
+            // The rest of a refused upload may never be read, so this connection cannot carry
+            // another request: say so, or the client may send its next one on it and lose it.
             refused
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(refused);
+            refused
         }
-    };
-    let id = parse_id(&id)?;
+    }
+}
+
+async fn write_body(
+    state: &AppState,
+    account_id: &str,
+    id: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<wire::FileWritten, ApiError> {
+    let id = parse_id(id)?;
+    // A declared length past the limit is refused before a byte is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let limit = state.config.max_upload_bytes;
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "upload refused: larger than the server's limit of {} MB (--max-upload-mb)",
+                limit >> 20
+            ),
+        ));
+    }
     let is_tar = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| {
             value.starts_with("application/x-tar") || value.starts_with("application/gzip")
         });
-    if is_tar {
-        let (path, entries) = files::write_tar(&state, &account.id, id, &query.path, body).await?;
-        let written = wire::FileWritten::Directory { entries, path };
-        return Ok((StatusCode::OK, axum::Json(written)).into_response());
-    }
-    let mode = match headers
-        .get(MODE_HEADER)
-        .and_then(|value| value.to_str().ok())
-    {
+    let mode = match headers.get(MODE_HEADER).map(|value| value.to_str()) {
         None => 0o644,
-        Some(text) => u32::from_str_radix(text, 8)
+        Some(text) => text
             .ok()
+            .and_then(|text| u32::from_str_radix(text, 8).ok())
             .filter(|mode| *mode <= 0o777)
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "bad_mode",
-                    format!("{MODE_HEADER}: {text:?} is not an octal mode like 644"),
+                    format!(
+                        "{MODE_HEADER}: {:?} is not an octal mode like 644",
+                        String::from_utf8_lossy(headers[MODE_HEADER].as_bytes())
+                    ),
                 )
             })?,
     };
-    let size = body.len();
-    let path = files::write_file(&state, &account.id, id, &query.path, body, mode).await?;
-    let written = wire::FileWritten::File {
-        bytes: size as u64,
-        path,
-    };
-    Ok((StatusCode::OK, axum::Json(written)).into_response())
+    let upload: files::Upload = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .boxed();
+    if is_tar {
+        let (path, entries) = files::write_tar(state, account_id, id, path, upload).await?;
+        return Ok(wire::FileWritten::Directory { entries, path });
+    }
+    let (path, bytes) = files::write_file(state, account_id, id, path, upload, mode).await?;
+    Ok(wire::FileWritten::File { bytes, path })
 }

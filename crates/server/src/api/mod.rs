@@ -33,15 +33,20 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use crate::state::AppState;
 use error::ApiError;
 
+/// What a JSON body may take; uploads set their own limit.
+pub(crate) const JSON_BODY_LIMIT: usize = 2 << 20;
+
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new();
-    for route in routes(state.config.max_upload_bytes) {
+    for route in routes() {
         // Routes of one path merge into one method router.
         router = router.route(route.path, route.handler);
     }
     router
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::map_response(error::log_failures))
         .with_state(state)
 }
@@ -106,7 +111,7 @@ impl Route {
 }
 
 /// Every route of the API.
-fn routes(upload_limit: usize) -> Vec<Route> {
+fn routes() -> Vec<Route> {
     use Verb::{Delete, Get, Post, Put};
     vec![
         route(Get, "/v1/openapi.json", openapi::document),
@@ -121,10 +126,10 @@ fn routes(upload_limit: usize) -> Vec<Route> {
         route(Get, "/v1/sandboxes/{id}/events", events::list),
         route(Post, "/v1/sandboxes/{id}/exec", exec::run),
         route(Get, "/v1/sandboxes/{id}/exec/ws", exec::websocket),
-        route(Get, "/v1/sandboxes/{id}/files", files::read)
-            .body_limit(DefaultBodyLimit::max(upload_limit)),
+        route(Get, "/v1/sandboxes/{id}/files", files::read),
+        // Read as a stream and capped by the files service as it arrives.
         route(Put, "/v1/sandboxes/{id}/files", files::write)
-            .body_limit(DefaultBodyLimit::max(upload_limit)),
+            .body_limit(DefaultBodyLimit::disable()),
         route(Post, "/v1/sandboxes/{id}/snapshots", snapshots::create),
         route(Get, "/v1/sandboxes/{id}/snapshots", snapshots::list),
         route(Post, "/v1/sandboxes/{id}/restore", snapshots::restore),
@@ -168,7 +173,7 @@ mod tests {
     /// here, as does a documented route that no longer exists.
     #[test]
     fn the_document_describes_every_route_and_no_other() {
-        let routed: BTreeSet<(String, String)> = routes(1)
+        let routed: BTreeSet<(String, String)> = routes()
             .iter()
             .map(|route| (route.verb.as_str().to_string(), route.path.to_string()))
             .collect();
@@ -210,7 +215,7 @@ mod tests {
     #[test]
     fn each_route_is_listed_once() {
         let mut seen = BTreeSet::new();
-        for route in routes(1) {
+        for route in routes() {
             assert!(
                 seen.insert((route.verb, route.path)),
                 "{:?} {} twice",
