@@ -6,6 +6,7 @@ pub mod event;
 pub mod id;
 pub mod json;
 pub mod lifecycle;
+pub mod rate;
 pub mod time;
 
 pub use config::{

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caged_domain::event::NetworkAction;
+use caged_domain::rate::{Bucket, Rate};
 use caged_network::dns::{self as wire, QueryKind, ResolveError, Resolved, Upstream};
 use caged_network::firewall::Mode;
 use tokio::task::JoinHandle;
@@ -82,24 +83,11 @@ impl Resolver {
     }
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self, now: Instant) -> bool {
-        let refill = now.duration_since(self.at).as_secs_f64() * QUERIES_PER_SECOND;
-        self.tokens = (self.tokens + refill).min(2.0 * QUERIES_PER_SECOND);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+/// What one sandbox's stub answers: a second's worth of queries at once, then the rate.
+const QUERY_RATE: Rate = Rate {
+    burst: 2.0 * QUERIES_PER_SECOND,
+    per_second: QUERIES_PER_SECOND,
+};
 
 pub(super) fn serve(
     net: Arc<Network>,
@@ -108,10 +96,7 @@ pub(super) fn serve(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let socket = Arc::new(socket);
-        let mut bucket = Bucket {
-            tokens: 2.0 * QUERIES_PER_SECOND,
-            at: Instant::now(),
-        };
+        let mut bucket = Bucket::full(QUERY_RATE, Instant::now());
         let mut buf = vec![0u8; 1500];
         loop {
             let (len, from) = match socket.recv_from(&mut buf).await {
@@ -121,7 +106,7 @@ pub(super) fn serve(
                     return;
                 }
             };
-            if !bucket.take(Instant::now()) {
+            if bucket.take(QUERY_RATE, Instant::now()).is_err() {
                 net.record(
                     &link,
                     "dns rate",

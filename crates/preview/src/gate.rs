@@ -2,12 +2,13 @@
 //! password (a signed, host-only cookie after a login form, or HTTP basic auth for scripts).
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use caged_domain::rate::{Buckets, Rate};
 
 use super::host::Route;
 
@@ -97,49 +98,23 @@ impl CookieKey {
 
 /// Token buckets, one per preview URL: `per_minute` requests, refilled evenly.
 pub(crate) struct RateLimit {
-    per_minute: u32,
-    buckets: Mutex<HashMap<Route, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+    /// `None`: no limit (0 a minute switches it off).
+    buckets: Option<Mutex<Buckets<Route>>>,
 }
 
 impl RateLimit {
     pub(crate) fn new(per_minute: u32) -> RateLimit {
         RateLimit {
-            per_minute,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: (per_minute > 0)
+                .then(|| Mutex::new(Buckets::new(Rate::per_minute(per_minute)))),
         }
     }
 
     /// `Ok` to go ahead, or how long until the next request would be let through.
     pub(crate) fn take(&self, route: Route, now: Instant) -> Result<(), Duration> {
-        if self.per_minute == 0 {
-            return Ok(()); // 0 switches the limit off
-        }
-        let capacity = f64::from(self.per_minute);
-        let per_second = capacity / 60.0;
-        let mut buckets = self.buckets.lock();
-        if buckets.len() > 10_000 {
-            // Full buckets carry no information; dropping them bounds the map.
-            buckets.retain(|_, bucket| {
-                bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_second < capacity
-            });
-        }
-        let bucket = buckets.entry(route).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+        match &self.buckets {
+            Some(buckets) => buckets.lock().take(route, now),
+            None => Ok(()),
         }
     }
 }
