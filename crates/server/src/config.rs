@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use caged_cost::Prices;
 use caged_gateway::Upstream;
@@ -33,6 +34,13 @@ pub struct ServerConfig {
     pub trust_policy: caged_trust::Policy,
     /// Prices, the LLM gateway's providers, webhooks.
     pub cost: CostConfig,
+    /// How long a client has to send a request's headers before its connection is closed.
+    pub header_timeout: Duration,
+    /// Wrong API keys or session cookies one address may present a minute (all at once, if it
+    /// likes); past that, every credential from it is refused with 429 until the bucket refills.
+    pub auth_failures_per_minute: u32,
+    /// Sandboxes (not yet destroyed) one account may have; 0 for no limit.
+    pub max_sandboxes_per_account: usize,
 }
 
 impl ServerConfig {
@@ -51,6 +59,9 @@ impl ServerConfig {
             observe: true,
             trust_policy: caged_trust::Policy::default(),
             cost: CostConfig::default(),
+            header_timeout: Duration::from_secs(30),
+            auth_failures_per_minute: 30,
+            max_sandboxes_per_account: 100,
         }
     }
 }

@@ -44,6 +44,11 @@ pub(crate) enum Error {
     IsDirectory(String),
     #[error("{0}")]
     NotADirectory(String),
+    #[error(
+        "this account already has {0} sandboxes, the most it may have \
+         (`caged server --max-sandboxes-per-account`); destroy one first"
+    )]
+    SandboxLimit(usize),
     #[error("{0}")]
     SnapshotLimit(String),
     #[error("{0}")]

@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use caged_domain::rate::{Buckets, Rate};
 use caged_domain::time::now_ms;
 use caged_node::{LocalNode, Node, NodeConfig};
 use caged_store::{Db, Store};
@@ -179,6 +180,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(caged_snapshot::LocalStorage::new(data_dir.join("snapshots")).map_err(dir_err)?);
     let (auto_snapshots, paused) = tokio::sync::mpsc::unbounded_channel();
     let engine = node.engine();
+    let config_auth_failures = config.auth_failures_per_minute.max(1);
     let state = Arc::new(AppState {
         db,
         node: node.clone(),
@@ -192,6 +194,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         stop: tasks.stopping(),
         budget_checks,
         webhook_sends: tokio::sync::Notify::new(),
+        auth_failures: parking_lot::Mutex::new(Buckets::new(Rate::per_minute(
+            config_auth_failures,
+        ))),
     });
     snapshots::remove_orphans(&state).await;
     sessions::end_orphans(&state).await;
@@ -210,21 +215,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     tasks.spawn("budget", controllers::budget::run(state.clone()));
     tasks.spawn("webhooks", controllers::webhooks::run(state.clone()));
     let domain = state.config.preview.domain.clone();
+    let header_timeout = state.config.header_timeout;
     let router = api::router(state);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = tasks.stopping();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_rx.await;
-                // Followers of the event stream end on it; otherwise they would hold the
-                // shutdown open forever.
-                stopping.cancel();
-            })
-            .await;
-        if let Err(err) = served {
-            tracing::error!("server stopped: {err}");
-        }
+        api::serve::serve(listener, router, header_timeout, async move {
+            let _ = shutdown_rx.await;
+            // Followers of the event stream end on it; otherwise they would hold the
+            // shutdown open forever.
+            stopping.cancel();
+        })
+        .await;
         tasks.stop(STOP_DEADLINE).await;
         // Stopped means the firewall is no longer being written either.
         node.quiesce().await;

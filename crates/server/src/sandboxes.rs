@@ -88,6 +88,7 @@ pub(crate) async fn create(
     let account = account_id.to_string();
     let disk_enforced = engine.disk_limits.available;
     let insert_config = Arc::new(config.clone());
+    let most = state.config.max_sandboxes_per_account;
     // The id is drawn and locked before its row exists, so nothing (the reconciler included)
     // can act on the sandbox until this create is done with it.
     let (id, _guard, event) = loop {
@@ -109,11 +110,13 @@ pub(crate) async fn create(
                     config: &insert_config,
                     disk_enforced,
                     at_ms: now_ms(),
+                    most_live: most,
                 };
                 match store.insert_sandbox(new) {
                     Ok(event) => Ok(Some(event)),
                     // Ids are random; on the rare collision, draw again.
                     Err(StoreError::Sqlite(err)) if err.to_string().contains("UNIQUE") => Ok(None),
+                    Err(StoreError::SandboxLimit { most, .. }) => Err(Error::SandboxLimit(most)),
                     Err(err) => Err(err.into()),
                 }
             })

@@ -1,7 +1,10 @@
 //! What the control plane's parts share: the store, the node, the lifecycle's locks and clocks,
 //! and the server's stop. Built once in `start()`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use caged_domain::rate::Buckets;
 
 use caged_node::{EngineStatus, Node};
 use caged_store::Db;
@@ -32,4 +35,6 @@ pub(crate) struct AppState {
     pub budget_checks: Arc<tokio::sync::Notify>,
     /// Tells the webhook sender a delivery was queued.
     pub webhook_sends: tokio::sync::Notify,
+    /// Wrong credentials per client address (IPv6 by /64), for the failed-authentication limit.
+    pub auth_failures: parking_lot::Mutex<Buckets<IpAddr>>,
 }

@@ -49,6 +49,8 @@ pub enum StoreError {
     NotFound { id: SandboxId },
     #[error("an account named {name:?} already exists")]
     AccountExists { name: String },
+    #[error("account {account_id} already has {most} sandboxes")]
+    SandboxLimit { account_id: String, most: usize },
     #[error("cannot set the mode of {path}")]
     Io {
         path: String,
@@ -160,6 +162,9 @@ pub struct NewSandbox<'a> {
     pub config: &'a SandboxConfig,
     pub disk_enforced: bool,
     pub at_ms: i64,
+    /// The account's live sandboxes may not exceed this (0: no limit); checked in the insert's
+    /// transaction, so concurrent creates cannot all slip under it.
+    pub most_live: usize,
 }
 
 pub struct Store {
@@ -306,6 +311,19 @@ impl Store {
             })?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        if new.most_live > 0 {
+            let live: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM sandboxes WHERE account_id = ?1 AND state != 'destroyed'",
+                params![new.account_id],
+                |row| row.get(0),
+            )?;
+            if usize::try_from(live).unwrap_or(usize::MAX) >= new.most_live {
+                return Err(StoreError::SandboxLimit {
+                    account_id: new.account_id.to_string(),
+                    most: new.most_live,
+                });
+            }
+        }
         tx.execute(
             "INSERT INTO sandboxes (id, account_id, state, config, created_at_ms, disk_enforced, last_active_ms, budget_micros)
              VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?4, ?6)",
@@ -949,9 +967,39 @@ mod tests {
                 config: &config,
                 disk_enforced: true,
                 at_ms: 10,
+                most_live: 0,
             })
             .unwrap();
         (dir, store, id, "acc1".into())
+    }
+
+    #[test]
+    fn the_live_sandbox_limit_counts_only_the_accounts_live_ones() {
+        // acc1 has one live sandbox.
+        let (_dir, store, id, _) = store_with_sandbox();
+        store.create_account("acc2", "other", false, 1).unwrap();
+        let config = SandboxConfig::default();
+        let insert = |account_id: &str| {
+            store.insert_sandbox(NewSandbox {
+                id: SandboxId::random(),
+                account_id,
+                config: &config,
+                disk_enforced: true,
+                at_ms: 20,
+                most_live: 1,
+            })
+        };
+        let err = insert("acc1").unwrap_err();
+        assert!(
+            matches!(err, StoreError::SandboxLimit { most: 1, .. }),
+            "{err}"
+        );
+        // Another account has its own count, and nothing was written for the refused one.
+        insert("acc2").unwrap();
+        assert_eq!(store.live_sandboxes().unwrap().len(), 2);
+        // A destroyed sandbox no longer counts.
+        store.transition(id, Pending, Destroyed, 30, None).unwrap();
+        insert("acc1").unwrap();
     }
 
     #[test]

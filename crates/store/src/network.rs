@@ -138,6 +138,7 @@ mod tests {
                     config: &SandboxConfig::default(),
                     disk_enforced: true,
                     at_ms: 11,
+                    most_live: 0,
                 })
                 .unwrap();
             id

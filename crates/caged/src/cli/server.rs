@@ -31,6 +31,16 @@ pub struct Args {
     /// Most processes (and threads) one sandbox may have.
     #[arg(long, default_value_t = caged_server::DEFAULT_PIDS_LIMIT)]
     pids_limit: i64,
+    /// Most sandboxes (not yet destroyed) one account may have; 0 for no limit.
+    #[arg(long, default_value_t = 100)]
+    max_sandboxes_per_account: usize,
+    /// Wrong API keys or session cookies one client address may present a minute before it is
+    /// refused with 429.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    auth_failures_per_minute: u32,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_secs: u64,
     /// Preview proxy listen address.
     #[arg(long, env = "CAGED_PREVIEW_LISTEN", default_value = "127.0.0.1:7701")]
     preview_listen: SocketAddr,
@@ -152,6 +162,9 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     config.docker_host = args.docker_host.clone();
     config.max_upload_bytes = args.max_upload_mb << 20;
     config.pids_limit = args.pids_limit;
+    config.max_sandboxes_per_account = args.max_sandboxes_per_account;
+    config.auth_failures_per_minute = args.auth_failures_per_minute;
+    config.header_timeout = std::time::Duration::from_secs(args.header_timeout_secs);
     config.probe_gvisor_at_start = !args.no_gvisor_probe;
     config.preview = PreviewConfig {
         listen: args.preview_listen,

@@ -2,6 +2,7 @@
 //! container engine, driven over HTTP and through the `caged` binary. One test binary, so it
 //! links once.
 
+mod abuse;
 mod cli;
 mod concurrency;
 mod config;

@@ -2,9 +2,11 @@
 //! constant time) or the dashboard's session cookie. Part of the HTTP layer: its extractors
 //! answer a refused request with an [`ApiError`]. The keys themselves are `crate::keys`'.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use caged_domain::random_hex;
 use caged_domain::time::now_ms;
@@ -32,22 +34,82 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
+        let peer = peer(&parts.extensions);
         let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
             return match cookie(&parts.headers, SESSION_COOKIE) {
-                Some(token) => from_session(parts, state, token).await,
+                Some(token) => {
+                    not_locked_out(state, peer)?;
+                    let caller = from_session(parts, state, token).await;
+                    counted(state, peer, caller)
+                }
                 None => Err(ApiError::unauthorized(
                     "missing Authorization: Bearer <api key>",
                 )),
             };
         };
+        not_locked_out(state, peer)?;
         let token = header
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <api key>`"))?;
-        let (_, account) = account_for_key(state, token).await?;
-        Ok(Caller(account))
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <api key>`"));
+        let caller = match token {
+            Ok(token) => account_for_key(state, token)
+                .await
+                .map(|(_, account)| Caller(account)),
+            Err(err) => Err(err),
+        };
+        counted(state, peer, caller)
     }
+}
+
+/// The address a request came from, as the failed-authentication limit keys it: an IPv6 client
+/// usually holds a whole /64, so that is one client.
+pub(crate) fn peer(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    let ConnectInfo(addr) = extensions.get::<ConnectInfo<SocketAddr>>()?;
+    Some(match addr.ip().to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    })
+}
+
+/// Refuses every credential from an address that has used up its wrong ones, before looking at
+/// what it sent this time: guessing gets no answers.
+pub(crate) fn not_locked_out(state: &AppState, peer: Option<IpAddr>) -> Result<(), ApiError> {
+    let Some(peer) = peer else { return Ok(()) };
+    state
+        .auth_failures
+        .lock()
+        .check(&peer, Instant::now())
+        .map_err(|wait| locked_out(state, wait))
+}
+
+/// Counts a refused credential against its address.
+pub(crate) fn counted<T>(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    outcome: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let (Err(err), Some(peer)) = (&outcome, peer)
+        && err.status == axum::http::StatusCode::UNAUTHORIZED
+    {
+        // The limit answers from the next attempt on; this one gets its own error.
+        let _ = state.auth_failures.lock().take(peer, Instant::now());
+    }
+    outcome
+}
+
+fn locked_out(state: &AppState, wait: Duration) -> ApiError {
+    ApiError::rate_limited(
+        format!(
+            "too many failed sign-ins from this address (the limit is {} a minute); try again later",
+            state.config.auth_failures_per_minute
+        ),
+        wait,
+    )
 }
 
 /// The key id and account of an API key, if it is valid.

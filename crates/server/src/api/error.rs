@@ -16,6 +16,8 @@ pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds the client should wait before trying again (`Retry-After`).
+    pub retry_after: Option<u64>,
     cause: Option<Cause>,
 }
 
@@ -25,8 +27,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
             cause: None,
         }
+    }
+    /// 429 with `Retry-After`: a limit that refills with time (rounded up to whole seconds).
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        err.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        err
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -59,6 +68,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody::new(self.code, self.message);
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(cause);
         }
@@ -161,6 +175,9 @@ pub(crate) async fn log_failures(response: Response) -> Response {
     response
 }
 
+/// What a create over the per-account limit is told to wait.
+const SANDBOX_LIMIT_RETRY_SECS: u64 = 30;
+
 /// The one mapping from what failed to what the client is told.
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
@@ -183,6 +200,14 @@ impl From<Error> for ApiError {
             }
             Error::IsDirectory(_) => ApiError::conflict("is_directory", message),
             Error::NotADirectory(_) => ApiError::conflict("not_a_directory", message),
+            // Freed by a destroy or a timeout, not by the clock; Retry-After says when looking
+            // again is reasonable.
+            Error::SandboxLimit(_) => {
+                let mut err =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "sandbox_limit", message);
+                err.retry_after = Some(SANDBOX_LIMIT_RETRY_SECS);
+                err
+            }
             Error::SnapshotLimit(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "snapshot_limit", message)
             }

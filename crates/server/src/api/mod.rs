@@ -17,6 +17,7 @@ mod network;
 mod openapi;
 mod previews;
 mod sandboxes;
+pub(crate) mod serve;
 mod sessions;
 mod snapshots;
 mod templates;

@@ -255,7 +255,12 @@ fn form_fields(body: &[u8]) -> std::collections::HashMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
 }
 
-async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn login(
+    State(state): State<Arc<AppState>>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let fields = form_fields(&body);
     let next = local_path(fields.get("next").map(String::as_str)).to_string();
     // Another site must not sign a browser in to an account of its choosing.
@@ -266,7 +271,20 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
         );
     }
     let key = fields.get("api_key").map(String::as_str).unwrap_or("");
-    let key_id = match auth::account_for_key(&state, key).await {
+    let peer = auth::peer(&extensions);
+    if let Err(err) = auth::not_locked_out(&state, peer) {
+        let mut response = html(
+            StatusCode::TOO_MANY_REQUESTS,
+            login_form(&next, Some(&err.message)),
+        );
+        if let Some(seconds) = err.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.max(1).into());
+        }
+        return response;
+    }
+    let key_id = match auth::counted(&state, peer, auth::account_for_key(&state, key).await) {
         Ok((key_id, _)) => key_id,
         Err(err) if err.status == StatusCode::UNAUTHORIZED => {
             return html(
