@@ -265,6 +265,11 @@ curl -sSN -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' 
 
     // A call outside any session is the sandbox's, not the session's.
     assert_eq!(calls(&server, &id, 1).await.unwrap().trim(), "200");
+    // The charge is stored with its event, just after the answer's last byte went out.
+    eventually("a fifth llm event", async || {
+        (events_of(&server, &id, "llm").await.len() == 5).then_some(())
+    })
+    .await;
     let usage = client.usage(&id).await.unwrap();
     assert_eq!(usage.cost.llm_micros, 5 * 5850);
     assert_eq!(usage.sessions[0].llm_micros, 4 * 5850);

@@ -187,12 +187,15 @@ async fn kill_at_any_point_then_restart_agrees_with_the_engine() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        // The last transition's (the host's observation may record a process after it).
         let last_reason = server
             .client
             .events(&id, 0)
             .await
             .unwrap()
-            .last()
+            .iter()
+            .rev()
+            .find(|event| event.kind == "state")
             .unwrap()
             .payload["reason"]
             .clone();
