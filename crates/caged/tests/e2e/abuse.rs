@@ -50,6 +50,41 @@ async fn a_client_that_trickles_its_headers_is_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
+    let server = caged_testkit::spawn().await;
+    let id = server.sandbox(json!({ "template": "busybox" })).await;
+    // A 9 MB JSON body where 4 MB are accepted, sent whole as a plain client would, and only
+    // then the answer read: the server refuses it at its headers, but must not reset the
+    // connection under the client (which would lose the answer) while the body still comes.
+    let body = format!(r#"{{"cmd":["echo","{}"]}}"#, "x".repeat(9 << 20));
+    let head = format!(
+        "POST /v1/sandboxes/{id}/exec HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        server.admin_key,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(body.as_bytes())
+        .await
+        .expect("the server reset the connection while the body was still being sent");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"too_large""#), "{answer}");
+    // And it says that the connection ends, so a client does not send its next request on it.
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn wrong_keys_from_one_address_are_refused_with_429_before_they_are_checked() {
     let server = caged_testkit::spawn_with(|config| config.auth_failures_per_minute = 5).await;
     let http = reqwest::Client::new();
