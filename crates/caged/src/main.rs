@@ -36,8 +36,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    // Boxed: its flags outweigh every other verb's.
     /// Run the Caged server (API on --listen).
-    Server(cli::server::Args),
+    Server(Box<cli::server::Args>),
     /// Create a sandbox.
     Create(cli::create::Args),
     /// Create a sandbox from DIR/.caged.yaml, copy DIR to /workspace and run init_script.

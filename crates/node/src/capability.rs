@@ -19,6 +19,12 @@ pub(crate) trait Capability: Send + Sync + 'static {
     async fn prepare(&self, _record: &SandboxRecord, _spec: &mut SandboxSpec) -> Result<()> {
         Ok(())
     }
+    /// The sandbox's container exists (made, or restored), before the rest of the node is told
+    /// that it runs: what this part keeps in its filesystem goes in now. An error fails the
+    /// create.
+    async fn created(&self, _record: &SandboxRecord, _handle: &str) -> Result<()> {
+        Ok(())
+    }
     /// The sandbox's container runs; `how` it came to.
     async fn started(&self, _record: &SandboxRecord, _how: Start) {}
     /// The sandbox's state changed.

@@ -7,6 +7,7 @@
 //! [`LocalNode`] is the node in the same process as the control plane, as `caged server` runs
 //! today; a node on another host would implement the same trait over a protocol.
 
+mod ca;
 mod capability;
 mod engine;
 mod local;
@@ -25,6 +26,7 @@ use caged_runtime::{
 use caged_store::{SandboxRecord, StoreError};
 use tokio::sync::watch;
 
+pub use ca::SandboxCa;
 pub use engine::EngineStatus;
 pub use local::{LocalNode, NodeConfig, StartError};
 
@@ -108,6 +110,9 @@ pub trait Node: Send + Sync + 'static {
     /// A new container for the sandbox beside its current one (for a restore that must not
     /// touch the original until it succeeded); returns its handle.
     async fn stage(&self, record: &SandboxRecord) -> Result<String>;
+    /// The staged container holds the snapshot now: the node writes back what it keeps in a
+    /// sandbox's filesystem (the operator's CA certificates), over the snapshot's old copy.
+    async fn finish_stage(&self, staged: &str, record: &SandboxRecord) -> Result<()>;
     /// Gives a staged container the sandbox's name and link, once the original is gone.
     async fn promote(&self, staged: &str, record: &SandboxRecord) -> Result<()>;
 
@@ -127,6 +132,8 @@ pub trait Node: Send + Sync + 'static {
     /// Waits (at most `limit`) until what the host saw so far is recorded and scored.
     async fn settle(&self, limit: std::time::Duration);
     fn observation(&self) -> caged_observe::Status;
+    /// The operator's CA certificates every sandbox trusts, if any.
+    fn sandbox_ca(&self) -> Option<Arc<SandboxCa>>;
 
     // Previews and the gateway.
 

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::ca::{Ca, SandboxCa};
 use crate::capability::{self, Capability};
 use crate::engine::{self, EngineStatus};
 use crate::{Node, Result, Start};
@@ -48,6 +49,8 @@ pub struct NodeConfig {
     pub trust_policy: caged_trust::Policy,
     /// The gateway's providers and prices (its port is `network.gateway_port`).
     pub gateway: caged_gateway::Config,
+    /// A PEM file of CA certificates every sandbox trusts (`--sandbox-ca`).
+    pub sandbox_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--sandbox-ca: {reason}")]
+    SandboxCa { reason: String },
     #[error("cannot read the node's keys")]
     Store(#[from] caged_store::StoreError),
 }
@@ -80,6 +85,7 @@ pub struct LocalNode {
     previews: Arc<Previews>,
     observer: Arc<Observer>,
     gateway: caged_gateway::Gateway,
+    sandbox_ca: Option<Arc<SandboxCa>>,
     /// In the order a sandbox's parts are set up.
     capabilities: Vec<Box<dyn Capability>>,
     preview_listener: parking_lot::Mutex<Option<(TcpListener, Option<TlsAcceptor>)>>,
@@ -98,6 +104,12 @@ impl LocalNode {
         charged: Arc<Notify>,
         stopping: CancellationToken,
     ) -> Result<LocalNode, StartError> {
+        let sandbox_ca = match &config.sandbox_ca {
+            Some(file) => Some(Arc::new(
+                SandboxCa::load(file).map_err(|reason| StartError::SandboxCa { reason })?,
+            )),
+            None => None,
+        };
         let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(
             config.docker_host.as_deref(),
             &config.installation_id,
@@ -177,6 +189,12 @@ impl LocalNode {
         capabilities.push(Box::new(capability::Previews(previews.clone())));
         capabilities.push(Box::new(capability::Link(network.clone())));
         capabilities.push(Box::new(capability::Gateway(gateway.clone())));
+        if let Some(ca) = &sandbox_ca {
+            capabilities.push(Box::new(Ca {
+                runtime: runtime.clone(),
+                ca: ca.clone(),
+            }));
+        }
 
         Ok(LocalNode {
             runtime,
@@ -188,6 +206,7 @@ impl LocalNode {
             previews,
             observer,
             gateway,
+            sandbox_ca,
             capabilities,
             preview_listener: parking_lot::Mutex::new(Some((listener, tls))),
             preview_addr,
@@ -273,6 +292,14 @@ impl LocalNode {
 
     /// The spec a sandbox's container is made from: its record's config, then each
     /// capability's part.
+    /// Each capability's files into a container that was just made.
+    async fn fill(&self, record: &SandboxRecord, handle: &str) -> Result<()> {
+        for capability in &self.capabilities {
+            capability.created(record, handle).await?;
+        }
+        Ok(())
+    }
+
     async fn spec(&self, record: &SandboxRecord) -> Result<SandboxSpec> {
         let config = &record.config;
         let mut spec = SandboxSpec {
@@ -322,7 +349,12 @@ impl Node for LocalNode {
 
     async fn create(&self, record: &SandboxRecord) -> Result<String> {
         let spec = self.spec(record).await?;
-        Ok(self.runtime.create(&spec).await?)
+        let handle = self.runtime.create(&spec).await?;
+        if let Err(err) = self.fill(record, &handle).await {
+            let _ = self.runtime.destroy(&handle).await;
+            return Err(err);
+        }
+        Ok(handle)
     }
 
     async fn started(&self, record: &SandboxRecord, how: Start) {
@@ -392,6 +424,10 @@ impl Node for LocalNode {
         Ok(self.runtime.create_staged(&spec).await?)
     }
 
+    async fn finish_stage(&self, staged: &str, record: &SandboxRecord) -> Result<()> {
+        self.fill(record, staged).await
+    }
+
     async fn promote(&self, staged: &str, record: &SandboxRecord) -> Result<()> {
         let spec = self.spec(record).await?;
         Ok(self.runtime.promote(staged, &spec).await?)
@@ -415,6 +451,10 @@ impl Node for LocalNode {
 
     async fn settle(&self, limit: Duration) {
         self.observer.settle(limit).await;
+    }
+
+    fn sandbox_ca(&self) -> Option<Arc<SandboxCa>> {
+        self.sandbox_ca.clone()
     }
 
     fn observation(&self) -> caged_observe::Status {

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub auth_failures_per_minute: u32,
     /// Sandboxes (not yet destroyed) one account may have; 0 for no limit.
     pub max_sandboxes_per_account: usize,
+    /// A PEM file of CA certificates every sandbox trusts (networks that inspect TLS).
+    pub sandbox_ca: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -62,6 +64,7 @@ impl ServerConfig {
             header_timeout: Duration::from_secs(30),
             auth_failures_per_minute: 30,
             max_sandboxes_per_account: 100,
+            sandbox_ca: None,
         }
     }
 }

@@ -166,6 +166,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                     anthropic: config.cost.anthropic.clone(),
                     port: config.network.gateway_port,
                 },
+                sandbox_ca: config.sandbox_ca.clone(),
             },
             db.clone(),
             activity.clone(),

@@ -277,7 +277,15 @@ pub(crate) async fn restore(
     let limits = limits_for(&record.config);
     let deletions = validate(state, &snapshot, limits).await?;
     let staged = state.node.stage(&record).await?;
-    if let Err(err) = apply(state, &staged, &snapshot, deletions, limits).await {
+    let applied = match apply(state, &staged, &snapshot, deletions, limits).await {
+        Ok(()) => state
+            .node
+            .finish_stage(&staged, &record)
+            .await
+            .map_err(Error::from),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = applied {
         let _ = state.node.destroy(&staged).await;
         return Err(err);
     }

@@ -43,7 +43,7 @@ pub use sessions::{
     Penalty, Session, SessionDetail, SessionList, SessionListItem, SessionState, TrustSummary,
 };
 pub use snapshots::{CreateSnapshot, Restore, Snapshot, SnapshotDeleted, SnapshotList};
-pub use system::{EngineInfo, EngineStatus, ObservationStatus, Support, System};
+pub use system::{EngineInfo, EngineStatus, ObservationStatus, SandboxCa, Support, System};
 pub use templates::{Template, TemplateList};
 pub use usage::{
     AccountUsage, Budget, BudgetAlert, Cost, DayUsage, Prices, SessionUsage, SetBudget, SetWebhook,

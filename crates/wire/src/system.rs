@@ -9,6 +9,10 @@ pub struct System {
     pub engine: EngineStatus,
     pub installation_id: String,
     pub observation: ObservationStatus,
+    /// The operator's CA certificates every sandbox trusts (`--sandbox-ca`), if any.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub sandbox_ca: Option<SandboxCa>,
     /// The server's version.
     pub version: String,
 }
@@ -46,6 +50,15 @@ pub struct EngineInfo {
 pub struct Support {
     pub available: bool,
     pub detail: String,
+}
+
+/// The CA file given with `--sandbox-ca`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxCa {
+    /// How many certificates it holds.
+    pub certificates: usize,
+    /// The file on the server's host.
+    pub file: String,
 }
 
 /// Whether the host watches what sandboxes do, and its counters.

@@ -41,6 +41,11 @@ pub struct Args {
     /// Seconds a client has to send a request's headers.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     header_timeout_secs: u64,
+    /// CA certificates (a PEM file) every sandbox trusts, for networks that put a
+    /// TLS-inspecting proxy in front of the internet; added to each sandbox's trust store when it
+    /// is created, with SSL_CERT_FILE, NODE_EXTRA_CA_CERTS and the like pointing at them.
+    #[arg(long, env = "CAGED_SANDBOX_CA")]
+    sandbox_ca: Option<PathBuf>,
     /// Preview proxy listen address.
     #[arg(long, env = "CAGED_PREVIEW_LISTEN", default_value = "127.0.0.1:7701")]
     preview_listen: SocketAddr,
@@ -166,6 +171,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     config.auth_failures_per_minute = args.auth_failures_per_minute;
     config.header_timeout = std::time::Duration::from_secs(args.header_timeout_secs);
     config.probe_gvisor_at_start = !args.no_gvisor_probe;
+    config.sandbox_ca = args.sandbox_ca.clone();
     config.preview = PreviewConfig {
         listen: args.preview_listen,
         domain: args.preview_domain.clone(),

@@ -42,5 +42,14 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         EngineStatus::Starting => println!("engine       starting: not probed yet"),
         EngineStatus::Down { reason } => println!("engine       down: {reason}"),
     }
+    match &system.sandbox_ca {
+        Some(ca) => println!(
+            "sandbox CA   {} ({} certificate{}, trusted in every sandbox)",
+            ca.file,
+            ca.certificates,
+            if ca.certificates == 1 { "" } else { "s" }
+        ),
+        None => println!("sandbox CA   none (sandboxes trust their template's own CA bundle)"),
+    }
     Ok(ExitCode::SUCCESS)
 }

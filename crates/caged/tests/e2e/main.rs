@@ -3,6 +3,7 @@
 //! links once.
 
 mod abuse;
+mod ca;
 mod cli;
 mod concurrency;
 mod config;

@@ -260,6 +260,10 @@ pub(crate) fn system(state: &AppState) -> wire::System {
             processes: observation.processes,
             unread_processes: observation.unread_processes,
         },
+        sandbox_ca: state.node.sandbox_ca().map(|ca| wire::SandboxCa {
+            certificates: ca.certificates(),
+            file: ca.file().to_string_lossy().into_owned(),
+        }),
         version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
