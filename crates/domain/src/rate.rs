@@ -51,7 +51,7 @@ impl Bucket {
     }
 
     /// Whether a token is there, without taking it.
-    pub fn check(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, rate: Rate, now: Instant) -> Result<(), Duration> {
         let mut probe = *self;
         probe.take(rate, now)
     }
@@ -92,8 +92,8 @@ impl<K: Hash + Eq> Buckets<K> {
     }
 
     /// Whether `key` has a token, without taking it.
-    pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
-        match self.buckets.get_mut(key) {
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        match self.buckets.get(key) {
             Some(bucket) => bucket.check(self.rate, now),
             None => Ok(()),
         }

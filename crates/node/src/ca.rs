@@ -32,6 +32,7 @@ use crate::capability::Capability;
 
 const OPERATOR_FILE: &str = "/etc/caged/operator-ca.pem";
 const BUNDLE_FILE: &str = "/etc/caged/ca-certificates.crt";
+const SYSTEM_CERTS: &str = "/etc/ssl/certs";
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const LOCAL_CERTS: &str = "/usr/local/share/ca-certificates";
 const BEGIN: &str = "# caged: operator CA certificates (begin)";
@@ -175,9 +176,7 @@ impl Capability for Ca {
         self.runtime.write_tar(handle, "/etc", caged).await?;
         if system.is_some() {
             let tar = tar_of(&[("ca-certificates.crt", Some(merged.as_bytes()))])?;
-            self.runtime
-                .write_tar(handle, parent(SYSTEM_BUNDLE), tar)
-                .await?;
+            self.runtime.write_tar(handle, SYSTEM_CERTS, tar).await?;
         }
         if matches!(self.runtime.stat_path(handle, LOCAL_CERTS).await, Ok(stat) if stat.is_dir) {
             let tar = tar_of(&[("caged-operator.crt", Some(self.ca.pem.as_bytes()))])?;
@@ -190,12 +189,13 @@ impl Capability for Ca {
 impl Ca {
     /// The template's bundle, when it has one as a regular file.
     async fn system_bundle(&self, handle: &str) -> Result<Option<String>> {
-        match self.runtime.stat_path(handle, SYSTEM_BUNDLE).await {
-            Ok(stat) if !stat.is_dir && stat.link_target.is_none() => {}
-            Ok(_) | Err(RuntimeError::PathNotFound { .. }) => return Ok(None),
+        // The driver looks the path up before it streams; a link or a folder comes back as
+        // such, and is left alone below.
+        let mut stream = match self.runtime.read_tar(handle, SYSTEM_BUNDLE).await {
+            Ok(stream) => stream,
+            Err(RuntimeError::PathNotFound { .. }) => return Ok(None),
             Err(err) => return Err(err.into()),
-        }
-        let mut stream = self.runtime.read_tar(handle, SYSTEM_BUNDLE).await?;
+        };
         let mut tar = BytesMut::new();
         while let Some(chunk) = stream.next().await {
             tar.extend_from_slice(&chunk?);
@@ -226,10 +226,6 @@ fn too_big() -> RuntimeError {
     RuntimeError::Io(std::io::Error::other(format!(
         "the template's {SYSTEM_BUNDLE} is over {MOST_SYSTEM_BUNDLE} bytes"
     )))
-}
-
-fn parent(path: &str) -> &str {
-    path.rsplit_once('/').map_or("/", |(dir, _)| dir)
 }
 
 /// A tar of root-owned entries: a directory for `None`, a 0644 file otherwise.

@@ -17,7 +17,7 @@ pub(crate) struct ApiError {
     pub code: &'static str,
     pub message: String,
     /// Seconds the client should wait before trying again (`Retry-After`).
-    pub retry_after: Option<u64>,
+    retry_after: Option<u64>,
     cause: Option<Cause>,
 }
 
@@ -33,9 +33,22 @@ impl ApiError {
     }
     /// 429 with `Retry-After`: a limit that refills with time (rounded up to whole seconds).
     pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
-        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
-        err.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
-        err
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            .retrying_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    }
+    /// The same error, telling the client to wait `seconds` before trying again.
+    pub fn retrying_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+    /// Puts this error's `Retry-After` (if any) on `response`, which may be another shape's
+    /// (the dashboard's login page).
+    pub fn set_retry_after(&self, response: &mut Response) {
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -66,13 +79,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody::new(self.code, self.message);
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
-        }
+        let mut response =
+            (self.status, Json(ErrorBody::new(self.code, &self.message))).into_response();
+        self.set_retry_after(&mut response);
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(cause);
         }
@@ -203,10 +212,8 @@ impl From<Error> for ApiError {
             // Freed by a destroy or a timeout, not by the clock; Retry-After says when looking
             // again is reasonable.
             Error::SandboxLimit(_) => {
-                let mut err =
-                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "sandbox_limit", message);
-                err.retry_after = Some(SANDBOX_LIMIT_RETRY_SECS);
-                err
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "sandbox_limit", message)
+                    .retrying_after(SANDBOX_LIMIT_RETRY_SECS)
             }
             Error::SnapshotLimit(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "snapshot_limit", message)

@@ -277,11 +277,7 @@ async fn login(
             StatusCode::TOO_MANY_REQUESTS,
             login_form(&next, Some(&err.message)),
         );
-        if let Some(seconds) = err.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, seconds.max(1).into());
-        }
+        err.set_retry_after(&mut response);
         return response;
     }
     let key_id = match auth::counted(&state, peer, auth::account_for_key(&state, key).await) {
