@@ -156,19 +156,37 @@ impl ExecControl for DockerExec {
     }
 
     async fn kill(&self) -> Result<()> {
-        let inspect = self
-            .docker
-            .inspect_exec(&self.id)
-            .await
-            .map_err(engine_error)?;
-        if inspect.running != Some(true) {
-            return Ok(());
+        // The engine answers the start before its process runs: not running and no exit code
+        // yet means "about to start", so wait for it to run (or end) instead of taking it for
+        // ended and leaving it running.
+        let mut pid = None;
+        for attempt in 0..100u64 {
+            let inspect = self
+                .docker
+                .inspect_exec(&self.id)
+                .await
+                .map_err(engine_error)?;
+            if inspect.running != Some(true) && inspect.exit_code.is_some() {
+                return Ok(());
+            }
+            if inspect.running == Some(true) {
+                if self.pid_file.is_some() {
+                    break;
+                }
+                pid = inspect
+                    .pid
+                    .and_then(|pid| i32::try_from(pid).ok())
+                    .filter(|pid| *pid > 0);
+                if pid.is_some() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1 + attempt.min(49))).await;
         }
         if let Some(pid_file) = &self.pid_file {
             return kill_inside(&self.docker, &self.container, pid_file).await;
         }
-        // The engine marks an exec running a moment before it records its pid.
-        let Some(pid) = self.host_pid().await? else {
+        let Some(pid) = pid else {
             return Err(RuntimeError::KillFailed {
                 reason: "the engine did not report the command's process".into(),
             });
