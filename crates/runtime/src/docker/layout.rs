@@ -10,8 +10,18 @@ use std::path::{Path, PathBuf};
 use crate::HostView;
 
 /// Whether sandboxes' root filesystems under `root` can be watched with this driver.
+/// The driver makes its subvolumes folder with its first image: on a new engine it is made here
+/// (as the driver would, 0700), so observation starts before any template is imported.
 pub(crate) fn watchable(driver: &str, root: &Path) -> bool {
-    driver == "btrfs" && root.join("btrfs/subvolumes").is_dir()
+    if driver != "btrfs" || !root.join("btrfs").is_dir() {
+        return false;
+    }
+    let subvolumes = subvolumes(root);
+    if !subvolumes.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&subvolumes);
+    }
+    subvolumes.is_dir()
 }
 
 /// The directory that holds every sandbox root filesystem.
