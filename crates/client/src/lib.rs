@@ -482,6 +482,17 @@ impl Client {
         Ok(list.templates)
     }
 
+    pub async fn template(&self, name: &str) -> Result<wire::Template> {
+        self.json(self.request(Method::GET, &format!("/v1/templates/{name}")))
+            .await
+    }
+
+    pub async fn remove_template(&self, name: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/v1/templates/{name}")))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn import_template(
         &self,
         name: &str,

@@ -69,6 +69,7 @@ pub trait Node: Send + Sync + 'static {
     async fn templates(&self) -> Result<Vec<TemplateInfo>>;
     /// Imports an uncompressed root filesystem tar as template `name`.
     async fn import_template(&self, name: &str, rootfs: ByteStream) -> Result<TemplateInfo>;
+    async fn remove_template(&self, name: &str) -> Result<()>;
 
     // Sandboxes.
 

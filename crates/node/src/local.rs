@@ -347,6 +347,10 @@ impl Node for LocalNode {
         Ok(template)
     }
 
+    async fn remove_template(&self, name: &str) -> Result<()> {
+        Ok(self.runtime.remove_template(name).await?)
+    }
+
     async fn create(&self, record: &SandboxRecord) -> Result<String> {
         let spec = self.spec(record).await?;
         let handle = self.runtime.create(&spec).await?;

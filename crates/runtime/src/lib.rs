@@ -130,6 +130,27 @@ pub struct TemplateInfo {
     pub image_id: String,
     pub size_bytes: i64,
     pub created_at: i64,
+    /// What the template says of itself, where it says it ([`TEMPLATE_MANIFEST`]).
+    pub manifest: Option<TemplateManifest>,
+}
+
+/// Where a template describes itself: written by `scripts/build-templates`, read from the
+/// template's files, never from a sandbox.
+pub const TEMPLATE_MANIFEST: &str = "/etc/caged/template.json";
+
+/// A template's description of itself. Every field may be missing from a hand-made template.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TemplateManifest {
+    pub description: Option<String>,
+    /// What it was built from, in words (the Debian suite and packages, a Dockerfile).
+    pub built_from: Option<String>,
+    /// Versions of its main tools, by tool.
+    pub tools: std::collections::BTreeMap<String, String>,
+    /// Unix seconds.
+    pub built_at: Option<i64>,
+    /// Digest of the recipe it was built from: a tarball from another recipe is another build.
+    pub recipe: Option<String>,
 }
 
 /// A sandbox as the engine lists it, for reconciling with the store.
@@ -295,6 +316,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn templates(&self) -> Result<Vec<TemplateInfo>>;
     /// Imports an uncompressed root filesystem tar as template `name`.
     async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo>;
+    /// Removes template `name` from this installation ([`RuntimeError::TemplateMissing`] when it
+    /// has none of the name); what the engine still needs of it for a sandbox stays.
+    async fn remove_template(&self, name: &str) -> Result<()>;
 
     /// Creates and starts the sandbox, with its link; returns the engine's handle for it. On
     /// error nothing of it is left on the engine.

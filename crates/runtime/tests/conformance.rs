@@ -71,9 +71,22 @@ async fn docker_meets_the_contract(isolation: Isolation) {
     let rt = DockerRuntime::connect(None, &installation);
     let info = prepare(&rt, isolation).await;
     docker_claims(&rt.capabilities(), &info);
+    let other = DockerRuntime::connect(None, &caged_domain::random_hex(6));
+    let theirs = other
+        .templates()
+        .await
+        .expect("another installation lists its templates");
+    assert!(
+        theirs.is_empty(),
+        "templates belong to the installation that imported them: a new one sees {:?}",
+        theirs.iter().map(|t| &t.name).collect::<Vec<_>>()
+    );
     let outcome = AssertUnwindSafe(suite(&rt, isolation)).catch_unwind().await;
     // The driver's own throwaway containers (its gVisor probe) carry its installation id.
     sweep(&rt, &installation).await;
+    for template in [TEMPLATE, BARE_TEMPLATE] {
+        let _ = rt.remove_template(template).await;
+    }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
@@ -152,6 +165,7 @@ pub async fn suite(rt: &dyn Runtime, isolation: Isolation) {
         staged_sandbox_is_promoted_in_place_of_the_original,
         destroy_is_idempotent_and_the_sandbox_is_gone,
         unknown_template_is_template_missing_and_leaves_nothing,
+        templates_describe_themselves_and_are_removed,
     );
     assert!(
         failed.is_empty(),
@@ -209,11 +223,9 @@ async fn prepare(rt: &dyn Runtime, isolation: Isolation) -> EngineInfo {
     info
 }
 
-/// Imports the `busybox` template from its tarball when the engine lacks it (once per test
-/// process: the entry points run side by side).
+/// Imports the `busybox` template from its tarball when the runtime's installation lacks it.
 async fn ensure_template(rt: &dyn Runtime) {
-    static ENSURED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    ENSURED.get_or_init(|| import_missing_template(rt)).await;
+    import_missing_template(rt).await;
 }
 
 async fn import_missing_template(rt: &dyn Runtime) {
@@ -894,6 +906,61 @@ async fn unknown_template_is_template_missing_and_leaves_nothing(
         "a failed create leaves nothing behind: {listed:?}"
     );
     cage.finish().await;
+}
+
+/// What [`templates_describe_themselves_and_are_removed`] imports: a template without a manifest.
+const BARE_TEMPLATE: &str = "conformance-bare";
+
+async fn templates_describe_themselves_and_are_removed(rt: &dyn Runtime, _: Isolation) {
+    let listed = rt.templates().await.expect("templates are listed");
+    let busybox = listed
+        .iter()
+        .find(|template| template.name == TEMPLATE)
+        .expect("the suite's template is listed");
+    let manifest = busybox.manifest.as_ref().unwrap_or_else(|| {
+        panic!("{TEMPLATE} carries /etc/caged/template.json (rebuild it: sudo scripts/build-templates {TEMPLATE})")
+    });
+    assert!(
+        manifest.tools.contains_key("busybox") && manifest.recipe.is_some(),
+        "the manifest names the template's tools and recipe: {manifest:?}"
+    );
+
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    header.set_size(0);
+    tar.append_data(&mut header, "workspace", std::io::empty())
+        .expect("tar");
+    let tar = Bytes::from(tar.into_inner().expect("tar"));
+    let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(tar) }));
+    let bare = rt
+        .import_template(BARE_TEMPLATE, body)
+        .await
+        .expect("a template of one folder imports");
+    assert_eq!(
+        bare.manifest, None,
+        "a template that says nothing has no manifest"
+    );
+    rt.remove_template(BARE_TEMPLATE)
+        .await
+        .expect("a template is removed");
+    let names: Vec<String> = rt
+        .templates()
+        .await
+        .expect("templates are listed")
+        .into_iter()
+        .map(|template| template.name)
+        .collect();
+    assert!(
+        !names.iter().any(|name| name == BARE_TEMPLATE)
+            && names.iter().any(|name| name == TEMPLATE),
+        "a removed template is no longer listed, and only it: {names:?}"
+    );
+    match rt.remove_template(BARE_TEMPLATE).await {
+        Err(RuntimeError::TemplateMissing { template, .. }) => assert_eq!(template, BARE_TEMPLATE),
+        other => panic!("removing a template that is gone is TemplateMissing, not {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

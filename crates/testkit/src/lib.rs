@@ -94,7 +94,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let url = format!("http://{}", server.addr);
     let client = Client::new(&url, Some(admin_key.clone()));
     if expects_engine {
-        ensure_templates(&client).await;
+        provide_templates(&server.installation_id).await;
     }
     TestServer {
         client,
@@ -109,27 +109,95 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     }
 }
 
-static TEMPLATES: OnceCell<()> = OnceCell::const_new();
+/// The test templates, imported into the engine once under the `testkit` installation and
+/// tagged into each test server's own: a tag costs nothing, an import of `base` seconds.
+static TEMPLATES: OnceCell<Vec<(&'static str, String)>> = OnceCell::const_new();
+const TEST_TEMPLATES: [&str; 2] = ["busybox", "base"];
 
-/// Imports the test templates into the engine once per test process, from the tarballs
-/// `scripts/build-templates` makes.
-async fn ensure_templates(client: &Client) {
-    TEMPLATES
-        .get_or_init(|| async {
-            let present = client.templates().await.expect("list templates");
-            let names: Vec<&str> = present.iter().map(|template| template.name.as_str()).collect();
-            for name in ["busybox", "base"] {
-                if names.contains(&name) {
-                    continue;
-                }
-                let path = template_dir().join(format!("{name}.tar"));
-                let data = std::fs::read(&path).unwrap_or_else(|err| {
-                    panic!("template tarball {} is missing ({err}); build it with: sudo scripts/build-templates", path.display())
-                });
-                client.import_template(name, data).await.expect("template import");
-            }
+/// Gives `installation` the test templates (`busybox`, `base`), from the tarballs
+/// `scripts/build-templates` makes: for servers the testkit did not start itself.
+pub async fn provide_templates(installation: &str) {
+    let shared = TEMPLATES.get_or_init(import_shared_templates).await;
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
+    for (name, image) in shared {
+        let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(&format!("caged/{installation}/{name}"))
+            .tag("latest")
+            .build();
+        docker
+            .tag_image(image, Some(options))
+            .await
+            .unwrap_or_else(|err| panic!("tagging template {name} for the test server: {err}"));
+    }
+}
+
+/// Imports each test template whose tarball the engine has not seen (by size and time), as
+/// `caged/testkit/<name>:<stamp>`, dropping older stamps.
+async fn import_shared_templates() -> Vec<(&'static str, String)> {
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
+    let runtime = caged_runtime::DockerRuntime::connect(None, "testkit");
+    let mut shared = Vec::new();
+    for name in TEST_TEMPLATES {
+        let path = template_dir().join(format!("{name}.tar"));
+        let meta = std::fs::metadata(&path).unwrap_or_else(|err| {
+            panic!("template tarball {} is missing ({err}); build it with: sudo scripts/build-templates", path.display())
+        });
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |at| at.as_nanos());
+        let stamp = format!("{:x}-{:x}", meta.len(), modified);
+        let repo = format!("caged/testkit/{name}");
+        let image = format!("{repo}:{stamp}");
+        if docker.inspect_image(&image).await.is_err() {
+            let data = std::fs::read(&path)
+                .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+            let body: caged_runtime::ByteStream = Box::pin(futures_util::stream::once(async {
+                Ok(bytes::Bytes::from(data))
+            }));
+            caged_runtime::Runtime::import_template(&runtime, name, body)
+                .await
+                .unwrap_or_else(|err| panic!("importing {}: {err}", path.display()));
+            let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+                .repo(&repo)
+                .tag(&stamp)
+                .build();
+            docker
+                .tag_image(&format!("{repo}:latest"), Some(options))
+                .await
+                .expect("tag the test template");
+        }
+        remove_tags(&docker, &repo, |tag| {
+            tag != image && !tag.ends_with(":latest")
         })
         .await;
+        shared.push((name, image));
+    }
+    shared
+}
+
+/// Removes the tags of repositories matching `reference` (a filter pattern) that `doomed`
+/// picks; an image goes with its last tag.
+async fn remove_tags(docker: &bollard::Docker, reference: &str, doomed: impl Fn(&str) -> bool) {
+    let filters = HashMap::from([("reference".to_string(), vec![reference.to_string()])]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let Ok(images) = docker.list_images(Some(options)).await else {
+        return;
+    };
+    for tag in images.into_iter().flat_map(|image| image.repo_tags) {
+        if doomed(&tag) {
+            let _ = docker
+                .remove_image(
+                    &tag,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
+        }
+    }
 }
 
 impl TestServer {
@@ -276,6 +344,8 @@ pub async fn remove_installation(installation: &str) {
     let _ = docker
         .remove_network(&format!("caged-{installation}"))
         .await;
+    // Its templates (tags of shared test images, or its own imports).
+    remove_tags(&docker, &format!("caged/{installation}/*"), |_| true).await;
     // The installation's firewall table (its links went with the containers' namespaces).
     for table in [
         format!("caged_{installation}"),

@@ -1,21 +1,30 @@
-//! `caged template ls | import NAME ROOTFS.tar`.
+//! `caged template ls | inspect NAME | import NAME ROOTFS.tar | rm NAME`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use caged_client::wire;
 
 use crate::{Cli, output};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// List templates.
+    /// List templates: the catalogue this installation has.
     Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One template: what it was built from, its tools' versions, its size.
+    Inspect {
+        name: String,
         #[arg(long)]
         json: bool,
     },
     /// Import a root filesystem tarball (plain or .tar.gz) as template NAME.
     Import { name: String, rootfs: PathBuf },
+    /// Remove template NAME (refused while a sandbox made from it is not destroyed).
+    Rm { name: String },
 }
 
 pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
@@ -27,10 +36,40 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
                 output::json(&templates);
             } else {
                 let rows: Vec<Vec<String>> = templates
-                    .into_iter()
-                    .map(|template| vec![template.name, output::megabytes(template.size_bytes)])
+                    .iter()
+                    .map(|template| {
+                        vec![
+                            template.name.clone(),
+                            output::megabytes(template.size_bytes),
+                            tools(template),
+                            output::cell(template.description.as_deref()),
+                        ]
+                    })
                     .collect();
-                output::table(&["NAME", "SIZE"], &rows);
+                output::table(&["NAME", "SIZE", "TOOLS", "DESCRIPTION"], &rows);
+            }
+        }
+        Command::Inspect { name, json } => {
+            let template = client.template(name).await?;
+            if *json {
+                output::json(&template);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (key, value) in [
+                ("name", template.name.clone()),
+                ("description", output::cell(template.description.as_deref())),
+                ("built_from", output::cell(template.built_from.as_deref())),
+                ("tools", tools(&template)),
+                ("size", output::megabytes(template.size_bytes)),
+                (
+                    "built_at",
+                    output::cell(template.built_at.map(unix_time).as_deref()),
+                ),
+                ("imported_at", unix_time(template.created_at)),
+                ("recipe", output::cell(template.recipe.as_deref())),
+                ("image_id", template.image_id.clone()),
+            ] {
+                println!("{key:<12} {value}");
             }
         }
         Command::Import { name, rootfs } => {
@@ -50,6 +89,27 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
                 output::megabytes(template.size_bytes)
             );
         }
+        Command::Rm { name } => {
+            client.remove_template(name).await?;
+            eprintln!("template {name} removed");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `node 20.19.2, npm 9.2.0`, or `-`.
+fn tools(template: &wire::Template) -> String {
+    if template.tools.is_empty() {
+        return "-".into();
+    }
+    template
+        .tools
+        .iter()
+        .map(|(tool, version)| format!("{tool} {version}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn unix_time(seconds: i64) -> String {
+    caged_domain::time::rfc3339_from_ms(seconds.saturating_mul(1000))
 }

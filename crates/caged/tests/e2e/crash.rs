@@ -73,6 +73,7 @@ impl ServerProcess {
     pub(crate) async fn installation(&self) -> (String, caged_testkit::InstallationGuard) {
         let installation = self.client.system().await.unwrap().installation_id;
         let guard = caged_testkit::InstallationGuard(installation.clone());
+        caged_testkit::provide_templates(&installation).await;
         (installation, guard)
     }
 

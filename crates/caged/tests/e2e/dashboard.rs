@@ -244,7 +244,14 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
     page.goto(&format!("{url}/new")).await.unwrap();
     wait_text(page, "main h1", "New sandbox").await;
     wait_text(page, "#template", "busybox").await;
+    // The catalogue shows what each template is, and the chosen one's tools.
+    wait_text(page, "#template", "BusyBox's applets").await;
     select(page, "#template", "busybox").await;
+    let help = wait_text(page, "#template-help", "busybox ").await;
+    assert!(
+        help.ends_with(" MB"),
+        "the template's tools and size: {help}"
+    );
     assert!(
         !page
             .find(Locator::Css("#allowed_hosts"))

@@ -9,13 +9,13 @@ use crate::error_code;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_works_around_an_absent_engine_and_recovers() {
-    // Templates are shared engine-wide; make sure they exist before the engine "disappears".
-    let _normal = caged_testkit::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("engine.sock");
     let host = format!("unix://{}", socket.display());
     let server = caged_testkit::spawn_with(|config| config.docker_host = Some(host)).await;
     let client = &server.client;
+    // Its templates, for when the engine "comes back".
+    caged_testkit::provide_templates(&server.installation_id).await;
 
     let system = client.system().await.unwrap();
     assert!(

@@ -24,6 +24,7 @@ mod previews;
 mod security;
 mod sessions;
 mod snapshots;
+mod templates;
 mod tenancy;
 mod trust;
 

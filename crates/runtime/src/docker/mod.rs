@@ -12,8 +12,8 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ContainerArchiveInfoOptionsBuilder, CreateContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
@@ -28,12 +28,12 @@ use crate::{
 
 mod exec;
 mod layout;
+mod templates;
 
 pub const LABEL_INSTALLATION: &str = "dev.caged.installation";
 pub const LABEL_SANDBOX: &str = "dev.caged.sandbox";
 pub const LABEL_ACCOUNT: &str = "dev.caged.account";
 pub const LABEL_TEMPLATE: &str = "dev.caged.template";
-const TEMPLATE_REPO_PREFIX: &str = "caged/";
 const GVISOR_RUNTIME: &str = "runsc";
 /// PID 1 of every sandbox: a shell that sleeps forever. The engine's own init (tini) sits above
 /// it to reap orphans.
@@ -48,6 +48,8 @@ pub struct DockerRuntime {
     /// Where the engine keeps sandboxes' files, as the last probe found.
     host_view: parking_lot::Mutex<Option<Arc<dyn HostView>>>,
     seccomp_profile: String,
+    /// Templates' manifests by image id, read once each.
+    manifests: parking_lot::Mutex<HashMap<String, Option<crate::TemplateManifest>>>,
 }
 
 impl DockerRuntime {
@@ -96,6 +98,7 @@ impl DockerRuntime {
             gvisor: OnceLock::new(),
             host_view: parking_lot::Mutex::new(None),
             seccomp_profile: seccomp::profile().to_string(),
+            manifests: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,7 +159,7 @@ impl DockerRuntime {
                 };
             }
         };
-        let image = template_image(&templates[0].name);
+        let image = self.template_image(&templates[0].name);
         let name = format!(
             "caged-{}-gvisor-probe-{}",
             self.installation_id,
@@ -315,7 +318,7 @@ impl DockerRuntime {
             ..Default::default()
         };
         let body = ContainerCreateBody {
-            image: Some(template_image(&spec.template)),
+            image: Some(self.template_image(&spec.template)),
             cmd: Some(KEEPALIVE.iter().map(|part| part.to_string()).collect()),
             hostname: Some(format!("cage-{}", spec.id)),
             working_dir: Some("/workspace".into()),
@@ -336,10 +339,6 @@ fn engine_state(state: Option<String>) -> EngineState {
         Some("exited") => EngineState::Stopped,
         other => EngineState::Other(other.unwrap_or_default().to_string()),
     }
-}
-
-pub fn template_image(name: &str) -> String {
-    format!("{TEMPLATE_REPO_PREFIX}{name}:latest")
 }
 
 pub(crate) fn engine_error(err: DockerError) -> RuntimeError {
@@ -492,63 +491,15 @@ impl Runtime for DockerRuntime {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        let filters = HashMap::from([("label".to_string(), vec![LABEL_TEMPLATE.to_string()])]);
-        let images = self
-            .docker()?
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(engine_error)?;
-        let mut templates: Vec<TemplateInfo> = images
-            .into_iter()
-            .flat_map(|image| {
-                let tags = image.repo_tags.clone();
-                tags.into_iter().filter_map(move |tag| {
-                    let name = tag
-                        .strip_prefix(TEMPLATE_REPO_PREFIX)?
-                        .strip_suffix(":latest")?
-                        .to_string();
-                    Some(TemplateInfo {
-                        name,
-                        image_id: image.id.clone(),
-                        size_bytes: image.size,
-                        created_at: image.created,
-                    })
-                })
-            })
-            .collect();
-        templates.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(templates)
+        self.list_templates().await
     }
 
     async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {
-        let options = CreateImageOptionsBuilder::default()
-            .from_src("-")
-            .repo(&format!("{TEMPLATE_REPO_PREFIX}{name}"))
-            .tag("latest")
-            .changes(vec![
-                format!("LABEL {LABEL_TEMPLATE}={name}"),
-                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ])
-            .build();
-        let body = bollard::body_try_stream(
-            rootfs_tar.map_err(|err| std::io::Error::other(err.to_string())),
-        );
-        let mut progress = self.docker()?.create_image(Some(options), Some(body), None);
-        while let Some(step) = progress.next().await {
-            step.map_err(engine_error)?;
-        }
-        self.templates()
-            .await?
-            .into_iter()
-            .find(|template| template.name == name)
-            .ok_or_else(|| RuntimeError::Engine {
-                status: 500,
-                message: format!("template {name} missing after import"),
-            })
+        self.import(name, rootfs_tar).await
+    }
+
+    async fn remove_template(&self, name: &str) -> Result<()> {
+        self.remove_named_template(name).await
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String> {

@@ -153,6 +153,8 @@ fn routes() -> Vec<Route> {
         route(Get, "/v1/templates", templates::list),
         route(Post, "/v1/templates/{name}", templates::import)
             .body_limit(DefaultBodyLimit::disable()),
+        route(Get, "/v1/templates/{name}", templates::inspect),
+        route(Delete, "/v1/templates/{name}", templates::remove),
         route(Get, "/v1/sandboxes/{id}/usage", usage::usage),
         route(Put, "/v1/sandboxes/{id}/budget", usage::set_budget),
         route(Get, "/v1/account/webhook", usage::get_webhook),

@@ -47,6 +47,8 @@ use super::{snapshots, templates, usage};
         previews::protect,
         templates::list,
         templates::import,
+        templates::inspect,
+        templates::remove,
         usage::usage,
         usage::set_budget,
         usage::get_webhook,

@@ -80,3 +80,89 @@ pub(crate) async fn import(
     tracing::info!(template = %template.name, bytes = template.size_bytes, "template imported");
     Ok((StatusCode::CREATED, Json(view::template(template))))
 }
+
+#[utoipa::path(
+    get,
+    path = "/v1/templates/{name}",
+    operation_id = "inspect_template",
+    summary = "One template: its size, what it was built from, its tools' versions",
+    params(("name" = String, Path, description = "The template's name")),
+    responses((status = 200, description = "OK", body = wire::Template), Failures),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn inspect(
+    State(state): State<Arc<AppState>>,
+    Caller(_): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<wire::Template>, ApiError> {
+    engine_ready(&state)?;
+    let templates = state.node.templates().await.map_err(Error::from)?;
+    let known: Vec<String> = templates.iter().map(|t| t.name.clone()).collect();
+    let template = templates
+        .into_iter()
+        .find(|template| template.name == name)
+        .ok_or_else(|| missing(&name, known))?;
+    Ok(Json(view::template(template)))
+}
+
+/// Refused while a sandbox that is not destroyed was made from it; snapshots of it need it
+/// back (imported again under the same name) to be restored.
+#[utoipa::path(
+    delete,
+    path = "/v1/templates/{name}",
+    operation_id = "remove_template",
+    summary = "Remove a template (admin)",
+    params(("name" = String, Path, description = "The template's name")),
+    responses((status = 204, description = "Removed"), Failures),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn remove(
+    State(state): State<Arc<AppState>>,
+    Admin(_): Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caged_domain::config::check_template_name("template", &name)
+        .map_err(|err| ApiError::bad_request("invalid_template", err.to_string()))?;
+    engine_ready(&state)?;
+    let users: Vec<String> = {
+        let name = name.clone();
+        state
+            .db
+            .run(move |store| store.live_sandboxes())
+            .await?
+            .into_iter()
+            .filter(|sandbox| sandbox.config.template == name)
+            .map(|sandbox| sandbox.id.to_string())
+            .collect()
+    };
+    if !users.is_empty() {
+        return Err(ApiError::conflict(
+            "template_in_use",
+            format!(
+                "template {name} is in use by {} sandbox(es) ({}); destroy them first",
+                users.len(),
+                users.join(", ")
+            ),
+        ));
+    }
+    match state.node.remove_template(&name).await {
+        Ok(()) => {}
+        Err(caged_node::Error::Runtime(caged_runtime::RuntimeError::TemplateMissing {
+            known,
+            ..
+        })) => return Err(missing(&name, known)),
+        Err(err) => return Err(Error::from(err).into()),
+    }
+    tracing::info!(template = %name, "template removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A template asked for by name that this installation does not have: 404, as for any
+/// missing resource, with the names it has.
+fn missing(name: &str, known: Vec<String>) -> ApiError {
+    let err = caged_runtime::RuntimeError::TemplateMissing {
+        template: name.to_string(),
+        known,
+    };
+    ApiError::new(StatusCode::NOT_FOUND, "unknown_template", err.to_string())
+}

@@ -219,11 +219,17 @@ pub(crate) fn link(link: &caged_network::LinkSpec) -> wire::Link {
 }
 
 pub(crate) fn template(template: caged_runtime::TemplateInfo) -> wire::Template {
+    let manifest = template.manifest.unwrap_or_default();
     wire::Template {
         created_at: template.created_at,
         image_id: template.image_id,
         name: template.name,
         size_bytes: template.size_bytes,
+        description: manifest.description,
+        built_from: manifest.built_from,
+        tools: manifest.tools,
+        built_at: manifest.built_at,
+        recipe: manifest.recipe,
     }
 }
 

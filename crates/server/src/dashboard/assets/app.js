@@ -884,7 +884,7 @@ async function newPage() {
     "form",
     { id: "create-form", class: "card wide", novalidate: true },
     field("name", "Name", input("name", { placeholder: "optional", maxlength: 63 })),
-    field("template", "Template", template),
+    field("template", "Template", template, "Loading the catalogue…"),
     field(
       "isolation",
       "Isolation",
@@ -912,10 +912,27 @@ async function newPage() {
   networkMode.addEventListener("change", syncAllowed);
   syncAllowed();
   show(h("h1", {}, "New sandbox"), h("p", { class: "muted" }, "The same settings as a .caged.yaml, checked the same way."), form);
+  // The catalogue: each template with what it says of itself; its tools' versions under it.
+  const templateHelp = form.querySelector("#template-help");
+  let catalogue = [];
+  const describeTemplate = () => {
+    const t = catalogue.find((t) => t.name === template.value);
+    if (!t) return (templateHelp.textContent = "");
+    const tools = Object.entries(t.tools || {}).map(([tool, version]) => `${tool} ${version}`);
+    templateHelp.textContent = [...tools, `${Math.round(t.size_bytes / 1e6)} MB`].join(" · ");
+  };
+  template.setAttribute("aria-describedby", "template-help");
+  template.addEventListener("change", describeTemplate);
   api("GET", "/v1/templates")
     .then((data) => {
-      const names = data.templates.map((t) => t.name || t);
-      if (names.length) template.replaceChildren(...names.map((n) => h("option", { value: n, selected: n === "base" }, n)));
+      catalogue = data.templates;
+      if (catalogue.length)
+        template.replaceChildren(
+          ...catalogue.map((t) =>
+            h("option", { value: t.name, selected: t.name === "base" }, t.description ? `${t.name} — ${t.description}` : t.name),
+          ),
+        );
+      describeTemplate();
     })
     .catch(() => {});
 

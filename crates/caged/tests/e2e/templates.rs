@@ -1,0 +1,222 @@
+//! The template catalogue: what each template says of itself, templates per installation,
+//! removal, and what every template gives a sandbox (an unprivileged `user`, sane modes).
+
+use serde_json::{Value, json};
+
+use crate::{caged, error_code, stderr, stdout};
+
+/// The busybox tarball scripts/build-templates makes, with `extra` files added.
+fn busybox_with(extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let path = caged_testkit::template_dir().join("busybox.tar");
+    let data = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let mut archive = tar::Archive::new(data.as_slice());
+    let mut out = tar::Builder::new(Vec::new());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        out.append_data(&mut header, path, &mut entry).unwrap();
+    }
+    for (path, content) in extra {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        out.append_data(&mut header, path, *content).unwrap();
+    }
+    out.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalogue_says_what_each_template_is() {
+    let server = caged_testkit::spawn().await;
+    let templates = server.client.templates().await.unwrap();
+    for name in ["base", "busybox"] {
+        let template = templates
+            .iter()
+            .find(|template| template.name == name)
+            .unwrap_or_else(|| panic!("{name} is listed: {templates:?}"));
+        assert!(
+            template.description.is_some() && template.built_from.is_some(),
+            "{name} says what it is and what it was built from: {template:?}"
+        );
+        assert!(
+            template.recipe.is_some() && template.built_at.is_some() && template.size_bytes > 0,
+            "{name} has its recipe, build time and size: {template:?}"
+        );
+        assert_eq!(
+            &server.client.template(name).await.unwrap(),
+            template,
+            "one template reads as it is listed"
+        );
+    }
+    let base = templates.iter().find(|t| t.name == "base").unwrap();
+    for tool in ["git", "curl", "python3", "gcc"] {
+        assert!(
+            base.tools
+                .get(tool)
+                .is_some_and(|version| !version.is_empty()),
+            "base names the version of {tool}: {:?}",
+            base.tools
+        );
+    }
+    // The versions are the template's own: python3 --version in a sandbox agrees.
+    let id = server.sandbox(json!({"template": "base"})).await;
+    let out = server
+        .client
+        .run(&id, &["python3", "--version"])
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.contains(&base.tools["python3"]),
+        "python3 --version ({}) is the listed {}",
+        out.stdout.trim(),
+        base.tools["python3"]
+    );
+
+    let (status, code, message) = error_code(server.client.template("nope").await.unwrap_err());
+    assert_eq!((status, code.as_str()), (404, "unknown_template"));
+    assert!(
+        message.contains("nope") && message.contains("base"),
+        "{message}"
+    );
+
+    // The CLI shows the same, as a table and as JSON.
+    let out = caged(&server, &["template", "ls"]);
+    let table = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        table.starts_with("NAME ") && table.contains("TOOLS"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "busybox {}",
+            templates
+                .iter()
+                .find(|t| t.name == "busybox")
+                .unwrap()
+                .tools["busybox"]
+        )),
+        "{table}"
+    );
+    let out = caged(&server, &["template", "inspect", "base", "--json"]);
+    let inspected: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(inspected["tools"]["git"], base.tools["git"].as_str());
+    let out = caged(&server, &["template", "inspect", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown template \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templates_belong_to_their_installation() {
+    let (one, two) = tokio::join!(caged_testkit::spawn(), caged_testkit::spawn());
+    let theirs = busybox_with(&[("marker", b"two")]);
+    one.client
+        .import_template("mine", busybox_with(&[]))
+        .await
+        .unwrap();
+    let before = one.client.template("mine").await.unwrap();
+    assert!(
+        two.client.template("mine").await.is_err(),
+        "another installation does not see the import"
+    );
+    // The other installation's import of the same name replaces nothing of the first's.
+    two.client.import_template("mine", theirs).await.unwrap();
+    assert_eq!(
+        one.client.template("mine").await.unwrap().image_id,
+        before.image_id
+    );
+    let in_one = one.sandbox(json!({"template": "mine"})).await;
+    let in_two = two.sandbox(json!({"template": "mine"})).await;
+    let out = one.client.run(&in_one, &["cat", "/marker"]).await.unwrap();
+    assert_ne!(
+        out.exit_code,
+        Some(0),
+        "the first installation's template has no marker"
+    );
+    let out = two.client.run(&in_two, &["cat", "/marker"]).await.unwrap();
+    assert_eq!(out.stdout, "two");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_in_use_is_not_removed() {
+    let server = caged_testkit::spawn().await;
+    server
+        .client
+        .import_template("doomed", busybox_with(&[]))
+        .await
+        .unwrap();
+    let id = server.sandbox(json!({"template": "doomed"})).await;
+    let alice = server.new_account("alice").await;
+    let (status, _, _) = error_code(alice.remove_template("doomed").await.unwrap_err());
+    assert_eq!(status, 403, "only an admin removes templates");
+
+    let (status, code, message) =
+        error_code(server.client.remove_template("doomed").await.unwrap_err());
+    assert_eq!((status, code.as_str()), (409, "template_in_use"));
+    assert!(
+        message.contains(&id),
+        "the refusal names the sandbox: {message}"
+    );
+    server.client.pause(&id).await.unwrap();
+    let (status, _, _) = error_code(server.client.remove_template("doomed").await.unwrap_err());
+    assert_eq!(status, 409, "a paused sandbox uses its template too");
+    assert!(server.client.template("doomed").await.is_ok());
+
+    server.client.destroy(&id).await.unwrap();
+    let out = caged(&server, &["template", "rm", "doomed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = server
+        .client
+        .templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|template| template.name)
+        .collect();
+    assert!(
+        !names.contains(&"doomed".to_string()) && names.contains(&"busybox".to_string()),
+        "{names:?}"
+    );
+    let (status, code, _) = error_code(
+        server
+            .client
+            .create_sandbox(&json!({"template": "doomed"}))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, code.as_str()), (400, "unknown_template"));
+    let (status, code, _) = error_code(server.client.remove_template("doomed").await.unwrap_err());
+    assert_eq!((status, code.as_str()), (404, "unknown_template"));
+    let (status, code, _) = error_code(server.client.remove_template("Bad").await.unwrap_err());
+    assert_eq!((status, code.as_str()), (400, "invalid_template"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_template_has_an_unprivileged_user_and_sane_modes() {
+    let server = caged_testkit::spawn().await;
+    for template in ["busybox", "base"] {
+        let id = server.sandbox(json!({"template": template})).await;
+        let out = server
+            .client
+            .run(
+                &id,
+                &[
+                    "sh",
+                    "-c",
+                    "stat -c '%a' /; id -u user; id -g user; stat -c '%u:%g %a' /workspace /home/user; grep '^user:' /etc/passwd | cut -d: -f6",
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out.stdout, "755\n1000\n1000\n1000:1000 755\n1000:1000 755\n/home/user\n",
+            "{template}: / is 0755, and `user` (1000:1000) owns /workspace and its home; {}",
+            out.stderr
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! Templates as the engine holds them: images tagged `caged/<installation>/<name>:latest`, so
+//! one installation's import never replaces another's on a shared engine. Images of earlier
+//! versions (`caged/<name>:latest`, one namespace for the whole engine) are moved into the first
+//! installation that lists them.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::{DockerRuntime, LABEL_INSTALLATION, LABEL_TEMPLATE, engine_error};
+use crate::{ByteStream, Result, RuntimeError, TEMPLATE_MANIFEST, TemplateInfo, TemplateManifest};
+
+const REPO_PREFIX: &str = "caged/";
+/// A manifest is a few hundred bytes; anything past this is not one.
+const MANIFEST_LIMIT: u64 = 64 * 1024;
+
+impl DockerRuntime {
+    fn template_repo(&self, name: &str) -> String {
+        format!("{REPO_PREFIX}{}/{name}", self.installation_id)
+    }
+
+    /// The image a sandbox of template `name` starts from.
+    pub(super) fn template_image(&self, name: &str) -> String {
+        format!("{}:latest", self.template_repo(name))
+    }
+
+    pub(super) async fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
+        let docker = self.docker()?;
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_TEMPLATE.to_string()])]);
+        let images = docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(engine_error)?;
+        let own_prefix = format!("{}/", self.template_repo("").trim_end_matches('/'));
+        let mut own: HashMap<String, &bollard::models::ImageSummary> = HashMap::new();
+        let mut legacy: Vec<(String, &bollard::models::ImageSummary)> = Vec::new();
+        for image in &images {
+            for tag in &image.repo_tags {
+                let Some(repo) = tag.strip_suffix(":latest") else {
+                    continue;
+                };
+                if let Some(name) = repo.strip_prefix(&own_prefix) {
+                    own.insert(name.to_string(), image);
+                } else if let Some(name) = repo.strip_prefix(REPO_PREFIX)
+                    && !name.contains('/')
+                {
+                    legacy.push((name.to_string(), image));
+                }
+            }
+        }
+        for (name, image) in legacy {
+            if own.contains_key(&name) {
+                continue;
+            }
+            match self.adopt(&name).await {
+                Ok(()) => {
+                    tracing::info!(template = %name, "adopted an engine-wide template of an earlier version");
+                    own.insert(name, image);
+                }
+                Err(err) => {
+                    tracing::warn!(template = %name, %err, "could not adopt an earlier version's template")
+                }
+            }
+        }
+        let mut templates = Vec::with_capacity(own.len());
+        for (name, image) in own {
+            templates.push(TemplateInfo {
+                manifest: self.manifest(&image.id).await,
+                name,
+                image_id: image.id.clone(),
+                size_bytes: image.size,
+                created_at: image.created,
+            });
+        }
+        templates.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(templates)
+    }
+
+    /// Moves `caged/<name>:latest` to this installation's name for it.
+    async fn adopt(&self, name: &str) -> Result<()> {
+        let docker = self.docker()?;
+        let legacy = format!("{REPO_PREFIX}{name}:latest");
+        let options = TagImageOptionsBuilder::default()
+            .repo(&self.template_repo(name))
+            .tag("latest")
+            .build();
+        docker
+            .tag_image(&legacy, Some(options))
+            .await
+            .map_err(engine_error)?;
+        // The image keeps the new tag, so this only removes the old name.
+        docker
+            .remove_image(
+                &legacy,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+            .map_err(engine_error)?;
+        Ok(())
+    }
+
+    /// The template's manifest, read once per image (an image id names its content).
+    async fn manifest(&self, image_id: &str) -> Option<TemplateManifest> {
+        if let Some(known) = self.manifests.lock().get(image_id) {
+            return known.clone();
+        }
+        match self.read_manifest(image_id).await {
+            Ok(manifest) => {
+                self.manifests
+                    .lock()
+                    .insert(image_id.to_string(), manifest.clone());
+                manifest
+            }
+            Err(err) => {
+                tracing::warn!(image = %image_id, %err, "could not read a template's manifest");
+                None
+            }
+        }
+    }
+
+    /// Reads [`TEMPLATE_MANIFEST`] from a container made (never started) from the image.
+    async fn read_manifest(&self, image_id: &str) -> Result<Option<TemplateManifest>> {
+        let docker = self.docker()?;
+        let name = format!(
+            "caged-{}-template-read-{}",
+            self.installation_id,
+            caged_domain::random_hex(3)
+        );
+        let body = ContainerCreateBody {
+            image: Some(image_id.to_string()),
+            cmd: Some(vec!["/bin/true".into()]),
+            // Litter for the reconciler if this process dies before removing it.
+            labels: Some(HashMap::from([(
+                LABEL_INSTALLATION.to_string(),
+                self.installation_id.clone(),
+            )])),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(engine_error)?;
+        let read = async {
+            let options = DownloadFromContainerOptionsBuilder::default()
+                .path(TEMPLATE_MANIFEST)
+                .build();
+            let mut stream = docker.download_from_container(&name, Some(options));
+            let mut tar = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(chunk) => tar.extend_from_slice(&chunk),
+                    Err(DockerError::DockerResponseServerError {
+                        status_code: 404, ..
+                    }) => return Ok(None),
+                    Err(err) => return Err(engine_error(err)),
+                }
+                if tar.len() as u64 > MANIFEST_LIMIT + 4096 {
+                    return Ok(None);
+                }
+            }
+            Ok(parse_manifest(&tar))
+        }
+        .await;
+        let _ = self.remove(&name).await;
+        read
+    }
+
+    pub(super) async fn import(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {
+        let docker = self.docker()?;
+        let previous = self
+            .list_templates()
+            .await?
+            .into_iter()
+            .find(|template| template.name == name)
+            .map(|template| template.image_id);
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(&self.template_repo(name))
+            .tag("latest")
+            .changes(vec![
+                format!("LABEL {LABEL_TEMPLATE}={name}"),
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ])
+            .build();
+        let body = bollard::body_try_stream(
+            rootfs_tar.map_err(|err| std::io::Error::other(err.to_string())),
+        );
+        let mut progress = docker.create_image(Some(options), Some(body), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(engine_error)?;
+        }
+        let template = self
+            .list_templates()
+            .await?
+            .into_iter()
+            .find(|template| template.name == name)
+            .ok_or_else(|| RuntimeError::Engine {
+                status: 500,
+                message: format!("template {name} missing after import"),
+            })?;
+        // The replaced image, if nothing else names or uses it, would only take disk.
+        if let Some(previous) = previous
+            && previous != template.image_id
+        {
+            let options = RemoveImageOptionsBuilder::default().noprune(false).build();
+            if let Err(err) = docker.remove_image(&previous, Some(options), None).await {
+                tracing::debug!(image = %previous, %err, "the replaced template's image is kept");
+            }
+        }
+        Ok(template)
+    }
+}
+
+impl DockerRuntime {
+    pub(super) async fn remove_named_template(&self, name: &str) -> Result<()> {
+        let docker = self.docker()?;
+        let image = self.template_image(name);
+        // Untags; the image itself goes with its last name, unless a container still uses it.
+        match docker
+            .remove_image(
+                &image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(RuntimeError::TemplateMissing {
+                template: name.to_string(),
+                known: self.template_names().await?,
+            }),
+            Err(err) => Err(engine_error(err)),
+        }
+    }
+}
+
+/// The manifest inside the tar the engine returns for [`TEMPLATE_MANIFEST`]; `None` if it is not
+/// one regular file of JSON within the limit.
+fn parse_manifest(tar: &[u8]) -> Option<TemplateManifest> {
+    let mut archive = tar::Archive::new(tar);
+    let mut entry = archive.entries().ok()?.next()?.ok()?;
+    if !entry.header().entry_type().is_file() || entry.size() > MANIFEST_LIMIT {
+        return None;
+    }
+    let mut json = Vec::new();
+    entry
+        .by_ref()
+        .take(MANIFEST_LIMIT)
+        .read_to_end(&mut json)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(path: &str, data: &[u8], kind: tar::EntryType) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, data).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_manifest_is_one_file_of_json_and_nothing_else() {
+        let json = br#"{"description":"d","tools":{"node":"20.19.2"},"built_at":5,"extra":1}"#;
+        let manifest = parse_manifest(&tar_of("template.json", json, tar::EntryType::Regular))
+            .expect("a manifest");
+        assert_eq!(manifest.description.as_deref(), Some("d"));
+        assert_eq!(
+            manifest.tools.get("node").map(String::as_str),
+            Some("20.19.2")
+        );
+        assert_eq!(manifest.built_at, Some(5));
+        assert_eq!(manifest.recipe, None);
+        assert_eq!(
+            parse_manifest(&tar_of(
+                "template.json",
+                b"not json",
+                tar::EntryType::Regular
+            )),
+            None
+        );
+        assert_eq!(
+            parse_manifest(&tar_of("template.json", b"", tar::EntryType::Directory)),
+            None
+        );
+        assert_eq!(parse_manifest(b"garbage"), None);
+    }
+}
