@@ -108,20 +108,44 @@ fn clean_relative(raw: &Path) -> Result<Option<PathBuf>, String> {
     })
 }
 
+/// Who owns what a sanitized archive writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Every entry owned by this uid and gid (an upload: the sandbox's user).
+    Fixed { uid: u32, gid: u32 },
+    /// As the archive says (a snapshot: what the sandbox had).
+    Kept,
+}
+
+impl Owner {
+    pub const ROOT: Owner = Owner::Fixed { uid: 0, gid: 0 };
+}
+
 /// Rewrites an uploaded tar into a plain one the engine can extract safely: relative paths
 /// without `..`, only files, directories, symlinks and hard links to earlier entries, no device
 /// nodes or FIFOs, no setuid/setgid bits, no extended attributes, owned by root. Returns the
 /// number of entries written.
 pub fn sanitize(input: impl Read, output: impl Write, limits: Limits) -> Result<u64, ArchiveError> {
-    sanitize_with(input, output, limits, |_| None)
+    sanitize_owned(input, output, limits, Owner::ROOT)
 }
 
-/// [`sanitize`], offering each regular file's clean path to `divert` first: when it answers
-/// `Some`, the entry is taken out of the output (snapshots use this for whiteouts).
+/// [`sanitize`], with every entry owned by `owner`.
+pub fn sanitize_owned(
+    input: impl Read,
+    output: impl Write,
+    limits: Limits,
+    owner: Owner,
+) -> Result<u64, ArchiveError> {
+    sanitize_with(input, output, limits, owner, |_| None)
+}
+
+/// [`sanitize_owned`], offering each regular file's clean path to `divert` first: when it
+/// answers `Some`, the entry is taken out of the output (snapshots use this for whiteouts).
 pub fn sanitize_with(
     input: impl Read,
     output: impl Write,
     limits: Limits,
+    owner: Owner,
     mut divert: impl FnMut(&Path) -> Option<()>,
 ) -> Result<u64, ArchiveError> {
     let mut archive = tar::Archive::new(input);
@@ -167,8 +191,15 @@ pub fn sanitize_with(
         let mut header = Header::new_gnu();
         header.set_mode(mode);
         header.set_mtime(mtime);
-        header.set_uid(0);
-        header.set_gid(0);
+        let (uid, gid) = match owner {
+            Owner::Fixed { uid, gid } => (u64::from(uid), u64::from(gid)),
+            Owner::Kept => (
+                entry.header().uid().unwrap_or(0),
+                entry.header().gid().unwrap_or(0),
+            ),
+        };
+        header.set_uid(uid);
+        header.set_gid(gid);
         let kind = entry.header().entry_type();
         let write_err = |source| ArchiveError::Write {
             path: path.clone(),
@@ -264,7 +295,7 @@ fn type_name(kind: EntryType) -> &'static str {
 }
 
 /// Writes a one-entry tar to `out`: `name` (relative) with `size` bytes read from `data`,
-/// preceded by directory entries for `dirs`.
+/// preceded by directory entries for `dirs`, all owned by `uid` and `gid`.
 pub fn single_file_tar(
     out: impl Write,
     dirs: &[PathBuf],
@@ -272,6 +303,7 @@ pub fn single_file_tar(
     data: impl Read,
     size: u64,
     mode: u32,
+    (uid, gid): (u32, u32),
 ) -> io::Result<()> {
     let mut builder = tar::Builder::new(out);
     for dir in dirs {
@@ -279,12 +311,16 @@ pub fn single_file_tar(
         header.set_entry_type(EntryType::Directory);
         header.set_mode(0o755);
         header.set_size(0);
+        header.set_uid(uid.into());
+        header.set_gid(gid.into());
         builder.append_data(&mut header, dir, io::empty())?;
     }
     let mut header = Header::new_gnu();
     header.set_entry_type(EntryType::Regular);
     header.set_mode(mode & 0o1777);
     header.set_size(size);
+    header.set_uid(uid.into());
+    header.set_gid(gid.into());
     builder.append_data(&mut header, name, data)?;
     builder.into_inner()?.flush()
 }
@@ -512,6 +548,35 @@ mod tests {
         for (name, kind, link, expected) in cases {
             assert_eq!(sanitize_err(&raw_tar(&[(name, kind, b"", link)])), expected);
         }
+    }
+
+    #[test]
+    fn entries_are_owned_as_asked() {
+        // As a sandbox's own file would be: owned by 1000:1000.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_uid(1000);
+        header.set_gid(1000);
+        builder.append_data(&mut header, "f", &b"x"[..]).unwrap();
+        let input = builder.into_inner().unwrap();
+        let owners = |owner: Owner| {
+            let mut out = Vec::new();
+            sanitize_owned(&input[..], &mut out, Limits::default(), owner).unwrap();
+            let mut archive = tar::Archive::new(&out[..]);
+            let entry = archive.entries().unwrap().next().unwrap().unwrap();
+            (entry.header().uid().unwrap(), entry.header().gid().unwrap())
+        };
+        assert_eq!(owners(Owner::ROOT), (0, 0));
+        assert_eq!(
+            owners(Owner::Fixed {
+                uid: 1000,
+                gid: 100
+            }),
+            (1000, 100)
+        );
+        assert_eq!(owners(Owner::Kept), (1000, 1000));
     }
 
     #[test]

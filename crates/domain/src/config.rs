@@ -46,7 +46,15 @@ pub struct SandboxConfig {
     pub isolation: Isolation,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Who commands, shells, agents and `init_script` run as, and who owns the files the API
+    /// writes. Unset: the template's unprivileged `user` where it has one, else root (a sandbox
+    /// made before this setting existed runs as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
+
+/// The unprivileged account every catalogue template has, and the default `user:`.
+pub const DEFAULT_USER: &str = "user";
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +147,7 @@ impl Default for SandboxConfig {
             allowed_hosts: Vec::new(),
             isolation: Isolation::default(),
             env: BTreeMap::new(),
+            user: None,
         }
     }
 }
@@ -218,6 +227,9 @@ impl SandboxConfig {
         }
         if let Some(script) = &self.init_script {
             let _ = writeln!(out, "init_script: {}", quote(script));
+        }
+        if let Some(user) = &self.user {
+            let _ = writeln!(out, "user: {}", quote(user));
         }
         out
     }
@@ -321,7 +333,31 @@ impl SandboxConfig {
         }
         check_env(&self.env, MAX_SANDBOX_ENV_BYTES)
             .map_err(|(key, msg)| ConfigError::at(format!("env.{key}"), msg))?;
+        if let Some(user) = &self.user {
+            check_user_name("user", user)?;
+        }
         Ok(())
+    }
+}
+
+/// A user name as the templates' `/etc/passwd` spells them (POSIX portable, as `useradd`
+/// takes): the engine looks it up there, so nothing else may reach it.
+pub fn check_user_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::at(
+            key,
+            format!("{name:?} is not a user name (1-32 of a-z 0-9 - _, starting a-z or _)"),
+        ))
     }
 }
 
@@ -498,7 +534,9 @@ pub fn json_schema() -> Value {
             "allowed_hosts": { "type": "array", "items": { "type": "string" } },
             "isolation": { "enum": ["container", "gvisor"], "default": "container" },
             "env": { "type": "object", "additionalProperties": { "type": "string" },
-                     "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" } }
+                     "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" } },
+            "user": { "type": "string", "pattern": "^[a-z_][a-z0-9_-]{0,31}$", "default": DEFAULT_USER,
+                      "description": "who commands run as: `user` (the template's unprivileged account), `root`, or another account of the template" }
         }
     })
 }
@@ -877,7 +915,7 @@ allowed_hosts:
             ),
             (
                 "template: base\nbudgets: 5\n",
-                "line 2: budgets: unknown field `budgets`, expected one of `name`, `template`, `resources`, `timeout`, `budget`, `init_script`, `network_mode`, `allowed_hosts`, `isolation`, `env`",
+                "line 2: budgets: unknown field `budgets`, expected one of `name`, `template`, `resources`, `timeout`, `budget`, `init_script`, `network_mode`, `allowed_hosts`, `isolation`, `env`, `user`",
             ),
             (
                 "resources:\n  cpu: 1\n  gpu: 1\n",

@@ -67,6 +67,7 @@ pub trait Node: Send + Sync + 'static {
     /// What the runtime can do.
     fn capabilities(&self) -> Capabilities;
     async fn templates(&self) -> Result<Vec<TemplateInfo>>;
+    async fn template(&self, name: &str) -> Result<Option<TemplateInfo>>;
     /// Imports an uncompressed root filesystem tar as template `name`.
     async fn import_template(&self, name: &str, rootfs: ByteStream) -> Result<TemplateInfo>;
     async fn remove_template(&self, name: &str) -> Result<()>;

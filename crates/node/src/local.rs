@@ -336,6 +336,10 @@ impl Node for LocalNode {
         Ok(self.runtime.templates().await?)
     }
 
+    async fn template(&self, name: &str) -> Result<Option<TemplateInfo>> {
+        Ok(self.runtime.template(name).await?)
+    }
+
     async fn import_template(&self, name: &str, rootfs: ByteStream) -> Result<TemplateInfo> {
         let template = self.runtime.import_template(name, rootfs).await?;
         // gVisor can only be tested once some template exists.

@@ -132,6 +132,43 @@ pub struct TemplateInfo {
     pub created_at: i64,
     /// What the template says of itself, where it says it ([`TEMPLATE_MANIFEST`]).
     pub manifest: Option<TemplateManifest>,
+    /// The accounts in the template's `/etc/passwd`.
+    pub accounts: Vec<Account>,
+}
+
+/// Root by number, for [`ExecSpec::user`]: it needs no `/etc/passwd`, which the sandbox could
+/// have changed.
+pub const ROOT_USER: &str = "0";
+
+/// A line of an `/etc/passwd`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// The accounts of an `/etc/passwd` (lines that do not parse are skipped: the file may come
+/// from a sandbox).
+pub fn parse_passwd(text: &str) -> Vec<Account> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?.to_string();
+            let _password = fields.next()?;
+            let uid = fields.next()?.parse().ok()?;
+            let gid = fields.next()?.parse().ok()?;
+            let _gecos = fields.next()?;
+            let home = fields.next()?.to_string();
+            (!name.is_empty()).then_some(Account {
+                name,
+                uid,
+                gid,
+                home,
+            })
+        })
+        .collect()
 }
 
 /// Where a template describes itself: written by `scripts/build-templates`, read from the
@@ -247,6 +284,11 @@ pub struct ExecSpec {
     pub stdin: bool,
     /// The sandbox's isolation; drivers may need it to reach the command's processes.
     pub isolation: Isolation,
+    /// Who it runs as (a name in the sandbox's `/etc/passwd`, or a uid); `None` is root. The
+    /// sandbox itself runs as root, with its bounded capabilities, so that a command of root
+    /// (the platform's own, `--user root`) has them: an engine drops every capability of a
+    /// container whose own user is not root, root's commands in it included.
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,6 +356,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>>;
+    /// Template `name` of this installation, if it has one.
+    async fn template(&self, name: &str) -> Result<Option<TemplateInfo>>;
     /// Imports an uncompressed root filesystem tar as template `name`.
     async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo>;
     /// Removes template `name` from this installation ([`RuntimeError::TemplateMissing`] when it

@@ -166,6 +166,7 @@ pub async fn suite(rt: &dyn Runtime, isolation: Isolation) {
         destroy_is_idempotent_and_the_sandbox_is_gone,
         unknown_template_is_template_missing_and_leaves_nothing,
         templates_describe_themselves_and_are_removed,
+        commands_run_as_the_user_asked,
     );
     assert!(
         failed.is_empty(),
@@ -904,6 +905,67 @@ async fn unknown_template_is_template_missing_and_leaves_nothing(
     assert!(
         listed.is_empty(),
         "a failed create leaves nothing behind: {listed:?}"
+    );
+    cage.finish().await;
+}
+
+async fn commands_run_as_the_user_asked(rt: &dyn Runtime, isolation: Isolation) {
+    let mut cage = Cage::new(rt, isolation);
+    let (_, handle) = cage.create().await;
+    let ids = |user: Option<&str>| {
+        let spec = ExecSpec {
+            cmd: argv(&["sh", "-c", "echo $(id -u):$(id -g) $HOME $USER"]),
+            isolation,
+            user: user.map(str::to_string),
+            ..ExecSpec::default()
+        };
+        let handle = handle.clone();
+        async move {
+            let exec = rt.exec(&handle, &spec).await.expect("exec");
+            let (stdout, _) = collect(exec.output, "id").await;
+            stdout
+        }
+    };
+    assert_eq!(
+        ids(Some("user")).await.trim(),
+        "1000:1000 /home/user user",
+        "a command asked to run as the template's user does, with its HOME and USER"
+    );
+    assert_eq!(
+        ids(Some(caged_runtime::ROOT_USER)).await.trim(),
+        "0:0 /root root",
+        "a command asked to run as root does"
+    );
+    assert!(
+        ids(None).await.starts_with("0:0 /root"),
+        "a command that names no user runs as root"
+    );
+    // Root's commands keep root's bounded capabilities whoever else runs in the sandbox: the
+    // platform kills a command's tree as root.
+    let spec = ExecSpec {
+        cmd: argv(&["sh", "-c", "sleep 600 >/dev/null 2>&1 </dev/null & echo $!"]),
+        isolation,
+        user: Some("user".into()),
+        ..ExecSpec::default()
+    };
+    let exec = rt.exec(&handle, &spec).await.expect("exec");
+    let (pid, _) = collect(exec.output, "a user's sleep").await;
+    let spec = ExecSpec {
+        cmd: argv(&[
+            "sh",
+            "-c",
+            &format!("kill -KILL {} && echo killed", pid.trim()),
+        ]),
+        isolation,
+        user: Some(caged_runtime::ROOT_USER.into()),
+        ..ExecSpec::default()
+    };
+    let exec = rt.exec(&handle, &spec).await.expect("exec");
+    let (stdout, stderr) = collect(exec.output, "root's kill").await;
+    assert_eq!(
+        stdout.trim(),
+        "killed",
+        "root kills the user's process: {stderr}"
     );
     cage.finish().await;
 }

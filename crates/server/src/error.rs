@@ -31,6 +31,9 @@ pub(crate) enum Error {
     Gone(String),
     #[error("{0}")]
     TemplateMismatch(String),
+    /// `user:` (or an exec's user) names an account the template does not have.
+    #[error("{0}")]
+    UnknownUser(String),
     #[error("sandbox {0} has no init_script")]
     NoInitScript(SandboxId),
     #[error("sandbox {0}'s init_script has already run")]

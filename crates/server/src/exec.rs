@@ -48,6 +48,10 @@ pub(crate) struct ExecRequest {
     /// session's agent type is inferred from the program's name.
     #[serde(default)]
     pub agent: Option<String>,
+    /// Who the command runs as (`root`, or an account of the template); the sandbox's own
+    /// `user` without it.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -77,20 +81,25 @@ impl ExecRequest {
         if let Some(agent) = &request.agent {
             crate::sessions::check_agent_type(agent)?;
         }
+        if let Some(user) = &request.user {
+            caged_domain::config::check_user_name("user", user)
+                .map_err(|err| invalid(err.to_string()))?;
+        }
         if let Some(cwd) = &request.cwd {
             crate::paths::sandbox_path(cwd).map_err(|err| invalid(format!("cwd: {err}")))?;
         }
         Ok(request)
     }
 
-    fn spec(&self, isolation: caged_domain::Isolation) -> ExecSpec {
+    fn spec(&self, record: &SandboxRecord) -> ExecSpec {
         ExecSpec {
             cmd: self.cmd.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
             tty: self.tty,
             stdin: self.stdin || self.tty,
-            isolation,
+            isolation: record.config.isolation,
+            user: sandboxes::run_as(self.user.as_deref().or(record.config.user.as_deref())),
         }
     }
 }
@@ -111,8 +120,11 @@ pub(crate) async fn run(
         ));
     }
     let (record, _busy) = sandboxes::active(state, account_id, id, "exec").await?;
+    if let Some(user) = &request.user {
+        sandboxes::check_user(state, &record, user).await?;
+    }
     let timeout = request.timeout.map(Duration::from_secs_f64);
-    let spec = request.spec(record.config.isolation);
+    let spec = request.spec(&record);
     let handle = sandboxes::container_of(&record)?;
     let collected = collect(state.node.as_ref(), handle, &spec, COLLECT_LIMIT, timeout).await?;
     let payload = json!({ "cmd": request.cmd, "exit_code": collected.exit_code, "timed_out": collected.timed_out,
@@ -175,12 +187,15 @@ impl Interactive {
         request: ExecRequest,
     ) -> Result<Interactive> {
         let (record, busy) = sandboxes::active(state, account_id, id, "exec").await?;
+        if let Some(user) = &request.user {
+            sandboxes::check_user(state, &record, user).await?;
+        }
         let started = Instant::now();
         let started_at_ms = caged_domain::time::now_ms();
         let handle = sandboxes::container_of(&record)?.to_string();
         // The session's id is drawn first: its LLM calls carry it in their gateway key.
         let session_id = crate::sessions::new_id();
-        let mut spec = request.spec(record.config.isolation);
+        let mut spec = request.spec(&record);
         for (name, value) in state.node.session_env(&record, &session_id) {
             spec.env.entry(name).or_insert(value);
         }

@@ -173,13 +173,15 @@ pub(crate) async fn write_tar(
     let (record, _busy) = sandboxes::active(state, account_id, id, "file write").await?;
     let handle = sandboxes::container_of(&record)?;
     let limits = upload_limits(&record);
+    let (uid, gid) = owner(state, handle, &record).await?;
     let spool = spool_file(state).map_err(|err| Error::Internal(format!("spooling: {err}")))?;
     let (body, over) = capped(body, state.config.max_upload_bytes);
     let checked = blocking::consume(body, move |reader| {
         let mut spool = spool;
         let input = caged_archive::decompressed(reader)?;
         let mut out = std::io::BufWriter::with_capacity(256 * 1024, &mut spool);
-        let entries = caged_archive::sanitize(input, &mut out, limits)?;
+        let owner = caged_archive::Owner::Fixed { uid, gid };
+        let entries = caged_archive::sanitize_owned(input, &mut out, limits, owner)?;
         let spool_err = |source| ArchiveError::Write {
             path: PathBuf::from("(spool)"),
             source,
@@ -211,7 +213,8 @@ pub(crate) async fn write_tar(
     };
     let (base, missing) = missing_dirs(state, handle, &path).await?;
     if !missing.is_empty() {
-        let dirs_only = dirs_tar(&missing).map_err(|err| Error::Internal(err.to_string()))?;
+        let dirs_only =
+            dirs_tar(&missing, (uid, gid)).map_err(|err| Error::Internal(err.to_string()))?;
         state
             .node
             .write_tar(handle, &base, dirs_only.into())
@@ -273,10 +276,11 @@ pub(crate) async fn write_file(
             record.config.resources.disk
         )));
     }
+    let owner = owner(state, handle, &record).await?;
     let (base, missing) = missing_dirs(state, handle, parent).await?;
     let relative: PathBuf = missing.last().cloned().unwrap_or_default().join(name);
     let tar = blocking::produce(move |out| {
-        caged_archive::single_file_tar(out, &missing, &relative, content, size, mode)
+        caged_archive::single_file_tar(out, &missing, &relative, content, size, mode, owner)
     })
     .map(|chunk| chunk.map_err(RuntimeError::from))
     .boxed();
@@ -319,13 +323,54 @@ async fn missing_dirs(state: &AppState, handle: &str, dir: &str) -> Result<(Stri
     Ok((current, missing))
 }
 
-fn dirs_tar(dirs: &[PathBuf]) -> std::io::Result<Vec<u8>> {
+/// Who owns what the files API writes into the sandbox: its user, as its own `/etc/passwd`
+/// says (root for a sandbox that runs as root).
+async fn owner(state: &AppState, handle: &str, record: &SandboxRecord) -> Result<(u32, u32)> {
+    let user = match record.config.user.as_deref() {
+        None | Some("root") => return Ok((0, 0)),
+        Some(user) => user,
+    };
+    let mut tar = Vec::new();
+    let mut stream = state.node.read_tar(handle, "/etc/passwd").await?;
+    while let Some(chunk) = stream.next().await {
+        tar.extend_from_slice(&chunk.map_err(caged_node::Error::from)?);
+        if tar.len() > PASSWD_LIMIT {
+            break;
+        }
+    }
+    let passwd = tar::Archive::new(&tar[..])
+        .entries()
+        .ok()
+        .and_then(|mut entries| entries.next()?.ok())
+        .and_then(|mut entry| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).ok()?;
+            Some(text)
+        })
+        .unwrap_or_default();
+    caged_runtime::parse_passwd(&passwd)
+        .into_iter()
+        .find(|account| account.name == user)
+        .map(|account| (account.uid, account.gid))
+        .ok_or_else(|| {
+            Error::UnknownUser(format!(
+                "the sandbox's user {user:?} is no longer in its /etc/passwd, so its files have no owner"
+            ))
+        })
+}
+
+/// An `/etc/passwd` is a few kilobytes.
+const PASSWD_LIMIT: usize = 1 << 20;
+
+fn dirs_tar(dirs: &[PathBuf], (uid, gid): (u32, u32)) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     for dir in dirs {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
         header.set_mode(0o755);
         header.set_size(0);
+        header.set_uid(uid.into());
+        header.set_gid(gid.into());
         builder.append_data(&mut header, dir, std::io::empty())?;
     }
     builder.into_inner()

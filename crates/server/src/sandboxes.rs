@@ -5,6 +5,7 @@
 use caged_domain::EventKind;
 use std::sync::Arc;
 
+use caged_domain::config::DEFAULT_USER;
 use caged_domain::time::now_ms;
 use caged_domain::{SandboxConfig, SandboxId, SandboxState};
 use caged_node::Start;
@@ -85,6 +86,7 @@ pub(crate) async fn create(
     options: CreateOptions,
 ) -> Result<SandboxRecord> {
     let engine = engine_ready(state)?;
+    let config = with_user(state, config).await?;
     let account = account_id.to_string();
     let disk_enforced = engine.disk_limits.available;
     let insert_config = Arc::new(config.clone());
@@ -158,6 +160,67 @@ pub(crate) async fn create(
     get(state, account_id, id).await
 }
 
+/// The config with the account its commands run as: `user:` as asked, checked against the
+/// template; unset, the template's unprivileged `user` where it has one, else root. A template
+/// the engine lacks is left for the create to report.
+async fn with_user(state: &AppState, mut config: SandboxConfig) -> Result<SandboxConfig> {
+    let Some(template) = state.node.template(&config.template).await? else {
+        return Ok(config);
+    };
+    let has = |name: &str| template.accounts.iter().any(|account| account.name == name);
+    match &config.user {
+        Some(user) => check_user_of(&template, "user", user)?,
+        None if has(DEFAULT_USER) => config.user = Some(DEFAULT_USER.to_string()),
+        None if has("root") => config.user = Some("root".to_string()),
+        None => {}
+    }
+    Ok(config)
+}
+
+/// What an [`ExecSpec`] says for a command of `user` (the sandbox's, or one asked for): root by
+/// number, so the engine needs no lookup a sandbox could subvert; `None` (root) for a sandbox
+/// made before `user:` existed.
+pub(crate) fn run_as(user: Option<&str>) -> Option<String> {
+    user.map(|user| match user {
+        "root" => caged_runtime::ROOT_USER.to_string(),
+        other => other.to_string(),
+    })
+}
+
+/// Whether `user` (named by `key`) is an account of the sandbox's template.
+pub(crate) async fn check_user(state: &AppState, record: &SandboxRecord, user: &str) -> Result<()> {
+    if user == "root" || record.config.user.as_deref() == Some(user) {
+        return Ok(());
+    }
+    match state.node.template(&record.config.template).await? {
+        Some(template) => check_user_of(&template, "user", user),
+        // Removed since (nothing of it is left to check against): the engine decides.
+        None => Ok(()),
+    }
+}
+
+fn check_user_of(template: &caged_runtime::TemplateInfo, key: &str, user: &str) -> Result<()> {
+    if template.accounts.iter().any(|account| account.name == user) {
+        return Ok(());
+    }
+    // Root and people; Debian's two dozen system accounts would drown them.
+    let people: Vec<&str> = template
+        .accounts
+        .iter()
+        .filter(|account| account.uid == 0 || (1000..60000).contains(&account.uid))
+        .map(|account| account.name.as_str())
+        .collect();
+    Err(Error::UnknownUser(format!(
+        "{key}: template {} has no user {user:?} (its users: {})",
+        template.name,
+        if people.is_empty() {
+            "none".to_string()
+        } else {
+            people.join(", ")
+        }
+    )))
+}
+
 /// Records a create that failed: the sandbox ends destroyed, with the reason.
 async fn give_up_create(state: &AppState, id: SandboxId, why: &str) -> Result<()> {
     let reason = format!("create failed: {why}");
@@ -205,6 +268,7 @@ async fn run_init(state: &AppState, account_id: &str, id: SandboxId) -> Result<(
         cmd: vec!["/bin/sh".into(), "-c".into(), script],
         cwd: Some("/workspace".into()),
         isolation: record.config.isolation,
+        user: run_as(record.config.user.as_deref()),
         ..ExecSpec::default()
     };
     let outcome = crate::collect::collect(

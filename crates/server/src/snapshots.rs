@@ -221,6 +221,8 @@ async fn apply(
         cmd.extend(batch.iter().cloned());
         let spec = ExecSpec {
             cmd,
+            // Whoever owned them, the snapshot's deletions are the platform's to make.
+            user: Some(caged_runtime::ROOT_USER.into()),
             ..ExecSpec::default()
         };
         let removed =

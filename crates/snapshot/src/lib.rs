@@ -180,12 +180,14 @@ pub struct Plan {
 pub fn plan(blob: impl Read, out: impl Write, limits: Limits) -> Result<Plan, SnapshotError> {
     let decoder = zstd::stream::read::Decoder::new(blob)?;
     let mut deletions = Vec::new();
-    let entries = caged_archive::sanitize_with(decoder, out, limits, |path| {
-        let name = path.file_name()?.to_str()?;
-        let deleted = name.strip_prefix(WHITEOUT_PREFIX)?;
-        deletions.push(path.with_file_name(deleted));
-        Some(())
-    })?;
+    // The sandbox's files keep their owners (its user's stay its user's).
+    let entries =
+        caged_archive::sanitize_with(decoder, out, limits, caged_archive::Owner::Kept, |path| {
+            let name = path.file_name()?.to_str()?;
+            let deleted = name.strip_prefix(WHITEOUT_PREFIX)?;
+            deletions.push(path.with_file_name(deleted));
+            Some(())
+        })?;
     let mut absolute = Vec::with_capacity(deletions.len());
     for path in deletions {
         let clean = path

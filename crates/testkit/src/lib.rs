@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use caged_client::Client;
 use caged_server::{EngineStatus, RunningServer, ServerConfig};
 use serde_json::Value;
-use tokio::sync::OnceCell;
 
 /// Where `scripts/build-templates` leaves its tarballs.
 pub fn template_dir() -> PathBuf {
@@ -109,72 +108,95 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     }
 }
 
-/// The test templates, imported into the engine once under the `testkit` installation and
-/// tagged into each test server's own: a tag costs nothing, an import of `base` seconds.
-static TEMPLATES: OnceCell<Vec<(&'static str, String)>> = OnceCell::const_new();
+/// Test templates, imported into the engine once under the `testkit` installation and tagged
+/// into each test server's own: a tag costs nothing, an import of `base` seconds. By name, the
+/// shared image's reference.
+static TEMPLATES: tokio::sync::Mutex<Vec<(String, String)>> =
+    tokio::sync::Mutex::const_new(Vec::new());
 const TEST_TEMPLATES: [&str; 2] = ["busybox", "base"];
 
 /// Gives `installation` the test templates (`busybox`, `base`), from the tarballs
 /// `scripts/build-templates` makes: for servers the testkit did not start itself.
 pub async fn provide_templates(installation: &str) {
-    let shared = TEMPLATES.get_or_init(import_shared_templates).await;
-    let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
-    for (name, image) in shared {
-        let options = bollard::query_parameters::TagImageOptionsBuilder::default()
-            .repo(&format!("caged/{installation}/{name}"))
-            .tag("latest")
-            .build();
-        docker
-            .tag_image(image, Some(options))
-            .await
-            .unwrap_or_else(|err| panic!("tagging template {name} for the test server: {err}"));
+    for name in TEST_TEMPLATES {
+        provide_template(installation, name).await;
     }
 }
 
-/// Imports each test template whose tarball the engine has not seen (by size and time), as
-/// `caged/testkit/<name>:<stamp>`, dropping older stamps.
-async fn import_shared_templates() -> Vec<(&'static str, String)> {
+/// Gives `installation` template `name` (any of the catalogue's), built by
+/// `scripts/build-templates NAME`.
+pub async fn provide_template(installation: &str, name: &str) {
+    let image = shared_template(name).await;
     let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
-    let runtime = caged_runtime::DockerRuntime::connect(None, "testkit");
-    let mut shared = Vec::new();
-    for name in TEST_TEMPLATES {
-        let path = template_dir().join(format!("{name}.tar"));
-        let meta = std::fs::metadata(&path).unwrap_or_else(|err| {
-            panic!("template tarball {} is missing ({err}); build it with: sudo scripts/build-templates", path.display())
-        });
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |at| at.as_nanos());
-        let stamp = format!("{:x}-{:x}", meta.len(), modified);
-        let repo = format!("caged/testkit/{name}");
-        let image = format!("{repo}:{stamp}");
-        if docker.inspect_image(&image).await.is_err() {
-            let data = std::fs::read(&path)
-                .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
-            let body: caged_runtime::ByteStream = Box::pin(futures_util::stream::once(async {
-                Ok(bytes::Bytes::from(data))
-            }));
-            caged_runtime::Runtime::import_template(&runtime, name, body)
-                .await
-                .unwrap_or_else(|err| panic!("importing {}: {err}", path.display()));
-            let options = bollard::query_parameters::TagImageOptionsBuilder::default()
-                .repo(&repo)
-                .tag(&stamp)
-                .build();
-            docker
-                .tag_image(&format!("{repo}:latest"), Some(options))
-                .await
-                .expect("tag the test template");
-        }
-        remove_tags(&docker, &repo, |tag| {
-            tag != image && !tag.ends_with(":latest")
-        })
-        .await;
-        shared.push((name, image));
+    let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+        .repo(&format!("caged/{installation}/{name}"))
+        .tag("latest")
+        .build();
+    docker
+        .tag_image(&image, Some(options))
+        .await
+        .unwrap_or_else(|err| panic!("tagging template {name} for the test server: {err}"));
+}
+
+/// The shared image of template `name`, imported when the engine has not seen its tarball (by
+/// size and time) as `caged/testkit/<name>:<stamp>`, dropping older stamps.
+async fn shared_template(name: &str) -> String {
+    let mut known = TEMPLATES.lock().await;
+    if let Some((_, image)) = known.iter().find(|(known, _)| known == name) {
+        return image.clone();
     }
-    shared
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker");
+    let path = template_dir().join(format!("{name}.tar"));
+    let meta = std::fs::metadata(&path).unwrap_or_else(|err| {
+        panic!(
+            "template tarball {} is missing ({err}); build it with: sudo scripts/build-templates {name}",
+            path.display()
+        )
+    });
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |at| at.as_nanos());
+    let stamp = format!("{:x}-{:x}", meta.len(), modified);
+    let repo = format!("caged/testkit/{name}");
+    let image = format!("{repo}:{stamp}");
+    if docker.inspect_image(&image).await.is_err() {
+        let runtime = caged_runtime::DockerRuntime::connect(None, "testkit");
+        let file = tokio::fs::File::open(&path)
+            .await
+            .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+        let body: caged_runtime::ByteStream =
+            Box::pin(futures_util::stream::unfold(file, |mut file| async move {
+                use tokio::io::AsyncReadExt;
+                let mut chunk = vec![0u8; 1 << 20];
+                match file.read(&mut chunk).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        Some((Ok(bytes::Bytes::from(chunk)), file))
+                    }
+                    Err(err) => Some((Err(caged_runtime::RuntimeError::Io(err)), file)),
+                }
+            }));
+        caged_runtime::Runtime::import_template(&runtime, name, body)
+            .await
+            .unwrap_or_else(|err| panic!("importing {}: {err}", path.display()));
+        let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(&repo)
+            .tag(&stamp)
+            .build();
+        docker
+            .tag_image(&format!("{repo}:latest"), Some(options))
+            .await
+            .expect("tag the test template");
+    }
+    remove_tags(&docker, &repo, |tag| {
+        tag != image && !tag.ends_with(":latest")
+    })
+    .await;
+    known.push((name.to_string(), image.clone()));
+    image
 }
 
 /// Removes the tags of repositories matching `reference` (a filter pattern) that `doomed`

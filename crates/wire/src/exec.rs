@@ -36,6 +36,10 @@ pub struct ExecRequest {
     /// Run it on a terminal (WebSocket only).
     #[serde(default, skip_serializing_if = "is_false")]
     pub tty: bool,
+    /// Who it runs as: `root`, or an account of the sandbox's template (422 `unknown_user`
+    /// otherwise); the sandbox's own `user` without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {

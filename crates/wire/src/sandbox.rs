@@ -50,6 +50,10 @@ pub struct Sandbox {
     pub timeout_seconds: u64,
     /// Every state it entered, oldest first.
     pub transitions: Vec<TransitionView>,
+    /// Who its commands run as (`user`, `root`, ...); `null` for a sandbox made before `user:`
+    /// existed, which runs as root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -11,11 +11,21 @@ pub struct Args {
     /// The agent (claude-code, cursor, aider, ...); inferred from the program's name if left out.
     #[arg(long = "type")]
     agent_type: Option<String>,
+    /// Run as this user (`root`, or an account of the template) instead of the sandbox's own.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
     /// The agent's command line.
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
 }
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
-    super::shell::interactive(cli, &args.id, args.cmd.clone(), args.agent_type.as_deref()).await
+    super::shell::interactive(
+        cli,
+        &args.id,
+        args.cmd.clone(),
+        args.agent_type.as_deref(),
+        args.user.as_deref(),
+    )
+    .await
 }

@@ -25,6 +25,9 @@ pub struct Args {
     /// Pass this process's stdin to the command.
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Run as this user (`root`, or an account of the template) instead of the sandbox's own.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
     /// The command and its arguments (after --).
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
@@ -51,6 +54,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         "cwd": args.cwd,
         "timeout": args.timeout,
         "stdin": args.interactive,
+        "user": args.user,
     });
     let stream = cli.client().exec_stream(&args.id, &request).await?;
     pump(stream, args.interactive, args.timeout).await

@@ -23,6 +23,7 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         ("name", output::cell(sandbox.name.as_deref())),
         ("state", sandbox.state.clone()),
         ("template", sandbox.template.clone()),
+        ("user", output::cell(sandbox.user.as_deref())),
         ("isolation", sandbox.isolation.clone()),
         ("network_mode", sandbox.network_mode.clone()),
         ("timeout_seconds", sandbox.timeout_seconds.to_string()),

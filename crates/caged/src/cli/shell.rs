@@ -14,6 +14,9 @@ use crate::{Cli, terminal};
 #[derive(clap::Args)]
 pub struct Args {
     id: String,
+    /// Run as this user (`root`, or an account of the template) instead of the sandbox's own.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
 }
 
 /// Prefers bash when the template has it.
@@ -21,7 +24,7 @@ const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -l; else
 
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), SHELL.to_string()];
-    interactive(cli, &args.id, cmd, None).await
+    interactive(cli, &args.id, cmd, None, args.user.as_deref()).await
 }
 
 /// Runs `cmd` on a PTY in the sandbox, wired to this terminal, as one session (of `agent` when
@@ -31,6 +34,7 @@ pub async fn interactive(
     id: &str,
     cmd: Vec<String>,
     agent: Option<&str>,
+    user: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let stdin_fd = std::io::stdin().as_raw_fd();
     let (cols, rows) = terminal::size(std::io::stdout().as_raw_fd()).unwrap_or((80, 24));
@@ -44,6 +48,9 @@ pub async fn interactive(
     });
     if let Some(agent) = agent {
         request["agent"] = json!(agent);
+    }
+    if let Some(user) = user {
+        request["user"] = json!(user);
     }
     let ExecStream {
         mut sink,

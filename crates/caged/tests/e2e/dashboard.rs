@@ -375,7 +375,7 @@ async fn a_user_runs_a_sandbox_from_the_dashboard() {
             &[
                 "sh",
                 "-c",
-                "mkdir -p /www && echo hi > /www/index.html && httpd -p 8080 -h /www",
+                "mkdir -p /workspace/www && echo hi > /workspace/www/index.html && httpd -p 8080 -h /workspace/www",
             ],
         )
         .await

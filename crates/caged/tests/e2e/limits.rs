@@ -67,7 +67,7 @@ async fn disk_limit_stops_a_big_write() {
         "this engine cannot enforce disk limits; start it with scripts/engine-up (btrfs data root)"
     );
     let id = server
-        .sandbox(json!({ "template": "busybox", "resources": { "disk": 1 } }))
+        .sandbox(json!({ "template": "busybox", "resources": { "disk": 1 }, "user": "root" }))
         .await;
     assert!(client.sandbox(&id).await.unwrap().resources.disk_enforced);
     let write = client

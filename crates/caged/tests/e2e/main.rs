@@ -27,6 +27,7 @@ mod snapshots;
 mod templates;
 mod tenancy;
 mod trust;
+mod users;
 
 use std::process::Output;
 

@@ -42,10 +42,11 @@ async fn get(server: &TestServer, host: &str, path: &str) -> http::Reply {
     send(server.preview_addr, request("GET", host, path, &[])).await
 }
 
-/// Starts busybox httpd serving `/www` (with an index.html saying `text`) on `bind`.
+/// Starts busybox httpd serving `/workspace/www` (with an index.html saying `text`) on `bind`.
 async fn busybox_httpd(client: &Client, id: &str, bind: &str, text: &str) {
-    let script =
-        format!("mkdir -p /www && echo {text} > /www/index.html && httpd -p {bind} -h /www");
+    let script = format!(
+        "mkdir -p /workspace/www && echo {text} > /workspace/www/index.html && httpd -p {bind} -h /workspace/www"
+    );
     let started = client.run(id, &["sh", "-c", &script]).await.unwrap();
     assert_eq!(started.exit_code, Some(0), "{started:?}");
 }

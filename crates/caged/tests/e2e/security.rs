@@ -29,7 +29,10 @@ print(json.dumps({
 async fn runc_sandbox_runs_with_least_privilege() {
     let server = caged_testkit::spawn().await;
     let client = &server.client;
-    let id = server.sandbox(json!({ "template": "base" })).await;
+    // Root's bounds: a sandbox of `user` has no capabilities at all (tests/e2e/users.rs).
+    let id = server
+        .sandbox(json!({ "template": "base", "user": "root" }))
+        .await;
     // Start a background process too, so more than one process is checked.
     client
         .run(&id, &["sh", "-c", "sleep 300 >/dev/null 2>&1 </dev/null &"])

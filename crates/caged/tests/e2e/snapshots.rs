@@ -33,7 +33,7 @@ async fn capture_restore_fork_and_download_round_trip() {
     let server = caged_testkit::spawn().await;
     let client = &server.client;
     let id = server
-        .sandbox(json!({ "template": "busybox", "name": "origin" }))
+        .sandbox(json!({ "template": "busybox", "name": "origin", "user": "root" }))
         .await;
     let setup = client.run(&id, &["sh", "-c", SETUP]).await.unwrap();
     assert_eq!(setup.exit_code, Some(0), "{}", setup.stderr);

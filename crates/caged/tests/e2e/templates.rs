@@ -5,8 +5,9 @@ use serde_json::{Value, json};
 
 use crate::{caged, error_code, stderr, stdout};
 
-/// The busybox tarball scripts/build-templates makes, with `extra` files added.
-fn busybox_with(extra: &[(&str, &[u8])]) -> Vec<u8> {
+/// The busybox tarball scripts/build-templates makes, with `extra` files added (in place of
+/// its own of the same path).
+pub(crate) fn busybox_with(extra: &[(&str, &[u8])]) -> Vec<u8> {
     let path = caged_testkit::template_dir().join("busybox.tar");
     let data = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     let mut archive = tar::Archive::new(data.as_slice());
@@ -15,7 +16,12 @@ fn busybox_with(extra: &[(&str, &[u8])]) -> Vec<u8> {
         let mut entry = entry.unwrap();
         let mut header = entry.header().clone();
         let path = entry.path().unwrap().into_owned();
-        out.append_data(&mut header, path, &mut entry).unwrap();
+        let replaced = extra.iter().any(|(extra, _)| {
+            path.strip_prefix(".").unwrap_or(&path) == std::path::Path::new(extra)
+        });
+        if !replaced {
+            out.append_data(&mut header, path, &mut entry).unwrap();
+        }
     }
     for (path, content) in extra {
         let mut header = tar::Header::new_gnu();

@@ -68,7 +68,9 @@ async fn commands(server: &TestServer, sid: &str) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_benign_coding_session_scores_100() {
     let server = caged_testkit::spawn().await;
-    let id = server.sandbox(json!({ "template": "base" })).await;
+    let id = server
+        .sandbox(json!({ "template": "base", "user": "root" }))
+        .await;
     let script = r#"
         set -e
         mkdir -p /work/app && cd /work/app
@@ -118,6 +120,7 @@ async fn each_risky_behaviour_costs_exactly_its_penalty() {
             "template": "base",
             "network_mode": "allowlist",
             "allowed_hosts": ["allowed.test"],
+            "user": "root",
         }))
         .await;
     // Files made before the session that deletes them.
@@ -193,7 +196,9 @@ async fn each_risky_behaviour_costs_exactly_its_penalty() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_doing_it_all_lands_in_alert_and_says_so() {
     let server = caged_testkit::spawn().await;
-    let id = server.sandbox(json!({ "template": "base" })).await;
+    let id = server
+        .sandbox(json!({ "template": "base", "user": "root" }))
+        .await;
     let script = format!(
         "{SERVE_INSTALLER} curl -s http://127.0.0.1:8000/install.sh | bash
          cat /etc/shadow > /dev/null
@@ -225,7 +230,9 @@ async fn a_session_doing_it_all_lands_in_alert_and_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn indirections_are_seen_through() {
     let server = caged_testkit::spawn().await;
-    let id = server.sandbox(json!({ "template": "base" })).await;
+    let id = server
+        .sandbox(json!({ "template": "base", "user": "root" }))
+        .await;
     // Renamed copies of curl and dash in /tmp, driven from a script run by a subshell; the
     // password file read through a symlink; a system file written by a background process
     // that outlives the command that started it.
@@ -277,7 +284,9 @@ async fn indirections_are_seen_through() {
 #[tokio::test(flavor = "multi_thread")]
 async fn busybox_wget_into_sh_is_seen() {
     let server = caged_testkit::spawn().await;
-    let id = server.sandbox(json!({ "template": "busybox" })).await;
+    let id = server
+        .sandbox(json!({ "template": "busybox", "user": "root" }))
+        .await;
     let script = "mkdir -p /www && echo 'touch /tmp/ran' > /www/i.sh
         httpd -p 127.0.0.1:8080 -h /www
         wget -q -O- http://127.0.0.1:8080/i.sh | sh && test -e /tmp/ran";
@@ -293,7 +302,7 @@ async fn busybox_wget_into_sh_is_seen() {
 async fn gvisor_sandboxes_are_watched_through_their_files() {
     let server = caged_testkit::spawn().await;
     let id = server
-        .sandbox(json!({ "template": "base", "isolation": "gvisor" }))
+        .sandbox(json!({ "template": "base", "isolation": "gvisor", "user": "root" }))
         .await;
     let session = session(
         &server,
@@ -319,7 +328,9 @@ async fn a_policy_file_changes_the_prices() {
         caged_trust::Policy::from_yaml("penalties:\n  system_file: 7\nsystem_paths: [/opt]\n")
             .unwrap();
     let server = caged_testkit::spawn_with(|config| config.trust_policy = policy).await;
-    let id = server.sandbox(json!({ "template": "base" })).await;
+    let id = server
+        .sandbox(json!({ "template": "base", "user": "root" }))
+        .await;
     let session = session(
         &server,
         &id,

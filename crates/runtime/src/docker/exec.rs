@@ -13,7 +13,7 @@ use caged_domain::Isolation;
 use futures_util::StreamExt;
 
 use super::{container_error, engine_error};
-use crate::{Exec, ExecControl, ExecOutput, ExecSpec, Result, RuntimeError, proctree};
+use crate::{Exec, ExecControl, ExecOutput, ExecSpec, ROOT_USER, Result, RuntimeError, proctree};
 
 /// Stops the process whose pid is in file `$1`, finds all its descendants through the sandbox's
 /// `/proc`, and kills them all. POSIX sh and `kill` only, so it runs on any template. A command
@@ -50,11 +50,26 @@ struct DockerExec {
 }
 
 pub(super) async fn start(docker: Docker, container: &str, spec: &ExecSpec) -> Result<Exec> {
-    let env: Vec<String> = spec
+    let mut env: Vec<String> = spec
         .env
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
+    // The sandbox's USER names its own user; a command run as another says so (HOME the
+    // runtime sets from the account itself).
+    if let Some(user) = &spec.user
+        && !spec.env.contains_key("USER")
+    {
+        let name = if user == ROOT_USER {
+            "root"
+        } else {
+            user.as_str()
+        };
+        env.push(format!("USER={name}"));
+    }
+    if spec.tty && !spec.env.contains_key("TERM") {
+        env.push("TERM=xterm-256color".into());
+    }
     let pid_file = (spec.isolation == Isolation::Gvisor)
         .then(|| format!("/tmp/.caged-exec-{}.pid", caged_domain::random_hex(8)));
     let cmd = match &pid_file {
@@ -77,6 +92,7 @@ pub(super) async fn start(docker: Docker, container: &str, spec: &ExecSpec) -> R
         tty: Some(spec.tty),
         env: Some(env),
         cmd: Some(cmd),
+        user: spec.user.clone(),
         working_dir: spec.cwd.clone(),
         ..Default::default()
     };
@@ -234,6 +250,8 @@ async fn kill_inside(docker: &Docker, container: &str, pid_file: &str) -> Result
             "caged-kill".into(),
             pid_file.into(),
         ],
+        // Whoever ran the command, only root can be sure to stop all it started.
+        user: Some(ROOT_USER.into()),
         ..ExecSpec::default()
     };
     let kill = start(docker.clone(), container, &spec).await?;

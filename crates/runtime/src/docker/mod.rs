@@ -48,8 +48,8 @@ pub struct DockerRuntime {
     /// Where the engine keeps sandboxes' files, as the last probe found.
     host_view: parking_lot::Mutex<Option<Arc<dyn HostView>>>,
     seccomp_profile: String,
-    /// Templates' manifests by image id, read once each.
-    manifests: parking_lot::Mutex<HashMap<String, Option<crate::TemplateManifest>>>,
+    /// What templates say of themselves, by image id, read once each.
+    described: parking_lot::Mutex<HashMap<String, templates::Described>>,
 }
 
 impl DockerRuntime {
@@ -98,7 +98,7 @@ impl DockerRuntime {
             gvisor: OnceLock::new(),
             host_view: parking_lot::Mutex::new(None),
             seccomp_profile: seccomp::profile().to_string(),
-            manifests: parking_lot::Mutex::new(HashMap::new()),
+            described: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -274,6 +274,11 @@ impl DockerRuntime {
             .map(|(key, value)| format!("{key}={value}"))
             .collect();
         env.push(format!("CAGED_SANDBOX_ID={}", spec.id));
+        // What an agent expects of a terminal session; a sandbox's own `env:` wins.
+        if !spec.env.contains_key("LANG") {
+            env.push("LANG=C.UTF-8".into());
+        }
+
         let memory = (spec.resources.memory as i64) << 20;
         // The engine gives every sandbox a namespace with loopback only; Caged adds the link
         // itself (see caged_network::link), so the engine's own networking is never involved.
@@ -492,6 +497,10 @@ impl Runtime for DockerRuntime {
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
         self.list_templates().await
+    }
+
+    async fn template(&self, name: &str) -> Result<Option<TemplateInfo>> {
+        self.one_template(name).await
     }
 
     async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {

@@ -75,8 +75,10 @@ impl DockerRuntime {
         }
         let mut templates = Vec::with_capacity(own.len());
         for (name, image) in own {
+            let described = self.described(&image.id).await;
             templates.push(TemplateInfo {
-                manifest: self.manifest(&image.id).await,
+                manifest: described.manifest,
+                accounts: described.accounts,
                 name,
                 image_id: image.id.clone(),
                 size_bytes: image.size,
@@ -85,6 +87,41 @@ impl DockerRuntime {
         }
         templates.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(templates)
+    }
+
+    /// One template, by name: one engine call (and, the first time an image is met, a read of
+    /// its manifest and accounts), cheap enough for every create.
+    pub(super) async fn one_template(&self, name: &str) -> Result<Option<TemplateInfo>> {
+        let image = match self
+            .docker()?
+            .inspect_image(&self.template_image(name))
+            .await
+        {
+            Ok(image) => image,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                // An earlier version's engine-wide template is adopted by a listing.
+                return Ok(self
+                    .list_templates()
+                    .await?
+                    .into_iter()
+                    .find(|template| template.name == name));
+            }
+            Err(err) => return Err(engine_error(err)),
+        };
+        let Some(id) = image.id else {
+            return Ok(None);
+        };
+        let described = self.described(&id).await;
+        Ok(Some(TemplateInfo {
+            name: name.to_string(),
+            image_id: id,
+            size_bytes: image.size.unwrap_or_default(),
+            created_at: image.created.as_deref().map_or(0, engine_seconds),
+            manifest: described.manifest,
+            accounts: described.accounts,
+        }))
     }
 
     /// Moves `caged/<name>:latest` to this installation's name for it.
@@ -111,27 +148,28 @@ impl DockerRuntime {
         Ok(())
     }
 
-    /// The template's manifest, read once per image (an image id names its content).
-    async fn manifest(&self, image_id: &str) -> Option<TemplateManifest> {
-        if let Some(known) = self.manifests.lock().get(image_id) {
+    /// What the template says of itself, read once per image (an image id names its content).
+    async fn described(&self, image_id: &str) -> Described {
+        if let Some(known) = self.described.lock().get(image_id) {
             return known.clone();
         }
-        match self.read_manifest(image_id).await {
-            Ok(manifest) => {
-                self.manifests
+        match self.read_described(image_id).await {
+            Ok(described) => {
+                self.described
                     .lock()
-                    .insert(image_id.to_string(), manifest.clone());
-                manifest
+                    .insert(image_id.to_string(), described.clone());
+                described
             }
             Err(err) => {
-                tracing::warn!(image = %image_id, %err, "could not read a template's manifest");
-                None
+                tracing::warn!(image = %image_id, %err, "could not read a template's manifest and accounts");
+                Described::default()
             }
         }
     }
 
-    /// Reads [`TEMPLATE_MANIFEST`] from a container made (never started) from the image.
-    async fn read_manifest(&self, image_id: &str) -> Result<Option<TemplateManifest>> {
+    /// Reads [`TEMPLATE_MANIFEST`] and `/etc/passwd` from a container made (never started)
+    /// from the image.
+    async fn read_described(&self, image_id: &str) -> Result<Described> {
         let docker = self.docker()?;
         let name = format!(
             "caged-{}-template-read-{}",
@@ -161,24 +199,14 @@ impl DockerRuntime {
             .await
             .map_err(engine_error)?;
         let read = async {
-            let options = DownloadFromContainerOptionsBuilder::default()
-                .path(TEMPLATE_MANIFEST)
-                .build();
-            let mut stream = docker.download_from_container(&name, Some(options));
-            let mut tar = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(chunk) => tar.extend_from_slice(&chunk),
-                    Err(DockerError::DockerResponseServerError {
-                        status_code: 404, ..
-                    }) => return Ok(None),
-                    Err(err) => return Err(engine_error(err)),
-                }
-                if tar.len() as u64 > MANIFEST_LIMIT + 4096 {
-                    return Ok(None);
-                }
-            }
-            Ok(parse_manifest(&tar))
+            let manifest = read_small_file(&docker, &name, TEMPLATE_MANIFEST)
+                .await?
+                .and_then(|json| serde_json::from_slice(&json).ok());
+            let accounts = read_small_file(&docker, &name, "/etc/passwd")
+                .await?
+                .map(|text| crate::parse_passwd(&String::from_utf8_lossy(&text)))
+                .unwrap_or_default();
+            Ok(Described { manifest, accounts })
         }
         .await;
         let _ = self.remove(&name).await;
@@ -256,21 +284,69 @@ impl DockerRuntime {
     }
 }
 
-/// The manifest inside the tar the engine returns for [`TEMPLATE_MANIFEST`]; `None` if it is not
-/// one regular file of JSON within the limit.
-fn parse_manifest(tar: &[u8]) -> Option<TemplateManifest> {
+/// The engine's RFC 3339 time (`2026-12-04T19:04:41.123456789Z`) in Unix seconds; 0 when it
+/// is not one.
+fn engine_seconds(at: &str) -> i64 {
+    let Some(seconds) = at.get(..19) else {
+        return 0;
+    };
+    caged_domain::time::ms_from_rfc3339(&format!("{seconds}.000Z")).map_or(0, |ms| ms / 1000)
+}
+
+/// What a template says of itself.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Described {
+    manifest: Option<TemplateManifest>,
+    accounts: Vec<crate::Account>,
+}
+
+/// A regular file of the container of at most [`MANIFEST_LIMIT`] bytes; `None` if there is
+/// none, or it is something else.
+async fn read_small_file(
+    docker: &bollard::Docker,
+    container: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>> {
+    let options = DownloadFromContainerOptionsBuilder::default()
+        .path(path)
+        .build();
+    let mut stream = docker.download_from_container(container, Some(options));
+    let mut tar = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => tar.extend_from_slice(&chunk),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(err) => return Err(engine_error(err)),
+        }
+        if tar.len() as u64 > MANIFEST_LIMIT + 4096 {
+            return Ok(None);
+        }
+    }
+    Ok(file_in_tar(&tar))
+}
+
+/// The one regular file of a tar the engine returned for a path, within the limit.
+fn file_in_tar(tar: &[u8]) -> Option<Vec<u8>> {
     let mut archive = tar::Archive::new(tar);
     let mut entry = archive.entries().ok()?.next()?.ok()?;
     if !entry.header().entry_type().is_file() || entry.size() > MANIFEST_LIMIT {
         return None;
     }
-    let mut json = Vec::new();
+    let mut data = Vec::new();
     entry
         .by_ref()
         .take(MANIFEST_LIMIT)
-        .read_to_end(&mut json)
+        .read_to_end(&mut data)
         .ok()?;
-    serde_json::from_slice(&json).ok()
+    Some(data)
+}
+
+/// A manifest as [`file_in_tar`] finds it.
+#[cfg(test)]
+fn parse_manifest(tar: &[u8]) -> Option<TemplateManifest> {
+    serde_json::from_slice(&file_in_tar(tar)?).ok()
 }
 
 #[cfg(test)]
@@ -312,5 +388,27 @@ mod tests {
             None
         );
         assert_eq!(parse_manifest(b"garbage"), None);
+    }
+
+    #[test]
+    fn engine_times_are_read_to_the_second() {
+        assert_eq!(engine_seconds("1970-01-01T00:01:40.123456789Z"), 100);
+        assert_eq!(engine_seconds("1970-01-01T00:01:40Z"), 100);
+        assert_eq!(engine_seconds("yesterday"), 0);
+    }
+
+    #[test]
+    fn passwd_lines_that_do_not_parse_are_skipped() {
+        let accounts = crate::parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\nbroken\nuser:x:1000:1000::/home/user:/bin/sh\nodd:x:-1:0::/:/bin/sh\n",
+        );
+        let names: Vec<(&str, u32, u32, &str)> = accounts
+            .iter()
+            .map(|a| (a.name.as_str(), a.uid, a.gid, a.home.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("root", 0, 0, "/root"), ("user", 1000, 1000, "/home/user")]
+        );
     }
 }

@@ -201,6 +201,9 @@ impl From<Error> for ApiError {
             Error::IllegalTransition(_) => ApiError::conflict("illegal_transition", message),
             Error::Gone(_) => ApiError::conflict("gone", message),
             Error::TemplateMismatch(_) => ApiError::conflict("template_mismatch", message),
+            Error::UnknownUser(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_user", message)
+            }
             Error::NoInitScript(_) => ApiError::conflict("no_init_script", message),
             Error::InitStarted(_) => ApiError::conflict("init_started", message),
             Error::NotAllowlist(_) => ApiError::conflict("not_allowlist", message),

@@ -47,6 +47,7 @@ pub(crate) fn sandbox(state: &AppState, record: &SandboxRecord) -> wire::Sandbox
                 state: transition.state.as_str().to_string(),
             })
             .collect(),
+        user: config.user.clone(),
     }
 }
 
