@@ -19,6 +19,65 @@ pub struct Args {
     json: bool,
 }
 
+/// What an init script's output shows when TLS fails because a proxy's CA is not trusted:
+/// OpenSSL's, Node's, Python's and curl's words for it.
+const TLS_FAILURES: &[&str] = &[
+    "self-signed certificate",
+    "self signed certificate",
+    "unable to get local issuer certificate",
+    "UNABLE_TO_GET_ISSUER_CERT",
+    "SELF_SIGNED_CERT_IN_CHAIN",
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "SSL certificate problem",
+];
+
+/// Why a failed init script may have failed, as far as the platform can tell: hosts the
+/// allowlist refused, and TLS that a proxy's unknown CA broke. Best effort: a question that
+/// fails adds nothing.
+async fn failure_hints(client: &caged_client::Client, id: &str, output: &str) -> Vec<String> {
+    let mut hints = Vec::new();
+    if let Ok(network) = client.network(id).await {
+        let refused: Vec<_> = network.hosts.iter().filter(|host| !host.allowed).collect();
+        if !refused.is_empty() {
+            let names: Vec<&str> = refused.iter().map(|host| host.host.as_str()).collect();
+            hints.push(format!(
+                "the allowlist refused {} (network_mode: {}); allow {} for this sandbox with `caged network allow {id} {}`, \
+                 or for every sandbox of the project by adding to .caged.yaml's allowed_hosts:\n{}",
+                names.join(", "),
+                network.network_mode,
+                if names.len() == 1 { "it" } else { "them" },
+                names.join(" "),
+                names
+                    .iter()
+                    .map(|name| format!("  - {name}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+    }
+    if TLS_FAILURES.iter().any(|needle| output.contains(needle)) {
+        let trusted = client
+            .system()
+            .await
+            .ok()
+            .and_then(|system| system.sandbox_ca);
+        hints.push(match trusted {
+            None => "TLS certificate verification failed in the sandbox. If this network inspects TLS \
+                     (a proxy or company CA), start the server with --sandbox-ca FILE (the CA's PEM \
+                     certificates; scripts/up passes this host's own extra CAs) so sandboxes trust it"
+                .to_string(),
+            Some(ca) => format!(
+                "TLS certificate verification failed in the sandbox, which trusts the system's CAs \
+                 and the {} certificate(s) of --sandbox-ca {}: the failing certificate is issued \
+                 by none of them",
+                ca.certificates, ca.file
+            ),
+        });
+    }
+    hints
+}
+
 pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let dir = args
         .dir
@@ -98,6 +157,14 @@ pub async fn run(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
                 sandbox.id,
                 sandbox.id
             );
+            let output = format!(
+                "{}{}",
+                init["stdout"].as_str().unwrap_or_default(),
+                init["stderr"].as_str().unwrap_or_default()
+            );
+            for hint in failure_hints(&client, &sandbox.id, &output).await {
+                eprintln!("{hint}");
+            }
             exit = ExitCode::FAILURE;
         }
     }

@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod network;
 mod openapi;
+mod page;
 mod previews;
 mod security;
 mod sessions;
