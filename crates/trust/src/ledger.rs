@@ -201,6 +201,20 @@ impl Ledger {
         let mut penalties = Vec::new();
         match observation {
             Observation::Exec { pid, argv, .. } => {
+                // Naming a watched file to a program is the behaviour the rule is about, whether
+                // or not its open succeeds: an unprivileged user's `cat /etc/shadow` fails with
+                // EACCES, which no file watch sees. Charged once per file, as an open is.
+                for file in &policy.sensitive_files {
+                    if argv.iter().skip(1).any(|arg| arg == &file.path) {
+                        penalties.extend(self.charge(
+                            Rule::SensitiveFile,
+                            file.path.clone(),
+                            prices.sensitive_file,
+                            format!("named {} to {}", file.path, program_name(argv)),
+                            json!({ "path": file.path, "pid": pid, "argv": argv, "named_by_command": true, "attempt": true }),
+                        ));
+                    }
+                }
                 let Some(install) = install_of(argv) else {
                     return penalties;
                 };
@@ -526,6 +540,44 @@ mod tests {
             20
         );
         assert_eq!(ledger.score(), 60);
+    }
+
+    #[test]
+    fn naming_a_watched_file_to_a_program_costs_as_opening_it_once() {
+        let policy = Policy::default();
+        let mut ledger = Ledger::default();
+        let exec = |line: &str| Observation::Exec {
+            pid: 7,
+            argv: argv(line),
+            program: "cat".into(),
+        };
+        let charged = ledger.observe(&policy, "a", &exec("cat /etc/shadow"));
+        assert_eq!(charged.len(), 1, "{charged:?}");
+        assert_eq!(
+            (charged[0].rule, charged[0].points),
+            (Rule::SensitiveFile, 20)
+        );
+        assert_eq!(charged[0].reason, "named /etc/shadow to cat");
+        // The open that follows (root's, which succeeds) is the same behaviour: not charged again.
+        let open = Observation::SensitiveOpen {
+            path: "/etc/shadow".into(),
+            pid: 7,
+            argv: argv("cat /etc/shadow"),
+            named: true,
+        };
+        assert!(ledger.observe(&policy, "a", &open).is_empty());
+        // A path that only contains the name, or the program itself, is not naming it.
+        assert!(
+            ledger
+                .observe(&policy, "a", &exec("grep x /etc/shadow.bak"))
+                .is_empty()
+        );
+        assert!(
+            ledger
+                .observe(&policy, "a", &exec("/etc/passwd"))
+                .is_empty()
+        );
+        assert_eq!(ledger.score(), 80);
     }
 
     #[test]

@@ -347,3 +347,28 @@ async fn a_policy_file_changes_the_prices() {
         "{session:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_attempt_on_a_sensitive_file_is_charged() {
+    let server = caged_testkit::spawn().await;
+    // The default user: the kernel refuses the read, which no file watch sees.
+    let id = server.sandbox(json!({ "template": "base" })).await;
+    let session = session(
+        &server,
+        &id,
+        "bash",
+        "cat /etc/shadow > /dev/null 2>&1; id -un > /dev/null",
+    )
+    .await;
+    let charged = penalties(&session);
+    assert_eq!(
+        charged,
+        vec![("sensitive_file".to_string(), "/etc/shadow".to_string(), 20)],
+        "{session:#?}"
+    );
+    let penalty = &session.penalties[0];
+    assert!(
+        penalty.reason.contains("named /etc/shadow to cat"),
+        "{penalty:?}"
+    );
+}
