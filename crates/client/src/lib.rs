@@ -487,6 +487,22 @@ impl Client {
             .await
     }
 
+    /// Builds template `name` from the Dockerfile at `dockerfile` in the tar `context`; the
+    /// answer streams JSON lines (`progress`, then `template` or `error`).
+    pub async fn build_template(
+        &self,
+        name: &str,
+        dockerfile: &str,
+        context: impl Into<reqwest::Body>,
+    ) -> Result<Response> {
+        let builder = self
+            .request(Method::POST, &format!("/v1/templates/{name}/build"))
+            .query(&[("dockerfile", dockerfile)])
+            .header("content-type", "application/x-tar")
+            .body(context);
+        self.send(builder).await
+    }
+
     pub async fn remove_template(&self, name: &str) -> Result<()> {
         self.send(self.request(Method::DELETE, &format!("/v1/templates/{name}")))
             .await

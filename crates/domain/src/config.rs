@@ -994,6 +994,7 @@ allowed_hosts:
             network_mode: NetworkMode::Allowlist,
             allowed_hosts: vec!["a.com".into()],
             env: [("A".to_string(), "b".to_string())].into(),
+            user: Some("user".into()),
             ..SandboxConfig::default()
         })
         .unwrap();

@@ -71,6 +71,14 @@ pub trait Node: Send + Sync + 'static {
     /// Imports an uncompressed root filesystem tar as template `name`.
     async fn import_template(&self, name: &str, rootfs: ByteStream) -> Result<TemplateInfo>;
     async fn remove_template(&self, name: &str) -> Result<()>;
+    /// See [`caged_runtime::Runtime::build_template`].
+    async fn build_template(
+        &self,
+        name: &str,
+        dockerfile: &str,
+        context: ByteStream,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<TemplateInfo>;
 
     // Sandboxes.
 

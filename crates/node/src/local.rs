@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub gateway: caged_gateway::Config,
     /// A PEM file of CA certificates every sandbox trusts (`--sandbox-ca`).
     pub sandbox_ca: Option<PathBuf>,
+    /// Give this installation the engine-wide templates of versions before templates were each
+    /// installation's own (an upgraded installation; never a new one).
+    pub adopt_legacy_templates: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +113,12 @@ impl LocalNode {
             )),
             None => None,
         };
-        let runtime: Arc<dyn Runtime> = Arc::new(DockerRuntime::connect(
-            config.docker_host.as_deref(),
-            &config.installation_id,
-        ));
+        let mut docker =
+            DockerRuntime::connect(config.docker_host.as_deref(), &config.installation_id);
+        if config.adopt_legacy_templates {
+            docker = docker.adopting_legacy_templates();
+        }
+        let runtime: Arc<dyn Runtime> = Arc::new(docker);
 
         let domain = caged_preview::check_domain(&config.preview.domain)
             .map_err(|reason| StartError::Preview { reason })?;
@@ -349,6 +354,19 @@ impl Node for LocalNode {
             engine::refresh_gvisor(self.runtime.clone(), self.engine.clone());
         }
         Ok(template)
+    }
+
+    async fn build_template(
+        &self,
+        name: &str,
+        dockerfile: &str,
+        context: ByteStream,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<TemplateInfo> {
+        Ok(self
+            .runtime
+            .build_template(name, dockerfile, context, progress)
+            .await?)
     }
 
     async fn remove_template(&self, name: &str) -> Result<()> {

@@ -70,6 +70,12 @@ pub enum RuntimeError {
     NetworkUnreachable { reason: String },
     #[error("cannot give the sandbox its network link: {reason}")]
     Link { reason: String },
+    /// A Dockerfile that cannot be built here (a `FROM` that is not a template, ...).
+    #[error("Dockerfile refused: {reason}")]
+    BadDockerfile { reason: String },
+    /// A build step failed; `step` is the engine's own words for it (`Step 2/3 : RUN ...`).
+    #[error("the build failed at {step}: {reason}")]
+    BuildFailed { step: String, reason: String },
 }
 
 fn list_or_none(known: &[String]) -> String {
@@ -360,6 +366,19 @@ pub trait Runtime: Send + Sync + 'static {
     async fn template(&self, name: &str) -> Result<Option<TemplateInfo>>;
     /// Imports an uncompressed root filesystem tar as template `name`.
     async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo>;
+    /// Builds template `name` from `dockerfile`, whose `FROM`s name this installation's
+    /// templates (never a registry's image), with `context` (an uncompressed tar that
+    /// `caged_archive::sanitize` produced) as its build context and no network. The build's
+    /// output goes to `progress` line by line. Whole or nothing: a failed build leaves neither a
+    /// template nor images of its own, and an existing template of the name is replaced only
+    /// by a build that succeeded.
+    async fn build_template(
+        &self,
+        name: &str,
+        dockerfile: &str,
+        context: ByteStream,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<TemplateInfo>;
     /// Removes template `name` from this installation ([`RuntimeError::TemplateMissing`] when it
     /// has none of the name); what the engine still needs of it for a sandbox stays.
     async fn remove_template(&self, name: &str) -> Result<()>;

@@ -116,7 +116,7 @@ pub(crate) type Upload = BoxStream<'static, std::io::Result<Bytes>>;
 
 /// `body`, cut off with an error once it passes the server's upload limit; the flag says
 /// whether that is why it ended.
-fn capped(body: Upload, limit: usize) -> (Upload, Arc<AtomicBool>) {
+pub(crate) fn capped(body: Upload, limit: usize) -> (Upload, Arc<AtomicBool>) {
     let over = Arc::new(AtomicBool::new(false));
     let flag = over.clone();
     let mut seen = 0usize;
@@ -134,7 +134,7 @@ fn capped(body: Upload, limit: usize) -> (Upload, Arc<AtomicBool>) {
     (capped.boxed(), over)
 }
 
-fn too_large(state: &AppState) -> Error {
+pub(crate) fn too_large(state: &AppState) -> Error {
     Error::TooLarge(format!(
         "upload refused: larger than the server's limit of {} MB (--max-upload-mb)",
         state.config.max_upload_bytes >> 20
@@ -147,7 +147,7 @@ fn upload_limits(record: &SandboxRecord) -> Limits {
 }
 
 /// A spooled upload, rewound and ready to stream to the engine.
-fn spooled(file: std::fs::File) -> ByteStream {
+pub(crate) fn spooled(file: std::fs::File) -> ByteStream {
     let file = tokio::fs::File::from_std(file);
     tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
         .map(|chunk| chunk.map_err(RuntimeError::from))
@@ -156,7 +156,7 @@ fn spooled(file: std::fs::File) -> ByteStream {
 
 /// An unlinked file in the data folder: its blocks are freed when it is closed, or when the
 /// process dies.
-fn spool_file(state: &AppState) -> std::io::Result<std::fs::File> {
+pub(crate) fn spool_file(state: &AppState) -> std::io::Result<std::fs::File> {
     tempfile::tempfile_in(&state.config.data_dir)
 }
 
@@ -343,9 +343,9 @@ async fn owner(state: &AppState, handle: &str, record: &SandboxRecord) -> Result
         .ok()
         .and_then(|mut entries| entries.next()?.ok())
         .and_then(|mut entry| {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut entry, &mut text).ok()?;
-            Some(text)
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).ok()?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
         })
         .unwrap_or_default();
     caged_runtime::parse_passwd(&passwd)

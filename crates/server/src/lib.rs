@@ -20,6 +20,7 @@ mod sessions;
 mod snapshots;
 mod state;
 mod tasks;
+mod templates;
 
 use state::AppState;
 
@@ -123,8 +124,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         })
         .await?,
     );
-    let installation_id = db
-        .run(|store| store.meta_get_or_insert("installation_id", || caged_domain::random_hex(6)))
+    let (installation_id, new_installation) = db
+        .run(|store| {
+            let mut new = false;
+            let id = store.meta_get_or_insert("installation_id", || {
+                new = true;
+                caged_domain::random_hex(6)
+            })?;
+            Ok::<_, caged_store::StoreError>((id, new))
+        })
         .await?;
     let admin_key_path = data_dir.join(ADMIN_KEY_FILE);
     keys::ensure_admin(&db, &admin_key_path)
@@ -167,6 +175,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                     port: config.network.gateway_port,
                 },
                 sandbox_ca: config.sandbox_ca.clone(),
+                // Only an installation that existed before templates were its own had any.
+                adopt_legacy_templates: !new_installation,
             },
             db.clone(),
             activity.clone(),

@@ -342,6 +342,11 @@ pub(crate) async fn fork(
         serde_json::to_value(&snapshot.config).map_err(|err| Error::Internal(err.to_string()))?;
     // The origin's name belongs to the origin.
     config.as_object_mut().map(|object| object.remove("name"));
+    // A snapshot of a sandbox made before `user:` existed holds root's files: its fork runs as
+    // root, as its origin did, unless the overrides say otherwise.
+    if snapshot.config.user.is_none() {
+        config["user"] = Value::from("root");
+    }
     match overrides {
         Value::Null => {}
         Value::Object(fields) => {

@@ -1,4 +1,5 @@
-//! `caged template ls | inspect NAME | import NAME ROOTFS.tar | rm NAME`.
+//! `caged template ls | inspect NAME | import NAME ROOTFS.tar | build NAME [-f F] [CONTEXT] |
+//! rm NAME`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,19 @@ pub enum Command {
     },
     /// Import a root filesystem tarball (plain or .tar.gz) as template NAME.
     Import { name: String, rootfs: PathBuf },
+    /// Build template NAME from a Dockerfile whose FROM names a template (`FROM base`): the
+    /// context folder goes to the server, steps run without network.
+    Build {
+        name: String,
+        /// The Dockerfile (default: CONTEXT/Dockerfile); it must be inside the context.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// The build context (default: the current folder).
+        #[arg(default_value = ".")]
+        context: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove template NAME (refused while a sandbox made from it is not destroyed).
     Rm { name: String },
 }
@@ -89,10 +103,93 @@ pub async fn run(cli: &Cli, command: &Command) -> anyhow::Result<ExitCode> {
                 output::megabytes(template.size_bytes)
             );
         }
+        Command::Build {
+            name,
+            file,
+            context,
+            json,
+        } => return build(&client, name, file.as_deref(), context, *json).await,
         Command::Rm { name } => {
             client.remove_template(name).await?;
             eprintln!("template {name} removed");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends the context, prints the build's output as it comes; fails naming the failed step.
+async fn build(
+    client: &caged_client::Client,
+    name: &str,
+    file: Option<&std::path::Path>,
+    context: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use futures_util::StreamExt;
+    let context = context
+        .canonicalize()
+        .with_context(|| format!("cannot open the build context {}", context.display()))?;
+    let dockerfile = match file {
+        None => "Dockerfile".to_string(),
+        Some(file) => {
+            let file = file
+                .canonicalize()
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            file.strip_prefix(&context)
+                .map(|relative| relative.display().to_string())
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} is not inside the build context {}",
+                        file.display(),
+                        context.display()
+                    )
+                })?
+        }
+    };
+    let source = context.clone();
+    let tar = tokio::task::spawn_blocking(move || super::cp::tar_directory(&source)).await??;
+    eprintln!(
+        "sending the build context {} ({:.1} MB)…",
+        context.display(),
+        tar.len() as f64 / 1e6
+    );
+    let response = client.build_template(name, &dockerfile, tar).await?;
+    let mut body = response.bytes_stream();
+    let mut pending = Vec::new();
+    let mut outcome: Option<serde_json::Value> = None;
+    while let Some(chunk) = body.next().await {
+        pending.extend_from_slice(&chunk.context("the build's answer was cut off")?);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(progress) = value["progress"].as_str() {
+                eprintln!("{progress}");
+            } else {
+                outcome = Some(value);
+            }
+        }
+    }
+    let Some(outcome) = outcome else {
+        anyhow::bail!("the server ended the build without saying how it went");
+    };
+    if let Some(error) = outcome.get("error") {
+        anyhow::bail!(
+            "{} ({})",
+            error["message"].as_str().unwrap_or("the build failed"),
+            error["code"].as_str().unwrap_or("error")
+        );
+    }
+    let template: wire::Template = serde_json::from_value(outcome["template"].clone())
+        .context("the build's answer holds no template")?;
+    if json {
+        output::json(&template);
+    } else {
+        eprintln!(
+            "template {name} built ({})",
+            output::megabytes(template.size_bytes)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

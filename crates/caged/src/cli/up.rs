@@ -32,6 +32,14 @@ const TLS_FAILURES: &[&str] = &[
     "SSL certificate problem",
 ];
 
+/// What an init script's output shows when it needed root.
+const PERMISSION_FAILURES: &[&str] = &[
+    "Permission denied",
+    "are you root?",
+    "Operation not permitted",
+    "EACCES",
+];
+
 /// Why a failed init script may have failed, as far as the platform can tell: hosts the
 /// allowlist refused, and TLS that a proxy's unknown CA broke. Best effort: a question that
 /// fails adds nothing.
@@ -55,6 +63,22 @@ async fn failure_hints(client: &caged_client::Client, id: &str, output: &str) ->
                     .join("\n")
             ));
         }
+    }
+    let runs_as = client
+        .sandbox(id)
+        .await
+        .ok()
+        .and_then(|sandbox| sandbox.user);
+    if runs_as.as_deref().is_some_and(|user| user != "root")
+        && PERMISSION_FAILURES
+            .iter()
+            .any(|needle| output.contains(needle))
+    {
+        hints.push(format!(
+            "the init script runs as {}, not root (this version's default); for steps that need \
+             root (apt-get install, writing under /usr or /etc) add `user: root` to .caged.yaml",
+            runs_as.unwrap_or_default()
+        ));
     }
     if TLS_FAILURES.iter().any(|needle| output.contains(needle)) {
         let trusted = client

@@ -231,7 +231,7 @@ async fn pip_install_works_in_python_3_13_as_the_user() {
         .client
         .run(
             &id,
-            &["python3", "-c", "import getpass, six, sys; print(getpass.getuser(), sys.version_info[:2], six.__version__)"],
+            &["python3", "-c", "import os, pwd, six, sys; print(pwd.getpwuid(os.getuid()).pw_name, sys.version_info[:2], six.__version__)"],
         )
         .await
         .unwrap();

@@ -232,17 +232,20 @@ async fn files_the_api_writes_belong_to_the_sandbox_user() {
     // A snapshot keeps who owns what: restored, the user's files are still the user's.
     let out = server
         .client
-        .run(
-            &id,
-            &[
-                "sh",
-                "-c",
-                "echo mine > /workspace/mine && touch /tmp/theirs",
-            ],
-        )
+        .run(&id, &["sh", "-c", "echo mine > /workspace/mine"])
         .await
         .unwrap();
     assert_eq!(out.exit_code, Some(0), "{}", out.stderr);
+    let (status, body) = server
+        .client
+        .raw(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["touch", "/workspace/roots"], "user": "root"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
     let snapshot = server.client.create_snapshot(&id, None).await.unwrap();
     let fork = server.client.fork(&snapshot.id, &json!({})).await.unwrap();
     assert_eq!(fork.user.as_deref(), Some("user"));
@@ -253,6 +256,12 @@ async fn files_the_api_writes_belong_to_the_sandbox_user() {
             "{path} in the fork"
         );
     }
+    assert_eq!(
+        owner(&server, &fork.id, "/workspace/roots").await,
+        "0:0",
+        "root's file stays root's"
+    );
     server.client.restore(&id, &snapshot.id).await.unwrap();
     assert_eq!(owner(&server, &id, "/workspace/mine").await, "1000:1000");
+    assert_eq!(owner(&server, &id, "/workspace/roots").await, "0:0");
 }

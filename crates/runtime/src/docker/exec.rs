@@ -18,9 +18,15 @@ use crate::{Exec, ExecControl, ExecOutput, ExecSpec, ROOT_USER, Result, RuntimeE
 /// Stops the process whose pid is in file `$1`, finds all its descendants through the sandbox's
 /// `/proc`, and kills them all. POSIX sh and `kill` only, so it runs on any template. A command
 /// killed the instant it started may not have written its pid yet: the file is waited for (5 s).
+/// The command wrote the file as whoever it runs as, and this runs as root: only a pid above 1
+/// whose process belongs to the file's owner is taken (never `-1`, never a process of root's
+/// for a command of another user).
 const KILL_TREE_SCRIPT: &str = r#"tries=0
 while [ ! -s "$1" ] && [ "$tries" -lt 50 ]; do sleep 0.1; tries=$((tries + 1)); done
 root=$(cat "$1" 2>/dev/null) || exit 0
+case "$root" in ''|*[!0-9]*) exit 0 ;; esac
+[ "$root" -gt 1 ] || exit 0
+[ "$(stat -c %u "/proc/$root" 2>/dev/null)" = "$(stat -c %u "$1" 2>/dev/null)" ] || exit 0
 kill -STOP "$root" 2>/dev/null
 all="$root"; frontier="$root"
 while [ -n "$frontier" ]; do

@@ -26,6 +26,7 @@ use crate::{
     SandboxSpec, Support, TemplateInfo, seccomp,
 };
 
+mod build;
 mod exec;
 mod layout;
 mod templates;
@@ -48,6 +49,9 @@ pub struct DockerRuntime {
     /// Where the engine keeps sandboxes' files, as the last probe found.
     host_view: parking_lot::Mutex<Option<Arc<dyn HostView>>>,
     seccomp_profile: String,
+    /// Whether earlier versions' engine-wide templates are still to be given to this
+    /// installation (see [`DockerRuntime::adopting_legacy_templates`]).
+    adopt_legacy: std::sync::atomic::AtomicBool,
     /// What templates say of themselves, by image id, read once each.
     described: parking_lot::Mutex<HashMap<String, templates::Described>>,
 }
@@ -98,8 +102,19 @@ impl DockerRuntime {
             gvisor: OnceLock::new(),
             host_view: parking_lot::Mutex::new(None),
             seccomp_profile: seccomp::profile().to_string(),
+            adopt_legacy: std::sync::atomic::AtomicBool::new(false),
             described: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Copies the engine-wide templates of earlier versions (`caged/<name>:latest`) into this
+    /// installation, once, the first time it looks at its templates: for an installation that
+    /// upgraded, whose sandboxes and snapshots name them. The old tags stay, for other
+    /// installations of those versions on the same engine; a new installation never takes them.
+    pub fn adopting_legacy_templates(self) -> Self {
+        self.adopt_legacy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     fn docker(&self) -> Result<Docker> {
@@ -505,6 +520,16 @@ impl Runtime for DockerRuntime {
 
     async fn import_template(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {
         self.import(name, rootfs_tar).await
+    }
+
+    async fn build_template(
+        &self,
+        name: &str,
+        dockerfile: &str,
+        context: ByteStream,
+        progress: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<TemplateInfo> {
+        self.build(name, dockerfile, context, progress).await
     }
 
     async fn remove_template(&self, name: &str) -> Result<()> {

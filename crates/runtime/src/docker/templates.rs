@@ -1,7 +1,7 @@
 //! Templates as the engine holds them: images tagged `caged/<installation>/<name>:latest`, so
 //! one installation's import never replaces another's on a shared engine. Images of earlier
-//! versions (`caged/<name>:latest`, one namespace for the whole engine) are moved into the first
-//! installation that lists them.
+//! versions (`caged/<name>:latest`, one namespace for the whole engine) are copied into an
+//! installation that upgraded ([`DockerRuntime::adopting_legacy_templates`]).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -22,7 +22,7 @@ const REPO_PREFIX: &str = "caged/";
 const MANIFEST_LIMIT: u64 = 64 * 1024;
 
 impl DockerRuntime {
-    fn template_repo(&self, name: &str) -> String {
+    pub(super) fn template_repo(&self, name: &str) -> String {
         format!("{REPO_PREFIX}{}/{name}", self.installation_id)
     }
 
@@ -32,50 +32,26 @@ impl DockerRuntime {
     }
 
     pub(super) async fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
+        self.adopt_legacy_once().await;
         let docker = self.docker()?;
-        let filters = HashMap::from([("label".to_string(), vec![LABEL_TEMPLATE.to_string()])]);
-        let images = docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(engine_error)?;
         let own_prefix = format!("{}/", self.template_repo("").trim_end_matches('/'));
-        let mut own: HashMap<String, &bollard::models::ImageSummary> = HashMap::new();
-        let mut legacy: Vec<(String, &bollard::models::ImageSummary)> = Vec::new();
-        for image in &images {
+        let mut own: HashMap<String, bollard::models::ImageSummary> = HashMap::new();
+        for image in self.template_images(&docker).await? {
             for tag in &image.repo_tags {
-                let Some(repo) = tag.strip_suffix(":latest") else {
-                    continue;
-                };
-                if let Some(name) = repo.strip_prefix(&own_prefix) {
-                    own.insert(name.to_string(), image);
-                } else if let Some(name) = repo.strip_prefix(REPO_PREFIX)
-                    && !name.contains('/')
+                if let Some(name) = tag
+                    .strip_suffix(":latest")
+                    .and_then(|repo| repo.strip_prefix(&own_prefix))
                 {
-                    legacy.push((name.to_string(), image));
-                }
-            }
-        }
-        for (name, image) in legacy {
-            if own.contains_key(&name) {
-                continue;
-            }
-            match self.adopt(&name).await {
-                Ok(()) => {
-                    tracing::info!(template = %name, "adopted an engine-wide template of an earlier version");
-                    own.insert(name, image);
-                }
-                Err(err) => {
-                    tracing::warn!(template = %name, %err, "could not adopt an earlier version's template")
+                    own.insert(name.to_string(), image.clone());
                 }
             }
         }
         let mut templates = Vec::with_capacity(own.len());
         for (name, image) in own {
-            let described = self.described(&image.id).await;
+            let described = self.described(&image.id).await.unwrap_or_else(|err| {
+                tracing::warn!(template = %name, %err, "could not read a template's manifest and accounts");
+                Described::default()
+            });
             templates.push(TemplateInfo {
                 manifest: described.manifest,
                 accounts: described.accounts,
@@ -92,6 +68,7 @@ impl DockerRuntime {
     /// One template, by name: one engine call (and, the first time an image is met, a read of
     /// its manifest and accounts), cheap enough for every create.
     pub(super) async fn one_template(&self, name: &str) -> Result<Option<TemplateInfo>> {
+        self.adopt_legacy_once().await;
         let image = match self
             .docker()?
             .inspect_image(&self.template_image(name))
@@ -100,20 +77,13 @@ impl DockerRuntime {
             Ok(image) => image,
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => {
-                // An earlier version's engine-wide template is adopted by a listing.
-                return Ok(self
-                    .list_templates()
-                    .await?
-                    .into_iter()
-                    .find(|template| template.name == name));
-            }
+            }) => return Ok(None),
             Err(err) => return Err(engine_error(err)),
         };
         let Some(id) = image.id else {
             return Ok(None);
         };
-        let described = self.described(&id).await;
+        let described = self.described(&id).await?;
         Ok(Some(TemplateInfo {
             name: name.to_string(),
             image_id: id,
@@ -124,47 +94,81 @@ impl DockerRuntime {
         }))
     }
 
-    /// Moves `caged/<name>:latest` to this installation's name for it.
-    async fn adopt(&self, name: &str) -> Result<()> {
-        let docker = self.docker()?;
-        let legacy = format!("{REPO_PREFIX}{name}:latest");
-        let options = TagImageOptionsBuilder::default()
-            .repo(&self.template_repo(name))
-            .tag("latest")
-            .build();
+    /// Every image that is a template, of any installation.
+    async fn template_images(
+        &self,
+        docker: &bollard::Docker,
+    ) -> Result<Vec<bollard::models::ImageSummary>> {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_TEMPLATE.to_string()])]);
         docker
-            .tag_image(&legacy, Some(options))
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
-            .map_err(engine_error)?;
-        // The image keeps the new tag, so this only removes the old name.
-        docker
-            .remove_image(
-                &legacy,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-            .map_err(engine_error)?;
-        Ok(())
+            .map_err(engine_error)
+    }
+
+    /// See [`DockerRuntime::adopting_legacy_templates`]: tags `caged/<name>:latest` as this
+    /// installation's `<name>` where it has none of its own. Tried until the engine answers.
+    async fn adopt_legacy_once(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.adopt_legacy.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(docker) = self.docker() else { return };
+        let Ok(images) = self.template_images(&docker).await else {
+            return;
+        };
+        let own_prefix = format!("{}/", self.template_repo("").trim_end_matches('/'));
+        let tags: Vec<&String> = images.iter().flat_map(|image| &image.repo_tags).collect();
+        for tag in &tags {
+            let Some(name) = tag
+                .strip_suffix(":latest")
+                .and_then(|repo| repo.strip_prefix(REPO_PREFIX))
+                .filter(|name| !name.contains('/'))
+            else {
+                continue;
+            };
+            if tags
+                .iter()
+                .any(|tag| **tag == format!("{own_prefix}{name}:latest"))
+            {
+                continue;
+            }
+            let options = TagImageOptionsBuilder::default()
+                .repo(&self.template_repo(name))
+                .tag("latest")
+                .build();
+            match docker.tag_image(tag, Some(options)).await {
+                Ok(()) => {
+                    tracing::info!(template = %name, "took over an earlier version's engine-wide template")
+                }
+                Err(err) => {
+                    tracing::warn!(template = %name, %err, "could not take over an earlier version's template");
+                    return;
+                }
+            }
+        }
+        self.adopt_legacy.store(false, Ordering::Relaxed);
     }
 
     /// What the template says of itself, read once per image (an image id names its content).
-    async fn described(&self, image_id: &str) -> Described {
+    /// A read that fails is not remembered: the next asks again.
+    async fn described(&self, image_id: &str) -> Result<Described> {
         if let Some(known) = self.described.lock().get(image_id) {
-            return known.clone();
+            return Ok(known.clone());
         }
-        match self.read_described(image_id).await {
-            Ok(described) => {
-                self.described
-                    .lock()
-                    .insert(image_id.to_string(), described.clone());
-                described
-            }
-            Err(err) => {
-                tracing::warn!(image = %image_id, %err, "could not read a template's manifest and accounts");
-                Described::default()
-            }
-        }
+        // The reconciler may take the throwaway container for litter mid-read: once more.
+        let described = match self.read_described(image_id).await {
+            Ok(described) => described,
+            Err(_) => self.read_described(image_id).await?,
+        };
+        self.described
+            .lock()
+            .insert(image_id.to_string(), described.clone());
+        Ok(described)
     }
 
     /// Reads [`TEMPLATE_MANIFEST`] and `/etc/passwd` from a container made (never started)
@@ -199,9 +203,26 @@ impl DockerRuntime {
             .await
             .map_err(engine_error)?;
         let read = async {
-            let manifest = read_small_file(&docker, &name, TEMPLATE_MANIFEST)
-                .await?
-                .and_then(|json| serde_json::from_slice(&json).ok());
+            let mut manifest: Option<TemplateManifest> =
+                read_small_file(&docker, &name, TEMPLATE_MANIFEST)
+                    .await?
+                    .and_then(|json| serde_json::from_slice(&json).ok());
+            // A template built from a Dockerfile says what it is in a label; its files hold its
+            // base's manifest, whose tools it has too.
+            let labelled = docker
+                .inspect_image(image_id)
+                .await
+                .map_err(engine_error)?
+                .config
+                .and_then(|config| config.labels)
+                .and_then(|labels| labels.get(super::build::LABEL_MANIFEST).cloned())
+                .and_then(|json| serde_json::from_str::<TemplateManifest>(&json).ok());
+            if let Some(mut own) = labelled {
+                if own.tools.is_empty() {
+                    own.tools = manifest.map(|base| base.tools).unwrap_or_default();
+                }
+                manifest = Some(own);
+            }
             let accounts = read_small_file(&docker, &name, "/etc/passwd")
                 .await?
                 .map(|text| crate::parse_passwd(&String::from_utf8_lossy(&text)))
@@ -315,9 +336,11 @@ async fn read_small_file(
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(chunk) => tar.extend_from_slice(&chunk),
+            // The file is missing; a container that is missing is an error (see `described`).
             Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(None),
+                status_code: 404,
+                message,
+            }) if !message.contains("No such container") => return Ok(None),
             Err(err) => return Err(engine_error(err)),
         }
         if tar.len() as u64 > MANIFEST_LIMIT + 4096 {

@@ -279,6 +279,14 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::BadArchive { .. } => {
                 ApiError::bad_request("bad_archive", err.to_string())
             }
+            RuntimeError::BadDockerfile { .. } => {
+                ApiError::bad_request("bad_dockerfile", err.to_string())
+            }
+            RuntimeError::BuildFailed { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "build_failed",
+                err.to_string(),
+            ),
             RuntimeError::Engine { status, message } if (400..500).contains(status) => {
                 let logged = format!("engine refused: {message}");
                 ApiError::bad_request("engine_refused", err.to_string()).logged(true, logged)

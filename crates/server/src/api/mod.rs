@@ -154,6 +154,8 @@ fn routes() -> Vec<Route> {
         route(Post, "/v1/templates/{name}", templates::import)
             .body_limit(DefaultBodyLimit::disable()),
         route(Get, "/v1/templates/{name}", templates::inspect),
+        route(Post, "/v1/templates/{name}/build", templates::build)
+            .body_limit(DefaultBodyLimit::disable()),
         route(Delete, "/v1/templates/{name}", templates::remove),
         route(Get, "/v1/sandboxes/{id}/usage", usage::usage),
         route(Put, "/v1/sandboxes/{id}/budget", usage::set_budget),

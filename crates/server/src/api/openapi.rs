@@ -48,6 +48,7 @@ use super::{snapshots, templates, usage};
         templates::list,
         templates::import,
         templates::inspect,
+        templates::build,
         templates::remove,
         usage::usage,
         usage::set_budget,

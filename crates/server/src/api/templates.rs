@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use caged_wire as wire;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::auth::{Admin, Caller};
 use super::docs::{Binary, Failures};
@@ -151,6 +151,16 @@ pub(crate) async fn remove(
             known,
             ..
         })) => return Err(missing(&name, known)),
+        // A container the store does not know of (a leftover) still holds the image.
+        Err(caged_node::Error::Runtime(caged_runtime::RuntimeError::Engine {
+            status: 409,
+            message,
+        })) => {
+            return Err(ApiError::conflict(
+                "template_in_use",
+                format!("template {name} is still used by a container on the engine: {message}"),
+            ));
+        }
         Err(err) => return Err(Error::from(err).into()),
     }
     tracing::info!(template = %name, "template removed");
@@ -165,4 +175,118 @@ fn missing(name: &str, known: Vec<String>) -> ApiError {
         known,
     };
     ApiError::new(StatusCode::NOT_FOUND, "unknown_template", err.to_string())
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct BuildQuery {
+    /// The Dockerfile's path in the context (default `Dockerfile`).
+    dockerfile: Option<String>,
+}
+
+/// The body is the build context, a tar (plain or gzip) holding the Dockerfile. Every `FROM`
+/// names a template of this installation; steps run without network. The answer streams:
+/// one JSON object a line, `{"progress": "..."}` as the build runs, then `{"template": ...}`
+/// or `{"error": {"code", "message"}}`. What is wrong with the input (the context, the
+/// Dockerfile, a `FROM`) is answered before any progress, with its status.
+#[utoipa::path(
+    post,
+    path = "/v1/templates/{name}/build",
+    operation_id = "build_template",
+    summary = "Build a template from a Dockerfile (admin)",
+    params(("name" = String, Path, description = "The template's name"), BuildQuery),
+    request_body(
+        description = "The build context",
+        content((Binary = "application/x-tar"), (Binary = "application/gzip")),
+    ),
+    responses((status = 200, description = "The build's progress, then its template or error, as JSON lines", content_type = "application/x-ndjson"), Failures),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn build(
+    State(state): State<Arc<AppState>>,
+    Admin(_): Admin,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<BuildQuery>,
+    body: Body,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    engine_ready(&state)?;
+    let dockerfile = query.dockerfile.unwrap_or_else(|| "Dockerfile".to_string());
+    let upload = body.into_data_stream().map_err(std::io::Error::other);
+    let mut build = crate::templates::build(&state, &name, &dockerfile, Box::pin(upload)).await?;
+    // A refusal before the first line of output is an ordinary error answer.
+    // A refusal before the first line of output is an ordinary error answer; so is any
+    // outcome that comes without output.
+    let first = tokio::select! {
+        biased;
+        done = &mut build.done => return answer_without_output(done),
+        line = build.progress.recv() => match line {
+            Some(line) => line,
+            None => return answer_without_output((&mut build.done).await),
+        },
+    };
+    let lines = futures_util::stream::unfold(
+        (Some(Some(first)), build, false),
+        |(pending, mut build, ended)| async move {
+            if ended {
+                return None;
+            }
+            if let Some(Some(line)) = pending {
+                return Some((progress_line(&line), (None, build, false)));
+            }
+            match build.progress.recv().await {
+                Some(line) => Some((progress_line(&line), (None, build, false))),
+                None => {
+                    let last = match (&mut build.done).await {
+                        Ok(Ok(template)) => json_line(&json_line_template(template)),
+                        Ok(Err(err)) => {
+                            let err = ApiError::from(err);
+                            json_line(&serde_json::json!({ "error": { "code": err.code, "message": err.message } }))
+                        }
+                        Err(err) => json_line(&serde_json::json!({ "error": { "code": "internal", "message": format!("the build stopped: {err}") } })),
+                    };
+                    Some((last, (None, build, true)))
+                }
+            }
+        },
+    )
+    .map(Ok::<_, std::convert::Infallible>);
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+fn answer_without_output(
+    done: Result<crate::error::Result<caged_runtime::TemplateInfo>, tokio::task::JoinError>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    match done {
+        Ok(Ok(template)) => {
+            let mut response = Body::from(json_line(&json_line_template(template))).into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/x-ndjson"),
+            );
+            Ok(response)
+        }
+        Ok(Err(err)) => Err(err.into()),
+        Err(err) => Err(ApiError::internal(format!("the build stopped: {err}"))),
+    }
+}
+
+fn json_line_template(template: caged_runtime::TemplateInfo) -> serde_json::Value {
+    serde_json::json!({ "template": view::template(template) })
+}
+
+fn progress_line(line: &str) -> bytes::Bytes {
+    json_line(&serde_json::json!({ "progress": line }))
+}
+
+fn json_line(value: &serde_json::Value) -> bytes::Bytes {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
 }
