@@ -287,7 +287,9 @@ async fn busybox_wget_into_sh_is_seen() {
     let id = server
         .sandbox(json!({ "template": "busybox", "user": "root" }))
         .await;
-    let script = "mkdir -p /www && echo 'touch /tmp/ran' > /www/i.sh
+    // The piped script lives a second: a shell that exits within milliseconds of starting can
+    // be gone before the host reads where its input comes from (counted as unread, not seen).
+    let script = "mkdir -p /www && echo 'touch /tmp/ran; sleep 1' > /www/i.sh
         httpd -p 127.0.0.1:8080 -h /www
         wget -q -O- http://127.0.0.1:8080/i.sh | sh && test -e /tmp/ran";
     let session = session(&server, &id, "sh", script).await;
