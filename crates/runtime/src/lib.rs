@@ -155,6 +155,21 @@ pub struct Account {
     pub home: String,
 }
 
+/// The file in a tar that [`Runtime::read_tar`] gave for one path: its bytes when it is a
+/// regular file of at most `limit` bytes, `None` otherwise (a folder, a link, too large, not a
+/// tar).
+pub fn file_in_tar(tar: &[u8], limit: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(tar);
+    let mut entry = archive.entries().ok()?.next()?.ok()?;
+    if !entry.header().entry_type().is_file() || entry.size() > limit {
+        return None;
+    }
+    let mut data = Vec::new();
+    entry.by_ref().take(limit).read_to_end(&mut data).ok()?;
+    Some(data)
+}
+
 /// The accounts of an `/etc/passwd` (lines that do not parse are skipped: the file may come
 /// from a sandbox).
 pub fn parse_passwd(text: &str) -> Vec<Account> {

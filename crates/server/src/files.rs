@@ -334,21 +334,12 @@ async fn owner(state: &AppState, handle: &str, record: &SandboxRecord) -> Result
     let mut stream = state.node.read_tar(handle, "/etc/passwd").await?;
     while let Some(chunk) = stream.next().await {
         tar.extend_from_slice(&chunk.map_err(caged_node::Error::from)?);
-        if tar.len() > PASSWD_LIMIT {
+        if tar.len() as u64 > PASSWD_LIMIT + 4096 {
             break;
         }
     }
-    let passwd = tar::Archive::new(&tar[..])
-        .entries()
-        .ok()
-        .and_then(|mut entries| entries.next()?.ok())
-        .and_then(|mut entry| {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut bytes).ok()?;
-            Some(String::from_utf8_lossy(&bytes).into_owned())
-        })
-        .unwrap_or_default();
-    caged_runtime::parse_passwd(&passwd)
+    let passwd = caged_runtime::file_in_tar(&tar, PASSWD_LIMIT).unwrap_or_default();
+    caged_runtime::parse_passwd(&String::from_utf8_lossy(&passwd))
         .into_iter()
         .find(|account| account.name == user)
         .map(|account| (account.uid, account.gid))
@@ -360,7 +351,7 @@ async fn owner(state: &AppState, handle: &str, record: &SandboxRecord) -> Result
 }
 
 /// An `/etc/passwd` is a few kilobytes.
-const PASSWD_LIMIT: usize = 1 << 20;
+const PASSWD_LIMIT: u64 = 1 << 20;
 
 fn dirs_tar(dirs: &[PathBuf], (uid, gid): (u32, u32)) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());

@@ -169,7 +169,7 @@ async fn with_user(state: &AppState, mut config: SandboxConfig) -> Result<Sandbo
     };
     let has = |name: &str| template.accounts.iter().any(|account| account.name == name);
     match &config.user {
-        Some(user) => check_user_of(&template, "user", user)?,
+        Some(user) => check_user_of(&template, user)?,
         None if has(DEFAULT_USER) => config.user = Some(DEFAULT_USER.to_string()),
         None if has("root") => config.user = Some("root".to_string()),
         None => {}
@@ -187,19 +187,20 @@ pub(crate) fn run_as(user: Option<&str>) -> Option<String> {
     })
 }
 
-/// Whether `user` (named by `key`) is an account of the sandbox's template.
+/// Whether `user` is an account of the sandbox's template.
 pub(crate) async fn check_user(state: &AppState, record: &SandboxRecord, user: &str) -> Result<()> {
     if user == "root" || record.config.user.as_deref() == Some(user) {
         return Ok(());
     }
     match state.node.template(&record.config.template).await? {
-        Some(template) => check_user_of(&template, "user", user),
+        Some(template) => check_user_of(&template, user),
         // Removed since (nothing of it is left to check against): the engine decides.
         None => Ok(()),
     }
 }
 
-fn check_user_of(template: &caged_runtime::TemplateInfo, key: &str, user: &str) -> Result<()> {
+/// `user` (a `user:` key, or an exec's) as an account of `template`.
+fn check_user_of(template: &caged_runtime::TemplateInfo, user: &str) -> Result<()> {
     if template.accounts.iter().any(|account| account.name == user) {
         return Ok(());
     }
@@ -211,7 +212,7 @@ fn check_user_of(template: &caged_runtime::TemplateInfo, key: &str, user: &str) 
         .map(|account| account.name.as_str())
         .collect();
     Err(Error::UnknownUser(format!(
-        "{key}: template {} has no user {user:?} (its users: {})",
+        "user: template {} has no user {user:?} (its users: {})",
         template.name,
         if people.is_empty() {
             "none".to_string()

@@ -3,9 +3,6 @@
 //! versions (`caged/<name>:latest`, one namespace for the whole engine) are copied into an
 //! installation that upgraded ([`DockerRuntime::adopting_legacy_templates`]).
 
-use std::collections::HashMap;
-use std::io::Read;
-
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -13,6 +10,7 @@ use bollard::query_parameters::{
     ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
 
 use super::{DockerRuntime, LABEL_INSTALLATION, LABEL_TEMPLATE, engine_error};
 use crate::{ByteStream, Result, RuntimeError, TEMPLATE_MANIFEST, TemplateInfo, TemplateManifest};
@@ -34,7 +32,7 @@ impl DockerRuntime {
     pub(super) async fn list_templates(&self) -> Result<Vec<TemplateInfo>> {
         self.adopt_legacy_once().await;
         let docker = self.docker()?;
-        let own_prefix = format!("{}/", self.template_repo("").trim_end_matches('/'));
+        let own_prefix = self.template_repo("");
         let mut own: HashMap<String, bollard::models::ImageSummary> = HashMap::new();
         for image in self.template_images(&docker).await? {
             for tag in &image.repo_tags {
@@ -121,7 +119,7 @@ impl DockerRuntime {
         let Ok(images) = self.template_images(&docker).await else {
             return;
         };
-        let own_prefix = format!("{}/", self.template_repo("").trim_end_matches('/'));
+        let own_prefix = self.template_repo("");
         let tags: Vec<&String> = images.iter().flat_map(|image| &image.repo_tags).collect();
         for tag in &tags {
             let Some(name) = tag
@@ -236,12 +234,12 @@ impl DockerRuntime {
 
     pub(super) async fn import(&self, name: &str, rootfs_tar: ByteStream) -> Result<TemplateInfo> {
         let docker = self.docker()?;
-        let previous = self
-            .list_templates()
-            .await?
-            .into_iter()
-            .find(|template| template.name == name)
-            .map(|template| template.image_id);
+        // The image the name stands for now, to drop once the new one has it.
+        let previous = docker
+            .inspect_image(&self.template_image(name))
+            .await
+            .ok()
+            .and_then(|image| image.id);
         let options = CreateImageOptionsBuilder::default()
             .from_src("-")
             .repo(&self.template_repo(name))
@@ -259,10 +257,8 @@ impl DockerRuntime {
             step.map_err(engine_error)?;
         }
         let template = self
-            .list_templates()
+            .one_template(name)
             .await?
-            .into_iter()
-            .find(|template| template.name == name)
             .ok_or_else(|| RuntimeError::Engine {
                 status: 500,
                 message: format!("template {name} missing after import"),
@@ -278,9 +274,7 @@ impl DockerRuntime {
         }
         Ok(template)
     }
-}
 
-impl DockerRuntime {
     pub(super) async fn remove_named_template(&self, name: &str) -> Result<()> {
         let docker = self.docker()?;
         let image = self.template_image(name);
@@ -347,29 +341,13 @@ async fn read_small_file(
             return Ok(None);
         }
     }
-    Ok(file_in_tar(&tar))
+    Ok(crate::file_in_tar(&tar, MANIFEST_LIMIT))
 }
 
-/// The one regular file of a tar the engine returned for a path, within the limit.
-fn file_in_tar(tar: &[u8]) -> Option<Vec<u8>> {
-    let mut archive = tar::Archive::new(tar);
-    let mut entry = archive.entries().ok()?.next()?.ok()?;
-    if !entry.header().entry_type().is_file() || entry.size() > MANIFEST_LIMIT {
-        return None;
-    }
-    let mut data = Vec::new();
-    entry
-        .by_ref()
-        .take(MANIFEST_LIMIT)
-        .read_to_end(&mut data)
-        .ok()?;
-    Some(data)
-}
-
-/// A manifest as [`file_in_tar`] finds it.
+/// A manifest as [`crate::file_in_tar`] finds it.
 #[cfg(test)]
 fn parse_manifest(tar: &[u8]) -> Option<TemplateManifest> {
-    serde_json::from_slice(&file_in_tar(tar)?).ok()
+    serde_json::from_slice(&crate::file_in_tar(tar, MANIFEST_LIMIT)?).ok()
 }
 
 #[cfg(test)]
