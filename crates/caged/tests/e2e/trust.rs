@@ -359,7 +359,9 @@ async fn an_unprivileged_attempt_on_a_sensitive_file_is_charged() {
         &server,
         &id,
         "bash",
-        "cat /etc/shadow > /dev/null 2>&1; id -un > /dev/null",
+        // cat lives a second (it reads on from the pipe), so the host reads its arguments
+        // before it exits: one that ends within a millisecond can go unread under load.
+        "sleep 1 | cat /etc/shadow - > /dev/null 2>&1; id -un > /dev/null",
     )
     .await;
     let charged = penalties(&session);
